@@ -1,0 +1,48 @@
+"""Errors that say who is to blame.
+
+Every failure pokelab reports belongs to exactly one of these classes.  The
+CLI maps them to verdicts and exit codes in one table (``cli.EXIT_CODES``).
+"""
+
+from __future__ import annotations
+
+
+class PokelabError(Exception):
+    """Base class.  ``title`` is one line; ``tail`` is optional context (console tail, log tail)."""
+
+    blame = "infra"
+
+    def __init__(self, title: str, tail: str = "") -> None:
+        super().__init__(title)
+        self.title = title
+        self.tail = tail
+
+
+class UsageError(PokelabError):
+    """Bad input from the user: wrong path, unknown id, KASLR on, busy port, ..."""
+
+    blame = "usage"
+
+
+class InfraError(PokelabError):
+    """The host side broke: a tool is missing, a download failed, QEMU or GDB died."""
+
+    blame = "infra"
+
+
+class BootError(PokelabError):
+    """The kernel did not reach the readiness marker (or SSH) in time."""
+
+    blame = "boot"
+
+
+class KernelCrash(PokelabError):
+    """The guest kernel crashed (oops, panic, BUG, lockup) while we ran."""
+
+    blame = "crash"
+
+
+class Unsupported(PokelabError):
+    """The kernel lacks something the check needs; the reason says what."""
+
+    blame = "unsupported"
