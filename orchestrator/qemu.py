@@ -1,0 +1,125 @@
+"""QEMU: the argv (a pure function of a frozen config) and accelerator detection."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+QEMU = "qemu-system-x86_64"
+
+#: Always on the kernel command line.  ``nokaslr`` lets GDB use vmlinux addresses
+#: as they are; ``panic=-1`` with ``-no-reboot`` makes a panic end QEMU.
+BASE_APPEND = ("console=ttyS0", "nokaslr", "panic=-1", "earlyprintk=serial,ttyS0")
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    """Everything that decides the QEMU command line.  Validated at construction."""
+
+    bzimage: Path
+    initrd: Path
+    workdir: Path  # unix sockets live here
+    gdb_port: int
+    ssh_port: int
+    smp: int = 4
+    memory_mb: int = 1024
+    accel: str = "tcg"  # "tcg" or "kvm"
+    tcg_thread: str = "single"  # "multi" is known unstable for text_poke (see docs)
+    append: tuple[str, ...] = ()
+    qemu: str = QEMU
+    extra: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.accel not in ("tcg", "kvm"):
+            raise UsageError(f"unknown accelerator '{self.accel}' (tcg or kvm)")
+        if self.tcg_thread not in ("single", "multi"):
+            raise UsageError(f"unknown TCG thread mode '{self.tcg_thread}' (single or multi)")
+        if not 1 <= self.smp <= 64:
+            raise UsageError(f"--smp must be 1..64, not {self.smp}")
+        if self.memory_mb < 256:
+            raise UsageError(f"--memory must be at least 256 MiB, not {self.memory_mb}")
+        for word in self.append:
+            if word.split("=", 1)[0] == "kaslr":
+                raise UsageError("KASLR must stay off: GDB reads vmlinux addresses as they are")
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.workdir / "qmp.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        return self.workdir / "console.sock"
+
+    @property
+    def cmdline(self) -> str:
+        return " ".join(BASE_APPEND + self.append)
+
+
+def build_argv(cfg: QemuConfig) -> list[str]:
+    """The QEMU command line, as a list.  Pure: same config, same argv."""
+    if cfg.accel == "kvm":
+        accel = ["-accel", "kvm", "-cpu", "host"]
+    else:
+        accel = ["-accel", f"tcg,thread={cfg.tcg_thread}"]
+    return [
+        cfg.qemu,
+        "-name", "pokelab",
+        "-machine", "pc",
+        *accel,
+        "-smp", str(cfg.smp),
+        "-m", str(cfg.memory_mb),
+        "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-no-reboot",
+        "-S",
+        "-kernel", str(cfg.bzimage),
+        "-initrd", str(cfg.initrd),
+        "-append", cfg.cmdline,
+        "-qmp", f"unix:{cfg.qmp_socket},server=on,wait=off",
+        "-chardev", f"socket,id=con0,path={cfg.serial_socket},server=on,wait=off",
+        "-serial", "chardev:con0",
+        "-gdb", f"tcp:127.0.0.1:{cfg.gdb_port}",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=n0,romfile=",
+        "-device", "virtio-rng-pci",
+        *cfg.extra,
+    ]
+
+
+def repro_script(argv: list[str], note: str = "") -> str:
+    """A shell script that reruns this QEMU by hand (``-S`` dropped so it runs at once)."""
+    shown = [a for a in argv if a != "-S"]
+    lines = ["#!/bin/sh", "# Rerun this pokelab guest by hand.", f"# {note}" if note else "",
+             "# Attach GDB with: gdb VMLINUX -ex 'target remote 127.0.0.1:PORT'",
+             f"mkdir -p {shlex.quote(str(Path(shown[shown.index('-qmp') + 1].split(',')[0][5:]).parent))}",
+             "exec " + shlex.join(shown), ""]
+    return "\n".join(line for line in lines if line != "") + "\n"
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (QEMU may still lose the race: caller retries)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_port_free(port: int) -> None:
+    """UsageError if ``port`` is already taken on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(f"port {port} on 127.0.0.1 is busy") from None
+
+
+def kvm_device_usable() -> bool:
+    """``/dev/kvm`` opens.  Not proof that KVM runs guests: see ``vm.detect_accel``."""
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
