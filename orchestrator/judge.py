@@ -1,0 +1,310 @@
+"""Judge one int3 trap: did ``poke_int3_handler`` emulate exactly the instruction being written?
+
+What the kernel does (read from the sources, not assumed)
+--------------------------------------------------------
+Sources read: upstream ``arch/x86/kernel/alternative.c`` /
+``arch/x86/include/asm/text-patching.h`` as of 6.2.1 (stable diff carrying
+ac0ee0a9560c "Teach text_poke_bp() to patch Jcc.d32 instructions" and
+db7adcfd1cec "Introduce int3_emulate_jcc()"; both backported to 6.1.y and
+5.15.y, so 6.1.y has the Jcc case), a 6.6-6.15 era full alternative.c
+(``bp_desc`` a static struct since efd608fa7403, ``raw_atomic_inc_not_zero``),
+and the 6.16 rename series (Ingo Molnar / Nikolay Borisov, 2025-03/04; blame
+shows 27b765aaed0f introducing ``text_poke_array``): ``smp_text_poke_int3_handler``,
+``struct smp_text_poke_loc``, ``static struct smp_text_poke_array { vec[]; int
+nr_entries; } text_poke_array`` with per-CPU ``text_poke_array_refs`` (a 2025
+patch first made ``bp_desc.refs`` a per-CPU ``bp_refs``: read the trapping
+CPU's).  The emulation code is identical in all of them.  Not read directly: a
+6.1.y or 6.12.y tag tree (the torvalds/linux snapshot is too large to fetch;
+the stored alternative.c is 2.6-era), so 6.1.y/6.12.y are inferred from the
+stable backports above plus KERNEL-FACTS.md.
+
+``struct text_poke_loc`` (6.1 .. 6.15; ``smp_text_poke_loc`` in 6.16+), 16 bytes::
+
+    s32 rel_addr @0   /* addr := _stext + rel_addr */
+    s32 disp     @4
+    u8  len      @8
+    u8  opcode   @9
+    u8  text[POKE_MAX_OPCODE_SIZE] @10   /* 5 in 6.1 and 6.12 (TEXT_POKE_MAX_OPCODE_SIZE in 6.16) */
+    u8  old      @15  /* first byte before the int3, set by the batch */
+
+``text_poke_loc_init(tp, addr, opcode, len, emulate)``:
+  * ``memcpy(tp->text, opcode + i, len - i)`` with ``i = (len == 6)``: ``text``
+    holds the bytes being WRITTEN, minus the 0x0f of a Jcc.d32 (the batch
+    re-prefixes 0x0f when ``len == 6``).
+  * ``emulate`` defaults to ``opcode``; it is decoded with insn_decode_kernel
+    and ``tp->opcode = opcode byte 0``; a Jcc.d32 (0f 8x) is mapped to
+    ``0x8x - 0x10`` = its Jcc.d8 opcode 0x7x, ``len`` (6) tells them apart.
+  * ``tp->len = len``; RET/JMP32/JMP8 may be padded with INT3 up to ``len``,
+    anything else must have ``len == insn.length``.
+  * CALL/JMP32/JMP8/Jcc: ``tp->disp = insn.immediate.value`` (sign-extended).
+  * Any other opcode is assumed a NOP: NOP2 -> ``opcode = JMP8, disp = 0``;
+    NOP5 -> ``opcode = JMP32, disp = 0``; ``text`` keeps the NOP bytes.
+    So 6.1 (and 6.12) store a NOP5 as ``0f 1f 44 00 00`` in ``text`` (ftrace's
+    ``ftrace_nop_replace()`` = ``x86_nops[5]``), NOT as ``e9 00 00 00 00``.
+  * ``emulate != NULL`` (static_call only; ftrace passes NULL) may make the
+    descriptor differ from ``text``: e.g. ``xor5rax`` (``2e 2e 2e 31 c0``)
+    written while a CALL to ``__static_call_return0`` is emulated.
+
+``poke_int3_handler(regs)`` (returns int):
+  * user mode, ``refs == 0`` (``try_get_desc`` fails), or no entry at
+    ``regs->ip - 1`` (bsearch over the sorted vector, or a direct compare when
+    ``nr_entries == 1``) -> return 0, regs untouched.
+  * ``ip = site + tp->len`` then, by ``tp->opcode``:
+      - INT3 0xCC: not consumed, return 0, regs untouched;
+      - RET 0xC3: ``regs->ip = *(u64 *)regs->sp; regs->sp += 8``;
+      - CALL 0xE8: ``regs->sp -= 8; *(u64 *)regs->sp = site + len;
+        regs->ip = site + len + disp``;
+      - JMP32 0xE9 / JMP8 0xEB: ``regs->ip = site + len + disp`` (sp unchanged);
+      - Jcc 0x70..0x7F (incl. Jcc.d32 stored as 0x7x with len 6):
+        ``int3_emulate_jcc(regs, opcode & 0xf, site + len, disp)``: taken per
+        regs->flags (OF, CF, ZF, CF|ZF, SF, PF; SF^OF; ZF|(SF^OF); odd cc
+        inverts) -> ``ip = site + len + disp``, else ``site + len``;
+      - anything else: BUG().
+    and returns 1.
+
+What the judge checks is exactly that, plus the 2019 rule (Linus, LKML
+2019-05-06): the target emulated must be the target of the instruction being
+written, so the descriptor's ``site + len + disp`` is cross-checked against
+capstone's decode of ``text``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from .decode import CC_NAMES, DecodeError, Insn, Symbolizer, decode, describe, format_bytes
+from .trapdata import KERNEL_CS, KERNEL_SPACE_START, U64_MASK, Layout, TextPokeLoc, TrapRecord
+
+INT3, RET, CALL, JMP32, JMP8 = 0xCC, 0xC3, 0xE8, 0xE9, 0xEB
+KNOWN_OPCODES = frozenset({INT3, RET, CALL, JMP32, JMP8, *range(0x70, 0x80)})
+
+# static_call's 5-byte "xor %eax,%eax" forms, written while a CALL to
+# __static_call_return0 is emulated (text_poke_bp(..., emulate)).
+XOR5RAX = frozenset({bytes.fromhex("2e 2e 2e 31 c0"), bytes.fromhex("66 66 48 31 c0")})
+
+X86_CF, X86_PF, X86_ZF, X86_SF, X86_OF = 0, 2, 6, 7, 11
+
+Kind = Literal["not-text-poke", "judged"]
+Verdict = Literal["ok", "violation", "skipped"]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The verdict on one trap, with what was expected and what the handler did.
+
+    ``site`` is the patched address (``_stext + rel_addr``), ``opcode`` the
+    descriptor's ``u8 opcode``, ``written`` the instruction being written
+    (decoded from ``text``), ``*_push`` the u64 at the new ``regs->sp``.
+    """
+
+    kind: Kind
+    verdict: Verdict
+    reason: str
+    site: int | None = None
+    opcode: int | None = None
+    written: Insn | None = None
+    expected_ip: int | None = None
+    expected_sp: int | None = None
+    expected_push: int | None = None
+    actual_ip: int | None = None
+    actual_sp: int | None = None
+    actual_push: int | None = None
+
+
+def jcc_taken(cc: int, flags: int) -> bool:
+    """Whether Jcc condition ``cc`` (0x0-0xf) holds for ``flags`` (``regs->flags``, EFLAGS)."""
+
+    def bit(n: int) -> bool:
+        return bool((flags >> n) & 1)
+
+    sf_ne_of = bit(X86_SF) != bit(X86_OF)
+    match = (
+        bit(X86_OF),
+        bit(X86_CF),
+        bit(X86_ZF),
+        bit(X86_CF) or bit(X86_ZF),
+        bit(X86_SF),
+        bit(X86_PF),
+        sf_ne_of,
+        bit(X86_ZF) or sf_ne_of,
+    )[(cc & 0xF) >> 1]
+    return match != bool(cc & 1)
+
+
+def _sdelta(a: int, b: int) -> int:
+    """``a - b`` as a signed 64-bit difference."""
+    return ((a - b + (1 << 63)) & U64_MASK) - (1 << 63)
+
+
+def _rel(addr: int, site: int) -> str:
+    d = _sdelta(addr, site)
+    return f"site{d:+#x}" if abs(d) < 0x1000 else f"{addr:#x}"
+
+
+def _written_target(e: TextPokeLoc, w: Insn) -> tuple[int | None, str | None, str]:
+    """For a CALL/JMP/Jcc entry: (target implied by the written text, problem, note)."""
+    shown = f"`{w}` [{format_bytes(e.written)}]"
+    if e.opcode == CALL:
+        if w.kind == "call" and w.target is not None:
+            return w.target, None, ""
+        if e.written in XOR5RAX:
+            return None, None, " (text is static_call xor5rax: call target from the descriptor)"
+        return None, f"descriptor opcode 0xe8 (call) but the text being written is {shown}", ""
+    if e.opcode in (JMP32, JMP8):
+        if w.kind == "jmp" and w.target is not None:
+            return w.target, None, ""
+        if w.kind == "nop" and w.length == e.len:
+            return (e.site + e.len) & U64_MASK, None, " (NOP queued as JMP +0)"
+        return (
+            None,
+            f"descriptor opcode {e.opcode:#04x} (jmp) but the text being written is {shown}",
+            "",
+        )
+    if w.kind == "jcc" and w.target is not None and w.cc == (e.opcode & 0xF):
+        return w.target, None, ""
+    cc = CC_NAMES[e.opcode & 0xF]
+    return (
+        None,
+        f"descriptor opcode {e.opcode:#04x} (j{cc}) but the text being written is {shown}",
+        "",
+    )
+
+
+def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None) -> Judgement:
+    """Judge one trap record against the kernel semantics in the module docstring.
+
+    ``layout`` is accepted for the API (offsets were applied by the parser);
+    ``symbolize`` only improves the wording of reasons.
+    """
+    del layout
+    pre, post = rec.pre, rec.post
+    seen = Judgement("not-text-poke", "skipped", "", actual_ip=post.ip, actual_sp=post.sp)
+    if pre.cs != KERNEL_CS or pre.sp < KERNEL_SPACE_START:
+        return replace(seen, reason="no pt_regs in rdi")
+    if rec.desc.refs == 0:
+        return replace(seen, reason="bp_desc.refs == 0: no text_poke batch in flight")
+    if rec.desc.vec == 0:
+        return replace(seen, reason="bp_desc.vec == NULL")
+    e = rec.entry
+    ip1 = (pre.ip - 1) & U64_MASK
+    if e is None or e.site != ip1:
+        return replace(seen, reason=f"no text_poke_loc matches ip-1 = {ip1:#x}")
+
+    site, sp0 = e.site, pre.sp
+    where = describe(site, symbolize)
+    j = Judgement(
+        "judged", "ok", "", site=site, opcode=e.opcode,
+        actual_ip=post.ip, actual_sp=post.sp, actual_push=rec.stack_word,
+    )  # fmt: skip
+    if e.opcode not in KNOWN_OPCODES:
+        return replace(j, verdict="skipped", reason=f"unknown opcode {e.opcode:#04x} at {where}")
+    try:
+        w: Insn | None = decode(e.written, site)
+    except DecodeError:
+        w = None
+    j = replace(j, written=w)
+
+    if e.opcode == INT3:
+        j = replace(j, expected_ip=pre.ip, expected_sp=sp0)
+        int3_probs: list[str] = []
+        if rec.ret != 0:
+            int3_probs.append(
+                f"handler returned {rec.ret} for an explicit INT3 entry (must not consume it)"
+            )
+        if post.ip != pre.ip or post.sp != pre.sp:
+            int3_probs.append(f"regs changed for an explicit INT3 entry (ip {_rel(post.ip, site)})")
+        return _finish(j, int3_probs, f"INT3 at {where} left to other handlers", where)
+
+    if w is None:
+        reason = f"text being written [{format_bytes(e.written)}] does not decode"
+        return _finish(j, [reason], "", where)
+    pad = e.written[w.length : e.len]
+    if w.length != e.len and not (w.kind in ("ret", "jmp") and pad == b"\xcc" * len(pad)):
+        reason = f"entry len {e.len} but the text being written `{w}` is {w.length} bytes"
+        return _finish(j, [reason], "", where)
+
+    next_ip = (site + e.len) & U64_MASK
+    probs: list[str] = []
+    note = ""
+    exp_ip: int | None
+    exp_push: int | None = None
+    if e.opcode == RET:
+        if w.kind != "ret":
+            probs.append(f"descriptor opcode 0xc3 (ret) but the text being written is `{w}`")
+        exp_sp = (sp0 + 8) & U64_MASK
+        exp_ip = rec.pre_stack_word
+        if exp_ip is None:
+            note = " (no pre_stack_word: judged sp only)"
+    else:
+        target, problem, note = _written_target(e, w)
+        desc_target = e.descriptor_target
+        if problem:
+            probs.append(problem)
+        elif target is not None and target != desc_target:
+            probs.append(
+                "descriptor disp disagrees with the text being written: site+len+disp = "
+                f"{describe(desc_target, symbolize)}, `{w}` goes to {describe(target, symbolize)}"
+            )
+        target = desc_target if target is None else target
+        if e.opcode == CALL:
+            exp_ip, exp_sp, exp_push = target, (sp0 - 8) & U64_MASK, next_ip
+        elif e.opcode in (JMP32, JMP8):
+            exp_ip, exp_sp = target, sp0
+        else:
+            taken = jcc_taken(e.opcode & 0xF, pre.flags)
+            exp_ip, exp_sp = (target if taken else next_ip), sp0
+            state = "taken" if taken else "not taken"
+            note += f" (j{CC_NAMES[e.opcode & 0xF]} {state}, flags {pre.flags:#x})"
+    j = replace(j, expected_ip=exp_ip, expected_sp=exp_sp, expected_push=exp_push)
+
+    if rec.ret == 0:
+        # Regs are untouched then; the CPU will die with "Oops: int3" (c8976ade0c1b class).
+        probs.insert(0, f"handler did not handle a live text_poke site (returned 0 for `{w}`)")
+        return _finish(j, probs, "", where)
+    if rec.ret != 1:
+        probs.append(f"handler returned {rec.ret}, expected 1")
+    if exp_ip is not None and post.ip != exp_ip:
+        verb = {CALL: "call", RET: "return"}.get(e.opcode, "jump")
+        jcc = note if 0x70 <= e.opcode <= 0x7F else ""
+        probs.append(
+            f"emulated {verb} to {describe(post.ip, symbolize)} "
+            f"but expected {describe(exp_ip, symbolize)} (written: `{w}`){jcc}"
+        )
+    if post.sp != exp_sp:
+        d, want = _sdelta(post.sp, sp0), _sdelta(exp_sp, sp0)
+        extra = " (no return address pushed)" if e.opcode == CALL and d == 0 else ""
+        probs.append(f"sp = pre.sp{d:+d}, expected pre.sp{want:+d}{extra}")
+    if exp_push is not None and post.sp == exp_sp:
+        if rec.stack_word is None:
+            note += " (no stack_word: push not checked)"
+        elif rec.stack_word != exp_push:
+            probs.append(
+                f"pushed return address {rec.stack_word:#x} ({_rel(rec.stack_word, site)}), "
+                f"expected site+len = {exp_push:#x} ({_rel(exp_push, site)})"
+            )
+    return _finish(j, probs, f"`{w}` emulated correctly at {where}{note}", where)
+
+
+def _finish(j: Judgement, probs: list[str], ok_reason: str, where: str) -> Judgement:
+    if probs:
+        return replace(j, verdict="violation", reason="; ".join(probs) + f" at {where}")
+    return replace(j, verdict="ok", reason=ok_reason)
+
+
+def check_final_text(site_bytes: bytes, last_written: bytes) -> tuple[bool, str]:
+    """After a batch: does the site hold the last instruction written (``TextPokeLoc.written``)?"""
+    n = len(last_written)
+    if n == 0:
+        return False, "nothing was written"
+    got = bytes(site_bytes[:n])
+    if len(got) < n:
+        return False, f"read back {len(got)} bytes, need {n}"
+    if got == last_written:
+        return True, f"site holds [{format_bytes(got)}]"
+    if got[0] == INT3 and got[1:] == last_written[1:]:
+        return (
+            False,
+            f"int3 left at the site: [{format_bytes(got)}], expected [{format_bytes(last_written)}]",
+        )
+    return False, f"site holds [{format_bytes(got)}], expected [{format_bytes(last_written)}]"
