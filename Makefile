@@ -1,0 +1,63 @@
+# pokelab: `make demo` and `make test` set everything up on a fresh Debian 12 machine (as root).
+# Everything downloaded or built is cached under $(POKELAB_CACHE) (default ~/.cache/pokelab).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export POKELAB_CACHE ?= $(HOME)/.cache/pokelab
+
+APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-utils zstd \
+                python3-venv binutils iproute2 procps ca-certificates gcc libc6-dev
+
+.PHONY: all setup apt venv images demo test unit vm lint types bench clean help
+
+help:
+	@echo "make demo   - boot the default kernel and run a guest command over SSH"
+	@echo "make test   - the whole suite: lint, types, unit tests, VM tests"
+	@echo "make bench  - benchmarks, written to bench/latest.json"
+
+setup: apt venv
+
+# Install the Debian packages we need, only if one is missing (idempotent, no root needed when present).
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  [ "$$(id -u)" = 0 ] || { echo "make: need root to install: $$missing" >&2; exit 2; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+images: setup
+	$(BIN)/pokelab images --kernel all
+
+demo: setup
+	$(BIN)/pokelab run-cmd -- 'uname -a; echo "online vCPUs: $$(cat /sys/devices/system/cpu/online)"; cat /proc/cmdline'
+
+lint: venv
+	$(BIN)/ruff check orchestrator tests scenarios
+
+types: venv
+	$(BIN)/mypy orchestrator
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+vm: setup images
+	$(BIN)/pytest -q -m vm tests/vm scenarios
+
+test: setup images lint types unit vm
+
+bench: setup images
+	$(BIN)/python -m orchestrator.bench --out bench/latest.json
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache
