@@ -1,0 +1,19 @@
+"""Where pokelab keeps downloaded packages, extracted kernels and built images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InfraError
+
+
+def cache_dir() -> Path:
+    """Return the cache root (env ``POKELAB_CACHE`` or ``~/.cache/pokelab``), creating it."""
+    env = os.environ.get("POKELAB_CACHE")
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "pokelab"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InfraError(f"cannot create cache dir {path}: {exc.strerror}") from exc
+    return path.resolve()
