@@ -413,3 +413,8 @@ __all__ = [
     "file_lock",
     "vmlinux_info",
 ]
+
+
+def is_cached(spec: KernelSpec, cache: Path) -> bool:
+    """Whether ``ensure_kernel`` would find this kernel ready, with nothing to fetch."""
+    return (cache / "kernels" / spec.release / STAMP).is_file()

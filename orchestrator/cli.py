@@ -1,0 +1,273 @@
+"""The ``pokelab`` command line.  The only module that exits the process or sets up logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported, UsageError
+
+log = logging.getLogger("pokelab")
+
+#: One table maps every verdict to the process exit status (README documents it).
+EXIT_CODES: dict[str, int] = {
+    "PASS": 0,
+    "FAIL": 1,
+    "CRASH": 1,
+    "BOOT_FAIL": 1,
+    "INFRA": 2,
+    "INCONCLUSIVE": 2,
+    "UNSUPPORTED": 2,
+    "USAGE": 2,
+}
+
+#: Which verdict an error stands for.
+ERROR_VERDICT: tuple[tuple[type[PokelabError], str], ...] = (
+    (UsageError, "USAGE"),
+    (KernelCrash, "CRASH"),
+    (BootError, "BOOT_FAIL"),
+    (Unsupported, "UNSUPPORTED"),
+    (InfraError, "INFRA"),
+    (PokelabError, "INFRA"),
+)
+
+
+def verdict_of(exc: PokelabError) -> str:
+    for cls, verdict in ERROR_VERDICT:
+        if isinstance(exc, cls):
+            return verdict
+    return "INFRA"
+
+
+class _Terminated(SystemExit):
+    pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(128 + signum)
+
+
+def _add_kernel_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("kernel (default: the catalog's default kernel)")
+    g.add_argument("--kernel", metavar="ID", help="a kernel id from `pokelab kernels`")
+    g.add_argument("--bzimage", type=Path, metavar="P", help="your own kernel image (with --vmlinux)")
+    g.add_argument("--vmlinux", type=Path, metavar="P", help="its debug vmlinux (build-id must match)")
+
+
+def _add_vm_args(p: argparse.ArgumentParser) -> None:
+    _add_kernel_args(p)
+    g = p.add_argument_group("virtual machine")
+    g.add_argument("--smp", type=int, default=4, metavar="N", help="vCPUs (default 4)")
+    g.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM (default 1024)")
+    g.add_argument("--accel", default="auto", choices=("auto", "tcg", "kvm"),
+                   help="auto: KVM where it was seen to boot a guest, else TCG (default auto)")
+    g.add_argument("--tcg-thread", default="single", choices=("single", "multi"),
+                   help="TCG threading; 'multi' is known unstable for text_poke (default single)")
+    g.add_argument("--gdb-port", type=int, metavar="PORT", help="gdbstub port on 127.0.0.1 (default: a free one)")
+    g.add_argument("--ssh-port", type=int, metavar="PORT", help="SSH port on 127.0.0.1 (default: a free one)")
+    g.add_argument("--artifacts", type=Path, metavar="DIR",
+                   help="artifact dir (default: artifacts/<time>-<command>-<pid>, or $POKELAB_ARTIFACTS)")
+    g.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
+
+
+def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str, Path] | None = None):
+    from .guest import KernelChoice, default_artifacts, prepare
+
+    artifacts = args.artifacts.resolve() if args.artifacts else default_artifacts(command)
+    choice = KernelChoice(args.kernel, args.bzimage, args.vmlinux)
+    for path, what in ((args.bzimage, "--bzimage"), (args.vmlinux, "--vmlinux")):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{what} {path}: no such file")
+    spec, kernel = prepare(choice, artifacts=artifacts, smp=args.smp, accel=args.accel,
+                           tcg_thread=args.tcg_thread, memory_mb=args.memory,
+                           gdb_port=args.gdb_port, ssh_port=args.ssh_port, extra_files=extra_files)
+    return spec, kernel
+
+
+def _dry_run(spec) -> int:  # type: ignore[no-untyped-def]
+    from . import qemu
+    from .vm import Vm
+
+    vm = Vm(spec)
+    cfg = vm.make_config(spec.gdb_port or 1234, spec.ssh_port or 10022, Path("/tmp/pokelab-XXXX"))
+    print(shlex.join(qemu.build_argv(cfg)))
+    return 0
+
+
+def cmd_kernels(args: argparse.Namespace) -> int:
+    from .cache import cache_dir
+    from .images import is_cached
+    from .kernels import Catalog
+
+    cat = Catalog.load()
+    cache = cache_dir()
+    for k in cat.kernels:
+        flags = []
+        if k.default:
+            flags.append("default")
+        flags.append("cached" if is_cached(k, cache) else "not cached")
+        print(f"{k.id:10} {k.release:32} {', '.join(flags)}")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from .cache import cache_dir
+    from .images import ensure_kernel
+    from .kernels import Catalog
+    from .rootfs import ensure_initramfs, ensure_ssh_key
+
+    cat = Catalog.load()
+    wanted = list(cat.kernels) if args.kernel == ["all"] else [
+        cat.get(k) for k in (args.kernel or [cat.default.id])]
+    cache = cache_dir()
+    key = ensure_ssh_key(cache)
+    for spec in wanted:
+        k = ensure_kernel(spec, cache)
+        initrd = ensure_initramfs(k, cache, {})
+        print(f"{spec.id:10} {k.release:32} build-id {k.build_id[:16]}  initramfs {initrd.name}")
+    print(f"ssh key    {key}")
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from .vm import Vm
+
+    spec, kernel = _vm_from_args(args, "boot")
+    if args.dry_run:
+        return _dry_run(spec)
+    with Vm(spec) as vm:
+        vm.start()
+        release = vm.wait_ready()
+        print(f"booted {release} in {vm.boot_seconds:.1f} s ({spec.accel}, {spec.smp} vCPUs); "
+              f"artifacts in {spec.artifacts}")
+        print(vm.connect_hint(kernel.vmlinux))
+        if args.keep:
+            print("the guest stays up until Ctrl-C", flush=True)
+            done = threading.Event()
+            while not done.wait(0.5):
+                gone = vm.qemu_exited()
+                if gone:
+                    print(gone)
+                    break
+    return 0
+
+
+def cmd_run_cmd(args: argparse.Namespace) -> int:
+    from .vm import Vm
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("run-cmd needs a guest command after --")
+    spec, kernel = _vm_from_args(args, "run-cmd")
+    if args.dry_run:
+        return _dry_run(spec)
+    with Vm(spec) as vm:
+        vm.start()
+        vm.wait_ready()
+        res = vm.run(shlex.join(command) if len(command) > 1 else command[0], args.timeout)
+        sys.stdout.write(res.stdout)
+        sys.stderr.write(res.stderr)
+        return res.status
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .cache import cache_dir
+    from .loadgen import GUEST_PATH, ensure_loadgen
+    from .probe_run import ProbeOptions, print_summary, run_probe, write_json
+
+    if args.toggles < 1:
+        raise UsageError("--toggles must be at least 1")
+    if args.json is not None and not args.json.resolve().parent.is_dir():
+        raise UsageError(f"--json {args.json}: directory does not exist")
+    extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
+    spec, kernel = _vm_from_args(args, "probe", extra)
+    if args.dry_run:
+        return _dry_run(spec)
+    opts = ProbeOptions(toggles=args.toggles, function=args.function, inject=args.inject,
+                        inject_every=args.inject_every, min_judged=args.min_judged)
+    out = run_probe(spec, kernel, opts, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print_summary(out, print)
+    write_json(out, args.json)
+    return EXIT_CODES[out["verdict"]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pokelab",
+        description="Boot a kernel in QEMU, watch its text_poke int3 emulation through GDB, judge it.")
+    p.add_argument("--version", action="version", version=f"pokelab {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("kernels", help="list the known kernels and which are cached")
+    s.set_defaults(func=cmd_kernels)
+
+    s = sub.add_parser("images", help="fetch and prepare kernels and initramfs (cached)")
+    s.add_argument("--kernel", action="append", metavar="ID",
+                   help="kernel id, repeatable, or 'all' (default: the default kernel)")
+    s.set_defaults(func=cmd_images)
+
+    s = sub.add_parser("boot", help="boot a guest and print how to connect (ssh, gdb)")
+    _add_vm_args(s)
+    s.add_argument("--keep", action="store_true", help="keep the guest up until Ctrl-C")
+    s.set_defaults(func=cmd_boot)
+
+    s = sub.add_parser("run-cmd", help="boot, run one guest command over SSH, exit with its status")
+    _add_vm_args(s)
+    s.add_argument("--timeout", type=float, default=120.0, help="guest command deadline, s (default 120)")
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    s.set_defaults(func=cmd_run_cmd)
+
+    s = sub.add_parser("probe", help="toggle the function tracer under load and judge every int3 emulation")
+    _add_vm_args(s)
+    s.add_argument("--toggles", type=int, default=10, metavar="N", help="enable+disable cycles (default 10)")
+    s.add_argument("--function", default="__do_sys_getpid",
+                   help="function to trace (the real symbol; default __do_sys_getpid)")
+    s.add_argument("--inject", choices=("wrong-target", "wrong-return", "skip-call"),
+                   help="corrupt the emulation at chosen CALL traps (self-test: must end FAIL)")
+    s.add_argument("--inject-every", type=int, default=2, metavar="K",
+                   help="inject at every K-th eligible trap (default 2)")
+    s.add_argument("--min-judged", type=int, default=1, metavar="N",
+                   help="fewer judged traps than this is INCONCLUSIVE (default 1)")
+    s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON summary here too")
+    s.set_defaults(func=cmd_probe)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
+                        format="pokelab: %(message)s", stream=sys.stderr)
+    logging.getLogger("orchestrator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose < 2:  # libraries' own chatter (connection retries, key exchange)
+        for name in ("qemu.qmp", "paramiko"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PokelabError as exc:
+        verdict = verdict_of(exc)
+        print(f"pokelab: {verdict.lower().replace('_', ' ')}: {exc.title}", file=sys.stderr)
+        if exc.tail and args.verbose:
+            print(exc.tail, file=sys.stderr)
+        return EXIT_CODES[verdict]
+    except KeyboardInterrupt:
+        print("pokelab: interrupted", file=sys.stderr)
+        return 130
+    except _Terminated as exc:
+        print("pokelab: terminated", file=sys.stderr)
+        return int(exc.code or 143)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

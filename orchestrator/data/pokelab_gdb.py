@@ -1,0 +1,423 @@
+"""pokelab's GDB-side recorder: runs inside GDB's own Python (stdlib only).
+
+Loaded with ``source``; nothing happens until the host calls
+``python pokelab_setup('<json>')``.  Then two kinds of internal breakpoints
+record every stop in the kernel's text_poke int3 handler without a round trip
+to the host:
+
+* at the handler's first instruction: read ``struct pt_regs`` (its pointer is
+  the first argument, ``%rdi``), the patch descriptor and the entry for
+  ``regs->ip - 1``; optionally corrupt that entry (fault injection);
+* at each of the handler's return instructions: read the same ``pt_regs``
+  again, the word at the new ``sp`` and the return value; undo the
+  corruption; print one ``POKELAB-TRAP {json}`` console line.
+
+``stop()`` returns False, so GDB resumes at once and MI sees only the console
+line.  The host (orchestrator/probe.py) decodes and judges the raw bytes; this
+file only records.  Stops are keyed by GDB thread (one per vCPU), so a stop on
+another vCPU between entry and return is recorded in its own right.
+"""
+
+import json
+import time
+
+import gdb  # type: ignore[import-not-found]
+
+_STATE = {}
+KERNEL_MIN = 0xFFFF800000000000
+RET_THUNKS = ("__x86_return_thunk", "__ret", "retbleed_return_thunk", "srso_return_thunk")
+
+
+def _emit(tag, obj):
+    gdb.write("%s %s\n" % (tag, json.dumps(obj, separators=(",", ":"))))
+
+
+def _sym_addr(name):
+    for lookup in (gdb.lookup_global_symbol, gdb.lookup_static_symbol):
+        try:
+            sym = lookup(name)
+        except gdb.error:
+            sym = None
+        if sym is not None:
+            try:
+                return int(sym.value().address) & 0xFFFFFFFFFFFFFFFF
+            except gdb.error:
+                pass
+    try:
+        v = gdb.parse_and_eval("&'%s'" % name)
+        return int(v.cast(gdb.lookup_type("unsigned long"))) & 0xFFFFFFFFFFFFFFFF
+    except gdb.error:
+        return None
+
+
+def _type(name):
+    try:
+        return gdb.lookup_type(name)
+    except gdb.error:
+        return None
+
+
+def _fields(t, base=0):
+    """{name: [offset, size]}, looking into anonymous unions/structs (6.12's pt_regs cs/ss)."""
+    out = {}
+    for f in t.strip_typedefs().fields():
+        if f.bitpos is None or f.bitsize:
+            continue
+        ft = f.type.strip_typedefs()
+        off = base + f.bitpos // 8
+        if not f.name and ft.code in (gdb.TYPE_CODE_UNION, gdb.TYPE_CODE_STRUCT):
+            for name, val in _fields(ft, off).items():
+                out.setdefault(name, val)
+        elif f.name:
+            out[f.name] = [off, ft.sizeof]
+    return out
+
+
+def _detect():
+    """Names and layouts, by presence in the vmlinux (never by version)."""
+    info = {"unsupported": None}
+    handler = None
+    for name in ("smp_text_poke_int3_handler", "poke_int3_handler"):
+        addr = _sym_addr(name)
+        if addr is not None:
+            handler = (name, addr)
+            break
+    if handler is None:
+        info["unsupported"] = "no text_poke int3 handler symbol (poke_int3_handler)"
+        return info
+    info["handler"], info["handler_addr"] = handler
+    loc_t = _type("struct smp_text_poke_loc") or _type("struct text_poke_loc")
+    if loc_t is None:
+        info["unsupported"] = "no struct text_poke_loc in the debug info"
+        return info
+    info["loc_type"] = str(loc_t)
+    info["loc_size"] = loc_t.sizeof
+    info["loc_fields"] = _fields(loc_t)
+    if _sym_addr("bp_desc") is not None:
+        desc_t = gdb.lookup_static_symbol("bp_desc")
+        desc_t = desc_t.type if desc_t is not None else None
+        if desc_t is None or desc_t.strip_typedefs().code != gdb.TYPE_CODE_STRUCT:
+            info["unsupported"] = "bp_desc is not a struct (pre-6.0 pointer layout)"
+            return info
+        info["desc"] = "bp_desc"
+        info["desc_addr"] = _sym_addr("bp_desc")
+        info["desc_fields"] = _fields(desc_t)
+        for need in ("vec", "nr_entries", "refs"):
+            if need not in info["desc_fields"]:
+                info["unsupported"] = "bp_desc has no field %s" % need
+                return info
+    elif _sym_addr("text_poke_array") is not None:
+        info["unsupported"] = ("text_poke_array with per-CPU refs (6.16+) detected: "
+                               "that layout is not implemented yet")
+        return info
+    else:
+        info["unsupported"] = "no patch descriptor (bp_desc or text_poke_array)"
+        return info
+    regs_t = _type("struct pt_regs")
+    if regs_t is None:
+        info["unsupported"] = "no struct pt_regs in the debug info"
+        return info
+    info["regs_size"] = regs_t.sizeof
+    info["regs_fields"] = _fields(regs_t)
+    info["stext"] = _sym_addr("_stext")
+    return info
+
+
+def _exit_points(start):
+    """Addresses of the handler's return instructions (ret, or jmp to a return thunk)."""
+    block = gdb.block_for_pc(start)
+    while block is not None and block.function is None:
+        block = block.superblock
+    if block is None:
+        raise gdb.GdbError("no block for the handler")
+    arch = gdb.selected_inferior().architecture()
+    exits, tails = [], []
+    for insn in arch.disassemble(block.start, block.end - 1):
+        asm = insn["asm"]
+        op = asm.split()[0] if asm.split() else ""
+        if op.startswith("ret"):
+            exits.append(insn["addr"])
+        elif op.startswith("jmp") and "<" in asm:
+            target = asm[asm.index("<") + 1:asm.index(">")]
+            name = target.split("+")[0]
+            if name in RET_THUNKS:
+                exits.append(insn["addr"])
+            elif name != block.function.name and not name.startswith(block.function.name):
+                tails.append(asm)
+    return exits, tails, block.start, block.end
+
+
+def _u(b, off, size, signed=False):
+    return int.from_bytes(b[off:off + size], "little", signed=signed)
+
+
+def _read(addr, n):
+    return gdb.selected_inferior().read_memory(addr, n).tobytes()
+
+
+def _write(addr, data):
+    gdb.selected_inferior().write_memory(addr, data)
+
+
+def _reg(frame, name):
+    return int(frame.read_register(name)) & 0xFFFFFFFFFFFFFFFF
+
+
+class _Entry(gdb.Breakpoint):
+    def stop(self):
+        try:
+            _on_entry()
+        except Exception as exc:  # noqa: BLE001 - never let a recorder error stop the guest
+            _STATE["errors"] += 1
+            _emit("POKELAB-ERROR", {"where": "entry", "error": repr(exc)})
+        return False
+
+
+class _Exit(gdb.Breakpoint):
+    def stop(self):
+        try:
+            _on_exit()
+        except Exception as exc:  # noqa: BLE001
+            _STATE["errors"] += 1
+            _emit("POKELAB-ERROR", {"where": "exit", "error": repr(exc)})
+        return False
+
+
+def _find_entry(info, vec, nr, site):
+    """Binary search the sorted vector (reading 1 entry per probe); linear scan if that misses."""
+    size = info["loc_size"]
+    ra_off, ra_sz = info["loc_fields"]["rel_addr"]
+    rel = (site - info["stext"]) & 0xFFFFFFFFFFFFFFFF
+    rel = rel - (1 << 64) if rel >= (1 << 63) else rel
+    if nr <= 64:
+        blob = _read(vec, nr * size)
+        for i in range(nr):
+            e = blob[i * size:(i + 1) * size]
+            if _u(e, ra_off, ra_sz, True) == rel:
+                return i, e, "scan"
+        return None, None, "scan"
+    lo, hi = 0, nr - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        e = _read(vec + mid * size, size)
+        r = _u(e, ra_off, ra_sz, True)
+        if r == rel:
+            return mid, e, "bsearch"
+        if r < rel:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    # not found by bsearch: the 2025 bug class (unsorted vector) would hide it; look everywhere
+    blob = _read(vec, nr * size)
+    for i in range(nr):
+        e = blob[i * size:(i + 1) * size]
+        if _u(e, ra_off, ra_sz, True) == rel:
+            return i, e, "unsorted"
+    return None, None, "bsearch"
+
+
+def _corrupt(info, entry, site, mode):
+    """The corrupted bytes for ``entry`` under ``mode``, or None if the mode does not apply."""
+    f = info["loc_fields"]
+    op = entry[f["opcode"][0]]
+    if op != 0xE8:
+        return None
+    length = entry[f["len"][0]]
+    data = bytearray(entry)
+    d_off, d_sz = f["disp"]
+    if mode == "wrong-target":
+        stub = _STATE["stub"]
+        written = site + length + _u(entry, d_off, d_sz, True)
+        if stub is None or stub == written:
+            return None
+        disp = stub - (site + length)
+        data[d_off:d_off + d_sz] = int(disp).to_bytes(d_sz, "little", signed=True)
+    elif mode == "skip-call":
+        data[f["opcode"][0]] = 0xE9
+        data[d_off:d_off + d_sz] = (0).to_bytes(d_sz, "little", signed=True)
+    else:
+        return None
+    return bytes(data)
+
+
+def _on_entry():
+    st = _STATE
+    info = st["info"]
+    frame = gdb.newest_frame()
+    thread = gdb.selected_thread().num
+    t_in = time.monotonic()
+    regs_ptr = _reg(frame, "rdi")
+    st["entries"] += 1
+    rec = {"cpu": thread - 1, "regs_ptr": regs_ptr, "t": round(time.monotonic() - st["t0"], 6)}
+    if regs_ptr < KERNEL_MIN:
+        rec.update({"kind": "other", "why": "rdi is not a kernel pointer"})
+        _emit("POKELAB-OTHER", rec)
+        return
+    rsz = info["regs_size"]
+    pre = _read(regs_ptr, rsz)
+    df = info["desc_fields"]
+    dsz = max(o + s for o, s in df.values())
+    desc = _read(info["desc_addr"], dsz)
+    vec = _u(desc, *df["vec"])
+    nr = _u(desc, *df["nr_entries"], signed=True)
+    refs = _u(desc, *df["refs"], signed=True)
+    rec["desc"] = {"vec": vec, "nr_entries": nr, "refs": refs}
+    ip_off, ip_sz = info["regs_fields"]["ip"]
+    sp_off, _ = info["regs_fields"]["sp"]
+    ip = _u(pre, ip_off, ip_sz)
+    if refs == 0 or vec == 0 or nr <= 0:
+        rec.update({"kind": "other", "why": "no live descriptor", "ip": ip, "pre": pre.hex()})
+        st["others"] += 1
+        _emit("POKELAB-OTHER", rec)
+        return
+    site = (ip - 1) & 0xFFFFFFFFFFFFFFFF
+    idx, entry, how = _find_entry(info, vec, nr, site)
+    rec.update({"pre": pre.hex(), "entry": entry.hex() if entry else None,
+                "entry_index": idx, "lookup": how, "injected": None})
+    sp = _u(pre, sp_off, 8)
+    try:
+        rec["pre_stack_word"] = _read(sp, 8).hex()
+    except gdb.MemoryError:
+        rec["pre_stack_word"] = None
+    if entry is not None:
+        addr = vec + idx * info["loc_size"]
+        live = st["corrupted"].get(addr)
+        if live is not None and live[1] == entry:
+            rec["injected"] = live[2]
+            rec["entry_orig"] = live[0].hex()
+        elif st["mode"] in ("wrong-target", "skip-call"):
+            st["eligible"] += 1
+            if st["eligible"] % st["every"] == 0:
+                bad = _corrupt(info, entry, site, st["mode"])
+                if bad is not None:
+                    _write(addr, bad)
+                    st["corrupted"][addr] = (entry, bad, st["mode"])
+                    rec["injected"] = st["mode"]
+                    rec["entry_orig"] = entry.hex()
+                    rec["entry"] = bad.hex()
+                    rec["restore"] = addr
+        elif st["mode"] == "wrong-return" and entry[info["loc_fields"]["opcode"][0]] == 0xE8:
+            st["eligible"] += 1
+            if st["eligible"] % st["every"] == 0:
+                rec["injected"] = "wrong-return"
+    if thread in st["pending"]:
+        st["lost"] += 1
+    rec["_t_in"] = t_in
+    st["pending"][thread] = rec
+
+
+def _on_exit():
+    st = _STATE
+    info = st["info"]
+    thread = gdb.selected_thread().num
+    rec = st["pending"].pop(thread, None)
+    if rec is None:
+        return
+    frame = gdb.newest_frame()
+    rec["ret"] = _reg(frame, "rax") & 0xFFFFFFFF
+    regs_ptr = rec["regs_ptr"]
+    sp_off, _ = info["regs_fields"]["sp"]
+    if rec.get("injected") == "wrong-return" and "restore" not in rec:
+        post = _read(regs_ptr, info["regs_size"])
+        new_sp = _u(post, sp_off, 8)
+        site = (_u(bytes.fromhex(rec["pre"]), info["regs_fields"]["ip"][0], 8) - 1)
+        _write(new_sp, site.to_bytes(8, "little"))  # "return" into the site: it runs again
+    post = _read(regs_ptr, info["regs_size"])
+    new_sp = _u(post, sp_off, 8)
+    rec["post"] = post.hex()
+    try:
+        rec["stack_word"] = _read(new_sp, 8).hex()
+    except gdb.MemoryError:
+        rec["stack_word"] = None
+    addr = rec.pop("restore", None)
+    if addr is not None:
+        orig, bad, _mode = st["corrupted"].pop(addr)
+        if _read(addr, len(bad)) == bad:  # only if the slot was not reused by a new batch
+            _write(addr, orig)
+    st["traps"] += 1
+    # time from the entry stop's handling to the end of this one (excludes the first
+    # stop's arrival and the last resume, which a bare stop pays too)
+    rec["cost_ms"] = round((time.monotonic() - rec.pop("_t_in")) * 1000.0, 3)
+    _emit("POKELAB-TRAP", rec)
+
+
+def pokelab_setup(args_json):
+    """Detect, place the breakpoints, report.  Called by the host once."""
+    args = json.loads(args_json)
+    for bp in _STATE.get("bps", []):
+        bp.delete()
+    info = _detect()
+    _STATE.clear()
+    _STATE.update({"info": info, "pending": {}, "corrupted": {}, "bps": [], "traps": 0,
+                   "entries": 0, "others": 0, "lost": 0, "errors": 0, "eligible": 0,
+                   "mode": args.get("inject"), "every": max(1, int(args.get("inject_every", 2))),
+                   "stub": None, "t0": time.monotonic()})
+    if info.get("unsupported"):
+        _emit("POKELAB-SETUP", info)
+        return
+    exits, tails, fstart, fend = _exit_points(info["handler_addr"])
+    info["exits"] = exits
+    info["tail_jumps"] = tails
+    info["handler_range"] = [fstart, fend]
+    if not exits:
+        info["unsupported"] = "no return instruction found in %s" % info["handler"]
+        _emit("POKELAB-SETUP", info)
+        return
+    for name in args.get("stub_candidates", ["ftrace_stub"]):
+        addr = _sym_addr(name)
+        if addr is not None:
+            _STATE["stub"] = addr
+            info["stub"] = [name, addr]
+            break
+    bptype = gdb.BP_HARDWARE_BREAKPOINT if args.get("hardware") else gdb.BP_BREAKPOINT
+    if args.get("hardware") and len(exits) + 1 > 4:
+        info["unsupported"] = "%d return points need more than 4 hardware breakpoints" % len(exits)
+        _emit("POKELAB-SETUP", info)
+        return
+    _STATE["bps"].append(_Entry("*0x%x" % info["handler_addr"], type=bptype, internal=True))
+    for addr in exits:
+        _STATE["bps"].append(_Exit("*0x%x" % addr, type=bptype, internal=True))
+    _emit("POKELAB-SETUP", info)
+
+
+def pokelab_stats():
+    st = _STATE
+    _emit("POKELAB-STATS", {k: st.get(k, 0) for k in ("entries", "traps", "others", "lost", "errors",
+                                                        "eligible")} | {"pending": len(st.get("pending", {}))})
+
+
+def pokelab_disable():
+    for bp in _STATE.get("bps", []):
+        bp.enabled = False
+
+
+def pokelab_enable():
+    for bp in _STATE.get("bps", []):
+        bp.enabled = True
+
+
+def pokelab_ops():
+    """Emit the registered ftrace_ops with their trampolines (the guest must be stopped)."""
+    out = []
+    try:
+        ops = gdb.parse_and_eval("ftrace_ops_list")
+        end = int(gdb.parse_and_eval("&ftrace_list_end"))
+    except gdb.error as exc:
+        _emit("POKELAB-OPS", {"error": str(exc), "ops": out})
+        return
+    for _ in range(256):
+        addr = int(ops)
+        if addr == 0 or addr == end:
+            break
+        o = ops.dereference()
+        item = {"ops": addr & 0xFFFFFFFFFFFFFFFF,
+                "func": int(o["func"].cast(gdb.lookup_type("unsigned long"))),
+                "flags": int(o["flags"])}
+        for field in ("trampoline", "trampoline_size"):
+            try:
+                item[field] = int(o[field])
+            except gdb.error:
+                item[field] = 0
+        out.append(item)
+        ops = o["next"]
+    _emit("POKELAB-OPS", {"ops": out})

@@ -1,0 +1,45 @@
+"""Guest-side ftrace control over SSH (tracefs), with every write checked."""
+
+from __future__ import annotations
+
+import shlex
+
+from .errors import InfraError, Unsupported
+from .vm import Vm
+
+TRACING = "/sys/kernel/tracing"
+
+
+def _sh(cmd: str, cpu: int | None) -> str:
+    return f"taskset -c {cpu} sh -c {shlex.quote(cmd)}" if cpu is not None else cmd
+
+
+def set_filter(vm: Vm, functions: list[str], cpu: int | None = 0) -> None:
+    """Write set_ftrace_filter and read it back: a failed write would trace everything."""
+    names = " ".join(functions)
+    res = vm.run(_sh(f"echo {names} > {TRACING}/set_ftrace_filter", cpu))
+    got = vm.check(f"cat {TRACING}/set_ftrace_filter").split()
+    if res.status != 0 or sorted(got) != sorted(functions):
+        raise Unsupported(f"cannot filter ftrace on {names}: the write failed or read back "
+                          f"{' '.join(got)[:80] or 'nothing'} (use the real symbol, e.g. __do_sys_getpid)")
+
+
+def set_tracer(vm: Vm, tracer: str, cpu: int | None = 0) -> float:
+    """Switch current_tracer (from ``cpu``); returns the guest-side wall time it took."""
+    res = vm.run(_sh(f"t0=$(cut -d' ' -f1 /proc/uptime); echo {tracer} > {TRACING}/current_tracer"
+                     f" && cut -d' ' -f1 /proc/uptime && echo $t0", cpu))
+    if res.status != 0:
+        raise InfraError(f"switching current_tracer to {tracer} failed: {res.stderr.strip()}")
+    now = vm.check(f"cat {TRACING}/current_tracer").strip()
+    if now != tracer:
+        raise InfraError(f"current_tracer is {now}, not {tracer}")
+    try:
+        end, start = (float(x) for x in res.stdout.split()[:2])
+        return end - start
+    except ValueError:
+        return 0.0
+
+
+def available(vm: Vm, function: str) -> bool:
+    res = vm.run(f"grep -qx '{function}' {TRACING}/available_filter_functions")
+    return res.status == 0

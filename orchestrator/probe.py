@@ -1,0 +1,421 @@
+"""The int3 probe: GDB attached to the guest's gdbstub, recording and judging every text_poke trap.
+
+The recording happens inside GDB (``data/pokelab_gdb.py``: internal
+breakpoints whose ``stop()`` reads what it needs and resumes at once); each
+trap reaches us as one ``POKELAB-TRAP`` console line, which we parse, judge
+(``judge.judge``) and append to the trap log.  While the guest is paused on
+purpose (``paused()``) we read memory: the text at patched sites after a batch,
+and the registered ftrace_ops with their trampolines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import decode
+from .errors import InfraError, Unsupported, UsageError
+from .judge import Judgement, check_final_text, judge
+from .mi import MiError, MiSession, gdb_argv
+from .symbols import KernelSymbolizer
+from .trapdata import INJECTIONS, Layout, LayoutError, RecordError, parse_layout, parse_trap_record
+
+log = logging.getLogger(__name__)
+
+GDB_SCRIPT = Path(__file__).resolve().parent / "data" / "pokelab_gdb.py"
+
+#: Functions a wrong-target injection emulates a call to, first present wins
+#: (a bare ``ret``: calling it from an fentry site is harmless, as in the 2019 RFC).
+STUB_CANDIDATES = ("ftrace_stub", "ftrace_stub_graph", "ftrace_regs_caller")
+
+
+def layout_from_setup(info: dict[str, Any]) -> Layout:
+    """The judge's Layout from the GDB side's DWARF report (LayoutError if incomplete)."""
+    rf = info.get("regs_fields") or {}
+    regs: dict[str, Any] = {k: rf[k][0] for k in ("ip", "cs", "flags", "sp", "ss") if k in rf}
+    regs["size"] = info.get("regs_size")
+    return parse_layout({"loc_size": info.get("loc_size"), "fields": info.get("loc_fields"),
+                         "stext": info.get("stext"), "regs": regs})
+
+
+@dataclass
+class SiteState:
+    """The last text written at one site (from the descriptor) and where it was seen."""
+
+    written: bytes
+    name: str
+    traps: int = 0
+
+
+@dataclass
+class TextCheck:
+    site: int
+    name: str
+    ok: bool
+    reason: str
+    bytes_read: str
+
+
+@dataclass
+class Counts:
+    seen: int = 0  # stops at the handler that we recorded in full
+    other: int = 0  # stops that were not text_poke traps (counted, not judged)
+    judged: int = 0
+    violations: int = 0
+    skipped: int = 0
+    injected: int = 0
+    injected_flagged: int = 0
+    false_flags: int = 0
+    errors: int = 0
+    bad_records: int = 0
+    opcodes: dict[str, int] = field(default_factory=dict)
+
+
+class Probe:
+    """Owns one GDB session attached to one VM's gdbstub."""
+
+    def __init__(self, vmlinux: Path, gdb_address: str, artifacts: Path,
+                 symbolizer: KernelSymbolizer, timeout: float, *, inject: str | None = None,
+                 inject_every: int = 2, hardware: bool = False) -> None:
+        if inject is not None and inject not in INJECTIONS:
+            raise UsageError(f"unknown injection '{inject}' (one of: {', '.join(INJECTIONS)})")
+        self.vmlinux = vmlinux
+        self.address = gdb_address
+        self.artifacts = artifacts
+        self.sym = symbolizer
+        self.timeout = timeout
+        self.inject = inject
+        self.inject_every = inject_every
+        self.hardware = hardware
+        self.layout: Layout | None = None
+        self.setup_info: dict[str, Any] = {}
+        self.counts = Counts()
+        self.sites: dict[int, SiteState] = {}
+        self.dirty_sites: set[int] = set()
+        self.text_checks: list[TextCheck] = []
+        self.trap_costs_ms: list[float] = []
+        self.violations: list[dict[str, Any]] = []
+        self.stats: dict[str, Any] = {}
+        self._ops_report: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._event = threading.Condition(self._lock)
+        self.trap_log_path = artifacts / "traps.jsonl"
+        self._trap_log = open(self.trap_log_path, "w", encoding="utf-8")
+        self._mi: MiSession | None = None
+        self._running = False
+        self._t0 = time.monotonic()
+
+    # -- attach ---------------------------------------------------------------
+    def attach(self) -> None:
+        """Start GDB, check the vmlinux against the running kernel, place the recorder, resume."""
+        argv = gdb_argv(self.vmlinux)
+        self._mi = mi = MiSession(argv, self.artifacts / "mi.log", self.timeout)
+        mi.add_console_hook(self._on_console)
+        mi.command("-gdb-set mi-async on")
+        file_banner = self._banner()
+        if not file_banner:
+            raise UsageError(f"{self.vmlinux} has no linux_banner: not a kernel vmlinux with symbols")
+        start = mi.async_count
+        try:
+            mi.command(f"-target-select remote {self.address}", timeout=self.timeout)
+        except MiError as exc:
+            raise InfraError(f"GDB could not attach to {self.address}: {exc.title}") from None
+        mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start)
+        live_banner = self._banner()
+        if live_banner != file_banner:
+            raise UsageError("the vmlinux does not match the running kernel: linux_banner differs "
+                             f"(file: {file_banner[:60]!r}, guest: {live_banner[:60]!r})")
+        mi.console(f"source {GDB_SCRIPT}")
+        args = {"inject": self.inject, "inject_every": self.inject_every,
+                "hardware": self.hardware, "stub_candidates": list(STUB_CANDIDATES)}
+        mi.console(f"python pokelab_setup('{json.dumps(args)}')")
+        with self._lock:
+            info = self.setup_info
+        if not info:
+            raise InfraError("the GDB-side recorder did not report its setup")
+        if info.get("unsupported"):
+            raise Unsupported(f"kernel not supported by the probe: {info['unsupported']}")
+        try:
+            self.layout = layout_from_setup(info)
+        except LayoutError as exc:
+            raise Unsupported(f"kernel not supported by the probe: {exc}") from None
+        log.info("probe on %s (%d return points), descriptor %s, %s", info["handler"],
+                 len(info["exits"]), info.get("desc"), info.get("loc_type"))
+        self.refresh_ops()
+        self.resume()
+
+    def _banner(self) -> str:
+        assert self._mi is not None
+        lines = self._mi.console(
+            "python gdb.write('BANNER ' + gdb.parse_and_eval('linux_banner').string()"
+            ".strip().replace(chr(10), ' ') + chr(10))")
+        for line in lines:
+            if line.startswith("BANNER "):
+                return line[7:]
+        return ""
+
+    # -- run control --------------------------------------------------------------
+    def resume(self) -> None:
+        assert self._mi is not None
+        self._mi.command("-exec-continue")
+        self._running = True
+
+    def pause(self) -> None:
+        assert self._mi is not None
+        if not self._running:
+            return
+        start = self._mi.async_count
+        self._mi.command("-exec-interrupt")
+        got = self._mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start)
+        if got is None:
+            raise InfraError(f"the guest did not stop within {self.timeout:.0f} s of an interrupt")
+        self._running = False
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    def read_memory(self, addr: int, length: int) -> bytes:
+        assert self._mi is not None
+        rec = self._mi.command(f"-data-read-memory-bytes {addr:#x} {length}")
+        chunks = (rec.get("payload") or {}).get("memory") or []
+        return bytes.fromhex("".join(c["contents"] for c in chunks))[:length]
+
+    def evaluate(self, expr: str) -> str:
+        assert self._mi is not None
+        rec = self._mi.command(f'-data-evaluate-expression "{expr}"')
+        return str((rec.get("payload") or {}).get("value", ""))
+
+    # -- what the recorder reports ------------------------------------------------
+    def _on_console(self, line: str) -> None:
+        tag, _, body = line.partition(" ")
+        if not tag.startswith("POKELAB-"):
+            return
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            with self._lock:
+                self.counts.bad_records += 1
+            return
+        if tag == "POKELAB-TRAP":
+            self._on_trap(obj)
+        elif tag == "POKELAB-OTHER":
+            with self._lock:
+                self.counts.other += 1
+        elif tag == "POKELAB-ERROR":
+            log.warning("recorder error: %s", obj)
+            with self._lock:
+                self.counts.errors += 1
+        elif tag == "POKELAB-SETUP":
+            with self._lock:
+                self.setup_info = obj
+        elif tag == "POKELAB-STATS":
+            with self._lock:
+                self.stats = obj
+        elif tag == "POKELAB-OPS":
+            with self._lock:
+                self._ops_report = obj
+                self._event.notify_all()
+
+    def _on_trap(self, obj: dict[str, Any]) -> None:
+        layout = self.layout
+        if layout is None:
+            return
+        try:
+            rec = parse_trap_record(obj, layout)
+        except (RecordError, LayoutError) as exc:
+            with self._lock:
+                self.counts.bad_records += 1
+            log.warning("malformed trap record: %s", exc)
+            return
+        j = judge(rec, layout, self.sym)
+        entry = {"t": obj.get("t"), "cpu": obj.get("cpu"), "kind": j.kind, "verdict": j.verdict,
+                 "reason": j.reason, "injected": obj.get("injected"), "lookup": obj.get("lookup")}
+        if j.kind == "judged" and rec.entry is not None:
+            e = rec.entry
+            old = obj.get("entry_orig")
+            entry.update({
+                "site": f"{j.site:#x}" if j.site is not None else None,
+                "symbol": self.sym(j.site) if j.site is not None else None,
+                "opcode": f"{e.opcode:#04x}",
+                "len": e.len,
+                "new_bytes": decode.format_bytes(e.written),
+                "new_insn": str(j.written) if j.written else None,
+                "old_byte": f"{e.old:#04x}" if e.old is not None else None,
+                "target": f"{j.expected_ip:#x}" if j.expected_ip is not None else None,
+                "target_name": self.sym(j.expected_ip) if j.expected_ip is not None else None,
+                "emulated_ip": f"{j.actual_ip:#x}" if j.actual_ip is not None else None,
+                "emulated_name": self.sym(j.actual_ip) if j.actual_ip is not None else None,
+                "pushed": f"{j.actual_push:#x}" if j.actual_push is not None else None,
+                "regs_before": {"ip": f"{rec.pre.ip:#x}", "sp": f"{rec.pre.sp:#x}",
+                                "flags": f"{rec.pre.flags:#x}"},
+                "regs_after": {"ip": f"{rec.post.ip:#x}", "sp": f"{rec.post.sp:#x}",
+                               "flags": f"{rec.post.flags:#x}"},
+                "ret": obj.get("ret"),
+            })
+            if old:
+                entry["entry_before_injection"] = old
+        if "cost_ms" in obj:
+            entry["cost_ms"] = obj["cost_ms"]
+        with self._lock:
+            c = self.counts
+            c.seen += 1
+            if "cost_ms" in obj:
+                self.trap_costs_ms.append(float(obj["cost_ms"]))
+            injected = bool(obj.get("injected"))
+            c.injected += injected
+            if j.kind == "judged":
+                if j.verdict == "skipped":
+                    c.skipped += 1
+                else:
+                    c.judged += 1
+                    op = entry.get("opcode", "?")
+                    c.opcodes[op] = c.opcodes.get(op, 0) + 1
+                if j.verdict == "violation":
+                    c.violations += 1
+                    if injected:
+                        c.injected_flagged += 1
+                    else:
+                        c.false_flags += 1
+                    if len(self.violations) < 200:
+                        self.violations.append(entry)
+                if j.site is not None and rec.entry is not None:
+                    st = self.sites.get(j.site)
+                    # the real text being written: the original entry if we corrupted it
+                    written = rec.entry.written
+                    if old:
+                        from .trapdata import parse_text_poke_loc
+                        written = parse_text_poke_loc(bytes.fromhex(old), layout).written
+                    if st is None:
+                        self.sites[j.site] = SiteState(written, entry.get("symbol") or "?", 1)
+                    else:
+                        st.written, st.traps = written, st.traps + 1
+                    self.dirty_sites.add(j.site)
+            self._trap_log.write(json.dumps(entry) + "\n")
+            self._trap_log.flush()
+
+    # -- checks while paused ------------------------------------------------------
+    def refresh_ops(self) -> list[dict[str, Any]]:
+        """Name the trampolines of registered ftrace_ops (guest must be stopped or will be)."""
+        assert self._mi is not None
+        with self._lock:
+            self._ops_report = None
+        self._mi.console("python pokelab_ops()")
+        with self._lock:
+            report = self._ops_report or {}
+        ops = list(report.get("ops", []))
+        for o in ops:
+            if o.get("trampoline"):
+                owner = self.sym(o["ops"]) or f"ops@{o['ops']:#x}"
+                owner = owner.removesuffix("+0x0")
+                if owner.startswith("ops@"):
+                    func = (self.sym(o["func"]) or "?").removesuffix("+0x0")
+                    owner = f"ops({func})"
+                self.sym.add_region(f"{owner}.trampoline", o["trampoline"],
+                                    o.get("trampoline_size") or 0x100)
+        return ops
+
+    def check_sites(self) -> list[TextCheck]:
+        """Pause, read back every site patched since the last check, compare, resume."""
+        with self._lock:
+            todo = {s: (self.sites[s].written, self.sites[s].name) for s in self.dirty_sites}
+            self.dirty_sites.clear()
+        checks: list[TextCheck] = []
+        if not todo:
+            return checks
+        with self.paused():
+            self.refresh_ops()
+            for site, (written, name) in sorted(todo.items()):
+                now = self.read_memory(site, len(written))
+                ok, reason = check_final_text(now, written)
+                checks.append(TextCheck(site, name, ok, reason, now.hex()))
+        with self._lock:
+            self.text_checks.extend(checks)
+        return checks
+
+    def recorder_stats(self) -> dict[str, Any]:
+        assert self._mi is not None
+        self._mi.console("python pokelab_stats()")
+        with self._lock:
+            return dict(self.stats)
+
+    def judged_count(self) -> int:
+        with self._lock:
+            return self.counts.judged
+
+    # -- the end ----------------------------------------------------------------------
+    def finish(self) -> None:
+        """Rewrite the trap log with the trampoline names learned meanwhile."""
+        with self._lock:
+            self._trap_log.close()
+        lines = self.trap_log_path.read_text().splitlines()
+        out = []
+        for line in lines:
+            rec = json.loads(line)
+            for key, name_key in (("target", "target_name"), ("emulated_ip", "emulated_name")):
+                if rec.get(key) and not rec.get(name_key):
+                    rec[name_key] = self.sym(int(rec[key], 16))
+            out.append(json.dumps(rec))
+        self.trap_log_path.write_text("\n".join(out) + ("\n" if out else ""))
+
+    def close(self) -> None:
+        """Detach (the guest keeps running) and end GDB.  Idempotent."""
+        mi, self._mi = self._mi, None
+        if mi is None:
+            return
+        try:
+            if self._running:
+                self.pause_quietly(mi)
+            mi.command("-target-detach", timeout=5.0)
+        except InfraError:
+            pass
+        mi.close()
+        if not self._trap_log.closed:
+            self._trap_log.close()
+
+    def pause_quietly(self, mi: MiSession) -> None:
+        try:
+            start = mi.async_count
+            mi.command("-exec-interrupt", timeout=5.0)
+            mi.wait_async(lambda r: r.get("message") == "stopped", 5.0, start)
+        except InfraError:
+            pass
+        self._running = False
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            c = self.counts
+            costs = sorted(self.trap_costs_ms)
+            return {
+                "traps_seen": c.seen + c.other,
+                "traps_recorded": c.seen,
+                "not_text_poke": c.other,
+                "traps_judged": c.judged,
+                "violations": c.violations,
+                "skipped": c.skipped,
+                "injected": c.injected,
+                "injected_flagged": c.injected_flagged,
+                "false_flags": c.false_flags,
+                "recorder_errors": c.errors,
+                "bad_records": c.bad_records,
+                "opcodes": dict(c.opcodes),
+                "sites": {f"{s:#x}": {"name": v.name, "traps": v.traps}
+                          for s, v in sorted(self.sites.items())},
+                "text_checks": len(self.text_checks),
+                "text_mismatches": sum(1 for t in self.text_checks if not t.ok),
+                "trap_cost_ms_median": statistics.median(costs) if costs else None,
+                "handler": self.setup_info.get("handler"),
+                "descriptor": self.setup_info.get("desc"),
+                "trap_log": str(self.trap_log_path),
+            }

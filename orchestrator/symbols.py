@@ -1,0 +1,58 @@
+"""Kernel symbols for naming sites and targets: System.map, plus live regions (trampolines)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from . import procs
+from .decode import TableSymbolizer
+
+_TEXT_TYPES = set("tTwW")
+
+
+def parse_system_map(text: str) -> list[tuple[int, int, str]]:
+    """(address, size, name) for text symbols; size runs to the next symbol.  Pure."""
+    rows: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] in _TEXT_TYPES:
+            try:
+                rows.append((int(parts[0], 16), parts[2]))
+            except ValueError:
+                continue
+    rows.sort()
+    out: list[tuple[int, int, str]] = []
+    for i, (addr, name) in enumerate(rows):
+        nxt = rows[i + 1][0] if i + 1 < len(rows) else addr + 1
+        out.append((addr, max(0, nxt - addr), name))
+    return out
+
+
+def load_symbols(system_map: Path | None, vmlinux: Path) -> list[tuple[int, int, str]]:
+    if system_map is not None and system_map.is_file():
+        return parse_system_map(system_map.read_text(errors="replace"))
+    res = procs.run(["nm", "-n", str(vmlinux)], timeout=120, what="nm on vmlinux")
+    return parse_system_map(res.stdout.decode(errors="replace"))
+
+
+class KernelSymbolizer:
+    """vmlinux symbols plus named regions learned while the guest runs (thread-safe)."""
+
+    def __init__(self, symbols: list[tuple[int, int, str]]) -> None:
+        self._table = TableSymbolizer(symbols)
+        self._regions: list[tuple[str, int, int]] = []
+        self._lock = threading.Lock()
+        self.by_name = {name: addr for addr, _, name in symbols}
+
+    def add_region(self, name: str, start: int, size: int) -> None:
+        with self._lock:
+            self._regions = [r for r in self._regions if r[1] != start] + [(name, start, size)]
+
+    def __call__(self, addr: int) -> str | None:
+        with self._lock:
+            regions = list(self._regions)
+        for name, start, size in regions:
+            if start <= addr < start + size:
+                return f"{name}+{addr - start:#x}"
+        return self._table(addr)

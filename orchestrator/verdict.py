@@ -1,0 +1,56 @@
+"""Verdicts from counts: one pure function, so every caller judges a run the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+VERDICTS = ("PASS", "FAIL", "CRASH", "BOOT_FAIL", "INFRA", "UNSUPPORTED", "INCONCLUSIVE")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: str
+    reasons: tuple[str, ...]
+
+
+def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
+           inject: str | None = None, load_ok: bool = True) -> Outcome:
+    """The verdict of one probed run.
+
+    Order matters: a crash outranks everything (the console says who is to blame);
+    a violation or a text mismatch is a FAIL; a run whose recorder lost or
+    garbled records cannot vouch for every emulation (INFRA); too few judged
+    traps prove nothing (INCONCLUSIVE).  With an injection the run is expected
+    to FAIL: every injected trap flagged and nothing else.
+    """
+    reasons: list[str] = []
+    if crashes:
+        why = "; ".join(crashes[:3])
+        if inject:
+            why += f" (with --inject {inject}: the corruption may have caused it)"
+        return Outcome("CRASH", (why,))
+    violations = int(summary.get("violations", 0))
+    mismatches = int(summary.get("text_mismatches", 0))
+    if violations:
+        reasons.append(f"{violations} emulation violation(s)")
+        if inject:
+            reasons.append(f"{summary.get('injected_flagged', 0)} of {summary.get('injected', 0)} "
+                           f"injected traps flagged, {summary.get('false_flags', 0)} other(s) flagged")
+    if mismatches:
+        reasons.append(f"{mismatches} site(s) hold other text than the last one written")
+    if reasons:
+        return Outcome("FAIL", tuple(reasons))
+    broken = int(summary.get("recorder_errors", 0)) + int(summary.get("bad_records", 0))
+    lost = int(summary.get("lost", 0))
+    if broken or lost:
+        return Outcome("INFRA", (f"recorder errors {broken}, lost stops {lost}: not every trap was judged",))
+    if not load_ok:
+        return Outcome("INCONCLUSIVE", ("the load generators did not run on every loaded vCPU",))
+    judged = int(summary.get("traps_judged", 0))
+    if judged < min_judged:
+        return Outcome("INCONCLUSIVE", (f"{judged} trap(s) judged, fewer than the floor of {min_judged}",))
+    if inject and int(summary.get("injected", 0)) == 0:
+        return Outcome("INCONCLUSIVE", (f"--inject {inject}: no trap was eligible for injection",))
+    return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, "
+                            f"{summary.get('text_checks', 0)} site read-backs matched",))
