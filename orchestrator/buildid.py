@@ -227,3 +227,11 @@ def elf_build_id(f: BinaryIO) -> str | None:
             if name == "GNU" and ntype == NT_GNU_BUILD_ID and desc:
                 return desc.hex()
     return None
+
+
+def notes_build_id(blob: bytes) -> str | None:
+    """The GNU build-id in a raw little-endian note blob (e.g. a kernel's live ``__start_notes``)."""
+    for name, ntype, desc in _notes(blob, "<", 4):
+        if name == "GNU" and ntype == 3 and desc:
+            return desc.hex()
+    return None

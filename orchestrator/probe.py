@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import decode
+from .buildid import elf_build_id, notes_build_id
 from .errors import InfraError, Unsupported, UsageError
 from .judge import Judgement, check_final_text, judge
 from .mi import MiError, MiSession, gdb_argv
@@ -119,19 +120,13 @@ class Probe:
         self._mi = mi = MiSession(argv, self.artifacts / "mi.log", self.timeout)
         mi.add_console_hook(self._on_console)
         mi.command("-gdb-set mi-async on")
-        file_banner = self._banner()
-        if not file_banner:
-            raise UsageError(f"{self.vmlinux} has no linux_banner: not a kernel vmlinux with symbols")
         start = mi.async_count
         try:
             mi.command(f"-target-select remote {self.address}", timeout=self.timeout)
         except MiError as exc:
             raise InfraError(f"GDB could not attach to {self.address}: {exc.title}") from None
         mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start)
-        live_banner = self._banner()
-        if live_banner != file_banner:
-            raise UsageError("the vmlinux does not match the running kernel: linux_banner differs "
-                             f"(file: {file_banner[:60]!r}, guest: {live_banner[:60]!r})")
+        self._check_build_id()
         mi.console(f"source {GDB_SCRIPT}")
         args = {"inject": self.inject, "inject_every": self.inject_every,
                 "hardware": self.hardware, "stub_candidates": list(STUB_CANDIDATES)}
@@ -151,15 +146,20 @@ class Probe:
         self.refresh_ops()
         self.resume()
 
-    def _banner(self) -> str:
-        assert self._mi is not None
-        lines = self._mi.console(
-            "python gdb.write('BANNER ' + gdb.parse_and_eval('linux_banner').string()"
-            ".strip().replace(chr(10), ' ') + chr(10))")
-        for line in lines:
-            if line.startswith("BANNER "):
-                return line[7:]
-        return ""
+    def _check_build_id(self) -> None:
+        """Refuse a running kernel whose build-id (read from guest memory) differs from the vmlinux's."""
+        with open(self.vmlinux, "rb") as f:
+            want = elf_build_id(f)
+        try:
+            start = int(self.evaluate("(unsigned long)&__start_notes"), 0)
+            stop = int(self.evaluate("(unsigned long)&__stop_notes"), 0)
+        except (MiError, ValueError):
+            raise UsageError(f"{self.vmlinux} has no __start_notes: not a kernel vmlinux with symbols") from None
+        live = notes_build_id(self.read_memory(start, min(stop - start, 4096)))
+        if want is None or live is None or live != want:
+            raise UsageError(f"the vmlinux does not match the running kernel: build-id "
+                             f"{(want or 'none')[:16]} in the file, {(live or 'none')[:16]} in the guest")
+        self.build_id = live
 
     # -- run control --------------------------------------------------------------
     def resume(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ftrace, loadgen
+from .cache import cache_dir
 from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported
 from .images import KernelArtifacts
 from .probe import Probe
@@ -60,7 +61,8 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
         phases["boot_s"] = time.monotonic() - t
         progress(f"booted {vm.release} in {phases['boot_s']:.1f} s")
         t = time.monotonic()
-        sym = KernelSymbolizer(load_symbols(kernel.system_map, kernel.vmlinux))
+        sym = KernelSymbolizer(load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(),
+                                           kernel.build_id))
         probe = Probe(kernel.vmlinux, vm.gdb_address, spec.artifacts, sym,
                       vm.timeouts.get("gdb_command"), inject=opts.inject,
                       inject_every=opts.inject_every, hardware=spec.accel == "kvm")

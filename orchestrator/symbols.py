@@ -29,11 +29,28 @@ def parse_system_map(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def load_symbols(system_map: Path | None, vmlinux: Path) -> list[tuple[int, int, str]]:
+def load_symbols(system_map: Path | None, vmlinux: Path, cache: Path | None = None,
+                 build_id: str = "") -> list[tuple[int, int, str]]:
+    """Text symbols from System.map, or from ``nm -n vmlinux`` when the map is a stub.
+
+    Debian ships a one-line System.map ("The real System.map is in the ... -dbg
+    package"), so the nm output is cached per build-id under ``cache/symbols``.
+    """
     if system_map is not None and system_map.is_file():
-        return parse_system_map(system_map.read_text(errors="replace"))
-    res = procs.run(["nm", "-n", str(vmlinux)], timeout=120, what="nm on vmlinux")
-    return parse_system_map(res.stdout.decode(errors="replace"))
+        rows = parse_system_map(system_map.read_text(errors="replace"))
+        if len(rows) > 1000:
+            return rows
+    saved = cache / "symbols" / f"{build_id}.map" if cache is not None and build_id else None
+    if saved is not None and saved.is_file():
+        return parse_system_map(saved.read_text(errors="replace"))
+    res = procs.run(["nm", "-n", str(vmlinux)], timeout=300, what="nm on vmlinux (binutils)")
+    text = res.stdout.decode(errors="replace")
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.rename(saved)
+    return parse_system_map(text)
 
 
 class KernelSymbolizer:
