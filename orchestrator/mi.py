@@ -94,17 +94,13 @@ class MiSession:
             with self._cond:
                 self.async_records.append(rec)
                 self._cond.notify_all()
-        elif kind in ("console", "target", "log", "output"):
-            text = rec.get("payload") or ""
-            if not isinstance(text, str):
-                return
-            for line in text.splitlines():
-                if kind == "console":
-                    for hook in list(self._hooks):
-                        hook(line)
-                    with self._cond:
-                        self._console_lines.append(line)
-                        self._cond.notify_all()
+        elif kind == "console":
+            for line in console_lines([rec]):
+                for hook in list(self._hooks):
+                    hook(line)
+                with self._cond:
+                    self._console_lines.append(line)
+                    self._cond.notify_all()
 
     def add_console_hook(self, hook: StreamHook) -> None:
         """``hook(line)`` for every console-stream line, called in the reader thread."""
@@ -204,3 +200,25 @@ def gdb_argv(vmlinux: Path | None, gdb: str = "gdb") -> list[str]:
     if vmlinux is not None:
         argv.append(str(vmlinux))
     return argv
+
+
+def parse_transcript(text: str) -> list[Record]:
+    """The GDB output records of a transcript written by MiSession (lines ``<time> < <record>``)."""
+    out: list[Record] = []
+    for line in text.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[1] == "<":
+            try:
+                out.append(gdbmiparser.parse_response(parts[2]))
+            except Exception:  # noqa: BLE001 - keep going past a garbled line
+                continue
+    return out
+
+
+def console_lines(records: list[Record]) -> list[str]:
+    """The console-stream lines among parsed records, as the live reader hands them to hooks."""
+    lines: list[str] = []
+    for rec in records:
+        if rec.get("type") == "console" and isinstance(rec.get("payload"), str):
+            lines.extend(rec["payload"].splitlines())
+    return lines

@@ -198,6 +198,14 @@ class Probe:
         return str((rec.get("payload") or {}).get("value", ""))
 
     # -- what the recorder reports ------------------------------------------------
+    def ingest(self, line: str) -> None:
+        """Take one console line from the recorder (live, or replayed from a transcript)."""
+        self._on_console(line)
+        if line.startswith("POKELAB-SETUP ") and self.layout is None:
+            info = self.setup_info
+            if info and not info.get("unsupported"):
+                self.layout = layout_from_setup(info)
+
     def _on_console(self, line: str) -> None:
         tag, _, body = line.partition(" ")
         if not tag.startswith("POKELAB-"):

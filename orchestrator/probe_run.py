@@ -75,6 +75,8 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
         vm.check(loadgen.start_command("getpid", load_cpus))
         ftrace.set_filter(vm, [opts.function])
         t = time.monotonic()
+        per_toggle: list[int] = []
+        out["judged_after_toggle"] = per_toggle
         for i in range(opts.toggles):
             for tracer in ("function", "nop"):
                 ftrace.set_tracer(vm, tracer)
@@ -82,7 +84,8 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
                 if vm.qemu_exited() or _crash_titles(vm):
                     raise KernelCrash("guest crashed while toggling: " +
                                       "; ".join(_crash_titles(vm)[:2] or [vm.qemu_exited() or "?"]))
-            progress(f"toggle {i + 1}/{opts.toggles}: {probe.judged_count()} traps judged")
+            per_toggle.append(probe.judged_count())
+            progress(f"toggle {i + 1}/{opts.toggles}: {per_toggle[-1]} traps judged")
         phases["toggle_s"] = time.monotonic() - t
         counts = loadgen.parse_counts(vm.check(loadgen.STOP_COMMAND))
         out["load_iterations"] = {str(k): v for k, v in sorted(counts.items())}
@@ -93,8 +96,14 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
         summary["lost"] = int(stats.get("lost", 0))
         summary["recorder"] = stats
         out.update(summary)
+        func_addr = sym.by_name.get(opts.function)
+        site_traps = sum(v.traps for s, v in probe.sites.items()
+                         if func_addr is not None and func_addr <= s < func_addr + 16)
+        out["function_site_traps"] = site_traps
         outcome = decide(summary, crashes=_crash_titles(vm), min_judged=opts.min_judged,
-                         inject=opts.inject, load_ok=load_ok)
+                         inject=opts.inject, load_ok=load_ok,
+                         floor_count=site_traps if func_addr is not None else None,
+                         floor_what=f"trap(s) judged at {opts.function}'s site")
         out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
         if opts.inject and outcome.verdict == "FAIL":
             ok = summary["injected_flagged"] == summary["injected"] and summary["false_flags"] == 0

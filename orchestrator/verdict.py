@@ -15,7 +15,8 @@ class Outcome:
 
 
 def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
-           inject: str | None = None, load_ok: bool = True) -> Outcome:
+           inject: str | None = None, load_ok: bool = True,
+           floor_count: int | None = None, floor_what: str = "traps judged") -> Outcome:
     """The verdict of one probed run.
 
     Order matters: a crash outranks everything (the console says who is to blame);
@@ -48,8 +49,9 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
     if not load_ok:
         return Outcome("INCONCLUSIVE", ("the load generators did not run on every loaded vCPU",))
     judged = int(summary.get("traps_judged", 0))
-    if judged < min_judged:
-        return Outcome("INCONCLUSIVE", (f"{judged} trap(s) judged, fewer than the floor of {min_judged}",))
+    counted = judged if floor_count is None else floor_count
+    if counted < min_judged:
+        return Outcome("INCONCLUSIVE", (f"{counted} {floor_what}, fewer than the floor of {min_judged}",))
     if inject and int(summary.get("injected", 0)) == 0:
         return Outcome("INCONCLUSIVE", (f"--inject {inject}: no trap was eligible for injection",))
     return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, "
