@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from . import __version__
 from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported, UsageError
@@ -53,6 +53,13 @@ class _Terminated(SystemExit):
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(128 + signum)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other pokelab error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CODES["USAGE"], f"pokelab: usage: {message} (see: {self.prog} --help)\n")
 
 
 def _add_kernel_args(p: argparse.ArgumentParser) -> None:
@@ -200,7 +207,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pokelab",
         description="Boot a kernel in QEMU, watch its text_poke int3 emulation through GDB, judge it.")
     p.add_argument("--version", action="version", version=f"pokelab {__version__}")
