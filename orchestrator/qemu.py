@@ -112,7 +112,9 @@ def free_port() -> int:
 
 
 def check_port_free(port: int) -> None:
-    """UsageError if ``port`` is already taken on 127.0.0.1."""
+    """UsageError if ``port`` is not a TCP port or is already taken on 127.0.0.1."""
+    if not 1 <= port <= 65535:
+        raise UsageError(f"port {port} is not a TCP port (1..65535)")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind(("127.0.0.1", port))

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -26,7 +26,9 @@ WATCHED = ("SHUTDOWN", "STOP", "RESUME", "GUEST_PANICKED", "RESET")
 
 
 class Qmp:
-    def __init__(self, path: Path, transcript: Path, timeout: float) -> None:
+    def __init__(self, path: Path, transcript: Path, timeout: float,
+                 abort: Callable[[], bool] | None = None) -> None:
+        """Connect within ``timeout`` s; give up at once when ``abort()`` is true (QEMU died)."""
         self._timeout = timeout
         self._log = open(transcript, "a", encoding="utf-8")
         self.events_seen: list[dict[str, Any]] = []
@@ -37,6 +39,9 @@ class Qmp:
                 greeting = self._mon.connect(negotiate=True)
                 break
             except (QMPError, OSError) as exc:
+                if abort is not None and abort():
+                    self._log.close()
+                    raise InfraError(f"QEMU exited before its QMP socket {path} answered") from None
                 if time.monotonic() > end:
                     raise InfraError(f"QMP socket {path} did not answer: {exc}") from None
                 time.sleep(0.05)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import crash, procs, qemu
 from .console import Console
-from .errors import BootError, InfraError, KernelCrash
+from .errors import BootError, InfraError, KernelCrash, UsageError
 from .qmp import Qmp
 from .ssh import Result, Ssh
 from .timeouts import KVM, TCG, Timeouts
@@ -93,6 +93,8 @@ class Vm:
         for path, what in ((self.spec.bzimage, "kernel image"), (self.spec.initrd, "initramfs")):
             if not path.is_file():
                 raise InfraError(f"{what} {path} does not exist")
+        if self.spec.gdb_port is not None and self.spec.gdb_port == self.spec.ssh_port:
+            raise UsageError(f"the gdbstub and SSH cannot share port {self.spec.gdb_port}")
         if self.spec.gdb_port is not None:
             qemu.check_port_free(self.spec.gdb_port)
         if self.spec.ssh_port is not None:
@@ -112,8 +114,9 @@ class Vm:
             self._child = procs.Child(self.argv, name="qemu", stderr=stderr)
             stderr.close()
             try:
+                child = self._child
                 self.qmp = Qmp(self.config.qmp_socket, self.spec.artifacts / "qmp.jsonl",
-                               self.timeouts.get("qmp"))
+                               self.timeouts.get("qmp"), abort=lambda: child.poll() is not None)
                 break
             except InfraError:
                 err = self._qemu_stderr()
