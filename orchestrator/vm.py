@@ -114,9 +114,9 @@ class Vm:
             self._child = procs.Child(self.argv, name="qemu", stderr=stderr)
             stderr.close()
             try:
-                child = self._child
                 self.qmp = Qmp(self.config.qmp_socket, self.spec.artifacts / "qmp.jsonl",
-                               self.timeouts.get("qmp"), abort=lambda: child.poll() is not None)
+                               self.timeouts.get("qmp"),
+                               abort=lambda: self._child is None or self._child.poll() is not None)
                 break
             except InfraError:
                 err = self._qemu_stderr()
