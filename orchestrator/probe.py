@@ -282,6 +282,11 @@ class Probe:
             if "cost_ms" in obj:
                 self.trap_costs_ms.append(float(obj["cost_ms"]))
             injected = bool(obj.get("injected"))
+            if obj.get("injected_by") and j.verdict != "violation":
+                # Another vCPU corrupted this entry during this trap's window, but the
+                # handler read it before or after the corruption: it emulated clean data.
+                injected = False
+                entry["injected"], entry["overlapped_injection"] = None, obj["injected"]
             c.injected += injected
             if j.kind == "judged":
                 if j.verdict == "skipped":
@@ -325,10 +330,9 @@ class Probe:
         ops = list(report.get("ops", []))
         for o in ops:
             if o.get("trampoline"):
-                owner = self.sym(o["ops"]) or f"ops@{o['ops']:#x}"
-                owner = owner.removesuffix("+0x0")
-                if owner.startswith("ops@"):
-                    func = (self.sym(o["func"]) or "?").removesuffix("+0x0")
+                owner = self.sym.data_at.get(o["ops"])
+                if owner is None:
+                    func = (self.sym(o["func"]) or f"{o['func']:#x}").removesuffix("+0x0")
                     owner = f"ops({func})"
                 self.sym.add_region(f"{owner}.trampoline", o["trampoline"],
                                     o.get("trampoline_size") or 0x100)

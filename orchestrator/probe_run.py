@@ -61,8 +61,10 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
         phases["boot_s"] = time.monotonic() - t
         progress(f"booted {vm.release} in {phases['boot_s']:.1f} s")
         t = time.monotonic()
-        sym = KernelSymbolizer(load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(),
-                                           kernel.build_id))
+        sym = KernelSymbolizer(
+            load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id),
+            load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id,
+                         types=set("dDbB")))
         probe = Probe(kernel.vmlinux, vm.gdb_address, spec.artifacts, sym,
                       vm.timeouts.get("gdb_command"), inject=opts.inject,
                       inject_every=opts.inject_every, hardware=spec.accel == "kvm")

@@ -9,14 +9,15 @@ from . import procs
 from .decode import TableSymbolizer
 
 _TEXT_TYPES = set("tTwW")
+_DATA_TYPES = set("dDbBrR")
 
 
-def parse_system_map(text: str) -> list[tuple[int, int, str]]:
-    """(address, size, name) for text symbols; size runs to the next symbol.  Pure."""
+def parse_system_map(text: str, types: set[str] = _TEXT_TYPES) -> list[tuple[int, int, str]]:
+    """(address, size, name) for symbols of ``types`` (default: text); size runs to the next.  Pure."""
     rows: list[tuple[int, str]] = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[1] in _TEXT_TYPES:
+        if len(parts) >= 3 and parts[1] in types:
             try:
                 rows.append((int(parts[0], 16), parts[2]))
             except ValueError:
@@ -30,19 +31,19 @@ def parse_system_map(text: str) -> list[tuple[int, int, str]]:
 
 
 def load_symbols(system_map: Path | None, vmlinux: Path, cache: Path | None = None,
-                 build_id: str = "") -> list[tuple[int, int, str]]:
+                 build_id: str = "", types: set[str] = _TEXT_TYPES) -> list[tuple[int, int, str]]:
     """Text symbols from System.map, or from ``nm -n vmlinux`` when the map is a stub.
 
     Debian ships a one-line System.map ("The real System.map is in the ... -dbg
     package"), so the nm output is cached per build-id under ``cache/symbols``.
     """
     if system_map is not None and system_map.is_file():
-        rows = parse_system_map(system_map.read_text(errors="replace"))
+        rows = parse_system_map(system_map.read_text(errors="replace"), types)
         if len(rows) > 1000:
             return rows
     saved = cache / "symbols" / f"{build_id}.map" if cache is not None and build_id else None
     if saved is not None and saved.is_file():
-        return parse_system_map(saved.read_text(errors="replace"))
+        return parse_system_map(saved.read_text(errors="replace"), types)
     res = procs.run(["nm", "-n", str(vmlinux)], timeout=300, what="nm on vmlinux (binutils)")
     text = res.stdout.decode(errors="replace")
     if saved is not None:
@@ -50,14 +51,17 @@ def load_symbols(system_map: Path | None, vmlinux: Path, cache: Path | None = No
         tmp = saved.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.rename(saved)
-    return parse_system_map(text)
+    return parse_system_map(text, types)
 
 
 class KernelSymbolizer:
     """vmlinux symbols plus named regions learned while the guest runs (thread-safe)."""
 
-    def __init__(self, symbols: list[tuple[int, int, str]]) -> None:
+    def __init__(self, symbols: list[tuple[int, int, str]],
+                 data: list[tuple[int, int, str]] = ()) -> None:  # type: ignore[assignment]
         self._table = TableSymbolizer(symbols)
+        #: exact addresses of data objects, e.g. ``global_ops`` (to name an ftrace_ops)
+        self.data_at = {addr: name for addr, _, name in data}
         self._regions: list[tuple[str, int, int]] = []
         self._lock = threading.Lock()
         self.by_name = {name: addr for addr, _, name in symbols}

@@ -248,6 +248,7 @@ def _on_entry():
     t_in = time.monotonic()
     regs_ptr = _reg(frame, "rdi")
     st["entries"] += 1
+    st["seq"] += 1
     rec = {"cpu": thread - 1, "regs_ptr": regs_ptr, "t": round(time.monotonic() - st["t0"], 6)}
     if regs_ptr < KERNEL_MIN:
         rec.update({"kind": "other", "why": "rdi is not a kernel pointer"})
@@ -292,6 +293,7 @@ def _on_entry():
                 if bad is not None:
                     _write(addr, bad)
                     st["corrupted"][addr] = (entry, bad, st["mode"])
+                    st["windows"].append([addr, st["seq"], None, st["mode"]])
                     rec["injected"] = st["mode"]
                     rec["entry_orig"] = entry.hex()
                     rec["entry"] = bad.hex()
@@ -303,6 +305,8 @@ def _on_entry():
     if thread in st["pending"]:
         st["lost"] += 1
     rec["_t_in"] = t_in
+    rec["_seq"] = st["seq"]
+    rec["_addr"] = vec + idx * info["loc_size"] if entry is not None else None
     st["pending"][thread] = rec
 
 
@@ -329,11 +333,26 @@ def _on_exit():
         rec["stack_word"] = _read(new_sp, 8).hex()
     except gdb.MemoryError:
         rec["stack_word"] = None
+    st["seq"] += 1
     addr = rec.pop("restore", None)
     if addr is not None:
         orig, bad, _mode = st["corrupted"].pop(addr)
         if _read(addr, len(bad)) == bad:  # only if the slot was not reused by a new batch
             _write(addr, orig)
+        for w in st["windows"]:
+            if w[0] == addr and w[2] is None:
+                w[2] = st["seq"]
+    # Another vCPU may have corrupted this trap's entry after our entry stop and
+    # before the handler read it: the trap then emulated a corrupted descriptor too.
+    seq_in, my_addr = rec.pop("_seq"), rec.pop("_addr")
+    if not rec.get("injected") and my_addr is not None:
+        for w_addr, w_start, w_end, w_mode in st["windows"]:
+            if w_addr == my_addr and w_start >= seq_in and (w_end is None or w_end >= seq_in):
+                rec["injected"] = w_mode
+                rec["injected_by"] = "another vcpu's injection during this trap"
+                break
+    if len(st["windows"]) > 64:
+        st["windows"] = [w for w in st["windows"] if w[2] is None] + st["windows"][-32:]
     st["traps"] += 1
     # time from the entry stop's handling to the end of this one (excludes the first
     # stop's arrival and the last resume, which a bare stop pays too)
@@ -351,7 +370,8 @@ def pokelab_setup(args_json):
     _STATE.update({"info": info, "pending": {}, "corrupted": {}, "bps": [], "traps": 0,
                    "entries": 0, "others": 0, "lost": 0, "errors": 0, "eligible": 0,
                    "mode": args.get("inject"), "every": max(1, int(args.get("inject_every", 2))),
-                   "stub": None, "t0": time.monotonic()})
+                   "stub": None, "t0": time.monotonic(),
+                   "seq": 0, "windows": []})
     if info.get("unsupported"):
         _emit("POKELAB-SETUP", info)
         return

@@ -24,7 +24,7 @@ def probe(tmp_path: Path, *args: str, timeout: float = 600) -> tuple[int, dict]:
 
 
 def test_default_kernel_toggles_pass_and_session_does_not_stall(tmp_path: Path) -> None:
-    rc, s = probe(tmp_path, "--toggles", "14")
+    rc, s = probe(tmp_path, "--toggles", "20")
     assert s["verdict"] == "PASS", s.get("reasons")
     assert rc == 0
     per = s["judged_after_toggle"]
@@ -67,7 +67,7 @@ def test_filter_on_a_function_never_called_is_inconclusive(tmp_path: Path) -> No
     # a real traceable function that the idle guest never runs: no trap, nothing proven
     # (the tracer's own static keys still trap elsewhere: those are judged, but prove
     # nothing about the function asked for)
-    rc, s = probe(tmp_path, "--toggles", "1", "--function", "__do_sys_sethostname")
+    rc, s = probe(tmp_path, "--toggles", "1", "--function", "__x64_sys_sethostname")
     assert s["verdict"] == "INCONCLUSIVE", s.get("reasons")
     assert s["function_site_traps"] == 0
     assert rc == 2
