@@ -57,7 +57,7 @@ vm: setup images
 test: setup images lint types unit vm
 
 bench: setup images
-	$(BIN)/python -m orchestrator.bench --out bench/latest.json
+	$(BIN)/pokelab bench --out bench/latest.json
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

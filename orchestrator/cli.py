@@ -8,9 +8,10 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported, UsageError
@@ -78,7 +79,8 @@ def _add_vm_args(p: argparse.ArgumentParser) -> None:
                    help="auto: KVM where it was seen to boot a guest, else TCG (default auto)")
     g.add_argument("--tcg-thread", default="single", choices=("single", "multi"),
                    help="TCG threading; 'multi' is known unstable for text_poke (default single)")
-    g.add_argument("--gdb-port", type=int, metavar="PORT", help="gdbstub port on 127.0.0.1 (default: a free one)")
+    g.add_argument("--gdb-port", type=int, metavar="PORT",
+                   help="gdbstub port on 127.0.0.1 (default: a free one)")
     g.add_argument("--ssh-port", type=int, metavar="PORT", help="SSH port on 127.0.0.1 (default: a free one)")
     g.add_argument("--artifacts", type=Path, metavar="DIR",
                    help="artifact dir (default: artifacts/<time>-<command>-<pid>, or $POKELAB_ARTIFACTS)")
@@ -173,7 +175,7 @@ def cmd_run_cmd(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("run-cmd needs a guest command after --")
-    spec, kernel = _vm_from_args(args, "run-cmd")
+    spec, _kernel = _vm_from_args(args, "run-cmd")
     if args.dry_run:
         return _dry_run(spec)
     with Vm(spec) as vm:
@@ -204,6 +206,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
     print_summary(out, print)
     write_json(out, args.json)
     return EXIT_CODES[out["verdict"]]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import run
+
+    figures = run(args.out.resolve(), boots=args.boots, stops=args.stops, toggles=args.toggles,
+                  progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(json.dumps(figures, indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewer judged traps than this is INCONCLUSIVE (default 1)")
     s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON summary here too")
     s.set_defaults(func=cmd_probe)
+
+    s = sub.add_parser("bench", help="measure boot time and probe cost; write flat JSON")
+    s.add_argument("--out", type=Path, default=Path("bench/latest.json"), help="default bench/latest.json")
+    s.add_argument("--boots", type=int, default=5, help="boots for the boot-time median (default 5)")
+    s.add_argument("--stops", type=int, default=100, help="stops for the stop-cost median (default 100)")
+    s.add_argument("--toggles", type=int, default=10, help="probe toggles (default 10)")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

@@ -13,8 +13,8 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pexpect
 import pexpect.fdpexpect
@@ -42,7 +42,7 @@ class Console:
                     self._sock.close()
                     raise InfraError(f"serial console socket {path} did not appear") from None
                 time.sleep(0.02)
-        self._log = open(logfile, "ab")
+        self._log = open(logfile, "wb")
         self._child = pexpect.fdpexpect.fdspawn(self._sock.fileno(), timeout=None)
         self._child.logfile_read = self._log
         self._lines: list[str] = []

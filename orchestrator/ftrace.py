@@ -25,17 +25,20 @@ def set_filter(vm: Vm, functions: list[str], cpu: int | None = 0) -> None:
 
 
 def set_tracer(vm: Vm, tracer: str, cpu: int | None = 0) -> float:
-    """Switch current_tracer (from ``cpu``); returns the guest-side wall time it took."""
+    """Switch current_tracer (from ``cpu``) and read it back in the same round trip.
+
+    Returns the guest-side wall time of the switch, in seconds.
+    """
     res = vm.run(_sh(f"t0=$(cut -d' ' -f1 /proc/uptime); echo {tracer} > {TRACING}/current_tracer"
-                     f" && cut -d' ' -f1 /proc/uptime && echo $t0", cpu))
-    if res.status != 0:
-        raise InfraError(f"switching current_tracer to {tracer} failed: {res.stderr.strip()}")
-    now = vm.check(f"cat {TRACING}/current_tracer").strip()
-    if now != tracer:
-        raise InfraError(f"current_tracer is {now}, not {tracer}")
+                     f" && t1=$(cut -d' ' -f1 /proc/uptime) && echo $t0 $t1"
+                     f" $(cat {TRACING}/current_tracer)", cpu))
+    words = res.stdout.split()
+    if res.status != 0 or len(words) != 3:
+        raise InfraError(f"switching current_tracer to {tracer} failed: {res.stderr.strip()[-200:]}")
+    if words[2] != tracer:
+        raise InfraError(f"current_tracer is {words[2]}, not {tracer}")
     try:
-        end, start = (float(x) for x in res.stdout.split()[:2])
-        return end - start
+        return float(words[1]) - float(words[0])
     except ValueError:
         return 0.0
 

@@ -6,9 +6,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from . import images, qemu, rootfs
 from .cache import cache_dir

@@ -37,7 +37,8 @@ def start_command(path: str, cpus: list[int], seconds: float = 0) -> str:
     return " ".join(parts) + " true"
 
 
-STOP_COMMAND = "killall -TERM loadgen 2>/dev/null; sleep 0.3; cat /tmp/loadgen.*.out 2>/dev/null; rm -f /tmp/loadgen.*.out"
+STOP_COMMAND = ("killall -TERM loadgen 2>/dev/null; sleep 0.3; "
+                "cat /tmp/loadgen.*.out 2>/dev/null; rm -f /tmp/loadgen.*.out")
 
 
 def parse_counts(text: str) -> dict[int, int]:

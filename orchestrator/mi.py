@@ -18,8 +18,9 @@ import logging
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pygdbmi import gdbmiparser
 
@@ -71,7 +72,7 @@ class MiSession:
             self._log("<", line)
             try:
                 rec = gdbmiparser.parse_response(line)
-            except Exception:  # noqa: BLE001 - a line pygdbmi cannot parse is logged and kept
+            except Exception:
                 rec = {"type": "output", "payload": line, "message": None}
             self._dispatch(rec)
         with self._cond:
@@ -196,7 +197,8 @@ class MiSession:
 def gdb_argv(vmlinux: Path | None, gdb: str = "gdb") -> list[str]:
     argv = [gdb, "--nx", "--quiet", "--interpreter=mi3",
             "-iex", "set pagination off", "-iex", "set confirm off",
-            "-iex", "set width 0", "-iex", "set auto-load no"]
+            "-iex", "set width 0", "-iex", "set auto-load no",
+            "-iex", "set breakpoint always-inserted on"]
     if vmlinux is not None:
         argv.append(str(vmlinux))
     return argv
@@ -210,7 +212,7 @@ def parse_transcript(text: str) -> list[Record]:
         if len(parts) == 3 and parts[1] == "<":
             try:
                 out.append(gdbmiparser.parse_response(parts[2]))
-            except Exception:  # noqa: BLE001 - keep going past a garbled line
+            except Exception:
                 continue
     return out
 

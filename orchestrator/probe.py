@@ -15,15 +15,16 @@ import logging
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import decode
 from .buildid import elf_build_id, notes_build_id
 from .errors import InfraError, Unsupported, UsageError
-from .judge import Judgement, check_final_text, judge
+from .judge import check_final_text, judge
 from .mi import MiError, MiSession, gdb_argv
 from .symbols import KernelSymbolizer
 from .trapdata import INJECTIONS, Layout, LayoutError, RecordError, parse_layout, parse_trap_record
@@ -154,7 +155,8 @@ class Probe:
             start = int(self.evaluate("(unsigned long)&__start_notes"), 0)
             stop = int(self.evaluate("(unsigned long)&__stop_notes"), 0)
         except (MiError, ValueError):
-            raise UsageError(f"{self.vmlinux} has no __start_notes: not a kernel vmlinux with symbols") from None
+            raise UsageError(f"{self.vmlinux} has no __start_notes: "
+                             "not a kernel vmlinux with symbols") from None
         live = notes_build_id(self.read_memory(start, min(stop - start, 4096)))
         if want is None or live is None or live != want:
             raise UsageError(f"the vmlinux does not match the running kernel: build-id "
@@ -293,7 +295,7 @@ class Probe:
                     c.skipped += 1
                 else:
                     c.judged += 1
-                    op = entry.get("opcode", "?")
+                    op = str(entry.get("opcode", "?"))
                     c.opcodes[op] = c.opcodes.get(op, 0) + 1
                 if j.verdict == "violation":
                     c.violations += 1
@@ -326,7 +328,7 @@ class Probe:
             self._ops_report = None
         self._mi.console("python pokelab_ops()")
         with self._lock:
-            report = self._ops_report or {}
+            report: dict[str, Any] = self._ops_report or {}
         ops = list(report.get("ops", []))
         for o in ops:
             if o.get("trampoline"):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import ftrace, loadgen
 from .cache import cache_dir
@@ -37,6 +39,8 @@ class ProbeOptions:
     inject: str | None = None
     inject_every: int = 2
     min_judged: int = 1
+    #: switches of the tracer to time before the probe attaches (benchmarks only)
+    baseline_switches: int = 0
 
 
 def _crash_titles(vm: Vm) -> list[str]:
@@ -60,6 +64,16 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
         vm.wait_ready()
         phases["boot_s"] = time.monotonic() - t
         progress(f"booted {vm.release} in {phases['boot_s']:.1f} s")
+        if opts.baseline_switches:
+            vm.check(loadgen.start_command("getpid", list(range(1, spec.smp)) or [0]))
+            ftrace.set_filter(vm, [opts.function])
+            times = []
+            for i in range(opts.baseline_switches):
+                t = time.monotonic()
+                ftrace.set_tracer(vm, "function" if i % 2 == 0 else "nop")
+                times.append(time.monotonic() - t)
+            vm.check(loadgen.STOP_COMMAND)
+            out["baseline_switch_s"] = statistics.median(times)
         t = time.monotonic()
         sym = KernelSymbolizer(
             load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id),
@@ -79,10 +93,16 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
         t = time.monotonic()
         per_toggle: list[int] = []
         out["judged_after_toggle"] = per_toggle
+        switch_times: list[tuple[float, float, float]] = []  # guest s, host s, read-back s
+        out["switch_times"] = switch_times
         for i in range(opts.toggles):
             for tracer in ("function", "nop"):
-                ftrace.set_tracer(vm, tracer)
+                t_sw = time.monotonic()
+                guest_s = ftrace.set_tracer(vm, tracer)
+                t_chk = time.monotonic()
                 probe.check_sites()
+                switch_times.append((round(guest_s, 3), round(t_chk - t_sw, 3),
+                                     round(time.monotonic() - t_chk, 3)))
                 if vm.qemu_exited() or _crash_titles(vm):
                     raise KernelCrash("guest crashed while toggling: " +
                                       "; ".join(_crash_titles(vm)[:2] or [vm.qemu_exited() or "?"]))

@@ -17,8 +17,9 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO
 
 from .errors import InfraError
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _pdeathsig_hook() -> "Callable[[], None]":
+def _pdeathsig_hook() -> Callable[[], None]:
     """A preexec hook, prepared in the parent so the child only makes one libc call."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 
@@ -69,7 +70,7 @@ class Child:
                 stdout=stdout,
                 stderr=stderr,
                 cwd=cwd,
-                preexec_fn=_pdeathsig_hook(),
+                preexec_fn=_pdeathsig_hook(),  # noqa: PLW1509 - one prctl() call, prepared in the parent
                 start_new_session=True,
                 close_fds=True,
             )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -72,7 +73,7 @@ class Qmp:
         while True:
             try:
                 got = self._mon.get_events(wait=wait if (first and wait > 0) else False)
-            except Exception:  # noqa: BLE001 - asyncio.TimeoutError when nothing came, or a dead socket
+            except Exception:
                 got = []
             first = False
             if not got:

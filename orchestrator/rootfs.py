@@ -125,7 +125,7 @@ def _package_debs(apt: Apt) -> list[Path]:
     seen: dict[str, Path] = {}
     todo = list(ROOT_PACKAGES)
     while todo:
-        for pkg, deb in zip(todo, apt.debs(todo)):
+        for pkg, deb in zip(todo, apt.debs(todo), strict=True):
             seen[pkg] = deb
         nxt = []
         for pkg in todo:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +82,7 @@ class Ssh:
                 else:
                     time.sleep(0.005)
             status = chan.recv_exit_status()
-        except socket.timeout:
+        except TimeoutError:
             raise InfraError(f"guest command timed out after {timeout:.0f} s: {command}") from None
         finally:
             chan.close()

@@ -75,7 +75,7 @@ class Vm:
         spec.artifacts.mkdir(parents=True, exist_ok=True)
 
     # -- life cycle -------------------------------------------------------
-    def __enter__(self) -> "Vm":
+    def __enter__(self) -> Vm:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -169,8 +169,8 @@ class Vm:
             found = self.crashes()
             if found:
                 raise KernelCrash(f"kernel crashed during boot: {found[0].title}", con.tail())
-            why = self.qemu_exited() or (m.group(0) if m else
-                                         f"no readiness marker within {self.timeouts.get('boot_marker'):.0f} s")
+            limit = self.timeouts.get("boot_marker")
+            why = self.qemu_exited() or (m.group(0) if m else f"no readiness marker within {limit:.0f} s")
             raise BootError(f"guest did not boot: {why}", con.tail())
         self.release = m.group(1)
         if self.spec.release and self.release != self.spec.release:

@@ -441,3 +441,24 @@ def pokelab_ops():
         out.append(item)
         ops = o["next"]
     _emit("POKELAB-OPS", {"ops": out})
+
+
+class _BenchStop(gdb.Breakpoint):
+    """Records the time of each hit and resumes: the cost of a stop with no MI round trip."""
+
+    def stop(self):
+        st = _STATE.setdefault("bench", {"times": [], "n": 0})
+        st["times"].append(time.monotonic())
+        if len(st["times"]) >= st["n"]:
+            self.enabled = False
+            t = st["times"]
+            _emit("POKELAB-BENCH", {"intervals_ms": [round((b - a) * 1000.0, 4)
+                                                     for a, b in zip(t, t[1:])]})
+        return False
+
+
+def pokelab_bench_stops(addr, n, hardware=False):
+    """Place a do-nothing Python breakpoint at ``addr`` for ``n`` hits (then it disables itself)."""
+    _STATE["bench"] = {"times": [], "n": int(n)}
+    bptype = gdb.BP_HARDWARE_BREAKPOINT if hardware else gdb.BP_BREAKPOINT
+    _STATE.setdefault("bench_bps", []).append(_BenchStop("*0x%x" % addr, type=bptype, internal=True))

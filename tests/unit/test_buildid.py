@@ -100,7 +100,7 @@ def test_artifacts_from_paths_errors(tmp_path: Path) -> None:
     bz.write_bytes(_fake_bzimage(gzip.compress(TRUE.read_bytes())))
     with pytest.raises(UsageError, match="does not exist"):
         artifacts_from_paths(bz, tmp_path / "vmlinux")
-    with pytest.raises(UsageError, match="no .debug_info"):
+    with pytest.raises(UsageError, match=r"no \.debug_info"):
         artifacts_from_paths(bz, TRUE)
 
 

@@ -1,0 +1,147 @@
+"""``pokelab bench``: the performance figures, measured on real guests, written as flat JSON.
+
+Figures (all on the default kernel, TCG here, 4 vCPUs unless said):
+
+* ``boot_to_console_marker_s`` / ``boot_to_ssh_s``: median over N boots, from
+  QEMU's launch to the init's ``POKELAB-READY`` line / to the first answered
+  SSH command.
+* ``bare_stop_ms``: a plain GDB breakpoint on a hot function
+  (``__x64_sys_getpid`` under the getpid load), stopped and continued over MI:
+  median of the wall time per ``-exec-continue`` -> ``*stopped`` cycle.
+* ``py_stop_ms``: the same breakpoint handled inside GDB (Python ``stop()``
+  returning False): median interval between consecutive hits.
+* ``trap_ms``: host cost per inspected trap, measured from outside: the same
+  VM toggles the function tracer under the same load without GDB, then with
+  the probe attached; ``trap_ms`` = (wall time of a switch with the probe -
+  without) x switches / traps judged.  This counts everything a trap costs,
+  including what happens in QEMU after GDB resumes it.
+* ``trap_inside_ms``: median, over the probe's real traps, of the time from
+  handling the entry stop to the end of handling the return stop (GDB-side):
+  the part of ``trap_ms`` that GDB's Python sees.
+* ``trap_cost_ratio`` = ``trap_ms`` / ``bare_stop_ms`` (target <= 1.5).
+* ``traps_per_min``: judged traps per wall minute of the probe's toggle phase
+  (getpid load on 3 vCPUs, function tracer toggled on the 4th; target >= 1500).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import loadgen
+from .errors import InfraError
+from .guest import KernelChoice, prepare
+from .images import KernelArtifacts
+from .mi import MiSession, gdb_argv
+from .probe import GDB_SCRIPT
+from .probe_run import ProbeOptions, run_probe
+from .vm import Vm, VmSpec
+
+log = logging.getLogger(__name__)
+
+HOT_FUNCTION = "__x64_sys_getpid"
+
+
+def _boot_once(spec: VmSpec) -> tuple[float, float]:
+    with Vm(spec) as vm:
+        t0 = time.monotonic()
+        vm.start()
+        assert vm.console is not None
+        m = vm.console.wait_for(r"POKELAB-READY", vm.timeouts.get("boot_marker"), abort=vm.qemu_exited)
+        t_marker = time.monotonic() - t0
+        if m is None:
+            raise InfraError("no readiness marker during the boot benchmark")
+        vm.wait_ready()
+        vm.check("true")
+        return t_marker, time.monotonic() - t0
+
+
+def _stop_costs(spec: VmSpec, kernel: KernelArtifacts, n: int) -> dict[str, float]:
+    with Vm(spec) as vm:
+        vm.start()
+        vm.wait_ready()
+        vm.check(loadgen.start_command("getpid", list(range(1, spec.smp)) or [0]))
+        mi = MiSession(gdb_argv(kernel.vmlinux), spec.artifacts / "bench-mi.log",
+                       vm.timeouts.get("gdb_command"))
+        try:
+            bench_lines: list[str] = []
+            mi.add_console_hook(lambda line: bench_lines.append(line)
+                                if line.startswith("POKELAB-BENCH ") else None)
+            mi.command("-gdb-set mi-async on")
+            start = mi.async_count
+            mi.command(f"-target-select remote {vm.gdb_address}")
+            mi.wait_async(lambda r: r.get("message") == "stopped", 30.0, start)
+            hw = "-h " if spec.accel == "kvm" else ""
+            mi.command(f"-break-insert {hw}*&{HOT_FUNCTION}")
+            cycles: list[float] = []
+            for _ in range(n + 5):
+                start = mi.async_count
+                t = time.monotonic()
+                mi.command("-exec-continue")
+                if mi.wait_async(lambda r: r.get("message") == "stopped", 30.0, start) is None:
+                    raise InfraError("the hot-function breakpoint stopped hitting")
+                cycles.append((time.monotonic() - t) * 1000.0)
+            mi.command("-break-delete")
+            addr = int(str(mi.command(f'-data-evaluate-expression "(unsigned long)&{HOT_FUNCTION}"')
+                           ["payload"]["value"]).split()[0], 0)
+            mi.console(f"source {GDB_SCRIPT}")
+            mi.console(f"python pokelab_bench_stops({addr}, {n + 1}, {spec.accel == 'kvm'})")
+            mi.command("-exec-continue")
+            end = time.monotonic() + 60.0
+            while not bench_lines and time.monotonic() < end:
+                time.sleep(0.05)
+            if not bench_lines:
+                raise InfraError("the in-GDB breakpoint benchmark did not finish")
+            intervals = json.loads(bench_lines[0].split(" ", 1)[1])["intervals_ms"]
+        finally:
+            mi.close()
+        return {"bare_stop_ms": round(statistics.median(cycles[5:]), 3),
+                "py_stop_ms": round(statistics.median(intervals), 3)}
+
+
+def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,
+        progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    from .cache import cache_dir
+
+    art = out.parent / "bench-artifacts"
+    extra = {loadgen.GUEST_PATH: loadgen.ensure_loadgen(cache_dir())}
+    spec, kernel = prepare(KernelChoice(), artifacts=art / "boot", extra_files=extra)
+    figures: dict[str, Any] = {"kernel": kernel.release, "accel": spec.accel, "smp": spec.smp,
+                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    markers, sshs = [], []
+    for i in range(boots):
+        m, s = _boot_once(spec)
+        markers.append(m)
+        sshs.append(s)
+        progress(f"boot {i + 1}/{boots}: marker {m:.2f} s, ssh {s:.2f} s")
+    figures["boot_to_console_marker_s"] = round(statistics.median(markers), 3)
+    figures["boot_to_ssh_s"] = round(statistics.median(sshs), 3)
+    figures["boot_samples"] = len(sshs)
+    costs = _stop_costs(VmSpec(**{**spec.__dict__, "artifacts": art / "stops"}), kernel, stops)
+    figures.update(costs)
+    progress(f"bare stop {costs['bare_stop_ms']:.2f} ms, in-GDB stop {costs['py_stop_ms']:.2f} ms")
+    pspec = VmSpec(**{**spec.__dict__, "artifacts": art / "probe"})
+    (art / "probe").mkdir(parents=True, exist_ok=True)
+    res = run_probe(pspec, kernel, ProbeOptions(toggles=toggles, baseline_switches=2 * toggles),
+                    progress)
+    if res["verdict"] != "PASS":
+        raise InfraError(f"the probe run of the benchmark ended {res['verdict']}: {res.get('reasons')}")
+    base = res["baseline_switch_s"]
+    probed = statistics.median(host for _, host, _ in res["switch_times"])
+    switches = len(res["switch_times"])
+    figures["switch_without_probe_s"] = round(base, 3)
+    figures["switch_with_probe_s"] = round(probed, 3)
+    figures["trap_ms"] = round((probed - base) * switches / res["traps_judged"] * 1000.0, 3)
+    figures["trap_inside_ms"] = res.get("trap_cost_ms_median")
+    figures["trap_cost_ratio"] = round(figures["trap_ms"] / costs["bare_stop_ms"], 3)
+    figures["traps_per_min"] = res.get("traps_per_min")
+    figures["probe_traps_judged"] = res.get("traps_judged")
+    figures["probe_toggle_s"] = res.get("phases", {}).get("toggle_s")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
