@@ -13,7 +13,7 @@ APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-uti
 .PHONY: all setup apt venv images demo test unit vm lint types bench clean help
 
 help:
-	@echo "make demo   - boot the default kernel and run a guest command over SSH"
+	@echo "make demo   - boot the default kernel, run a guest command over SSH, then probe it"
 	@echo "make test   - the whole suite: lint, types, unit tests, VM tests"
 	@echo "make bench  - benchmarks, written to bench/latest.json"
 
@@ -36,11 +36,17 @@ $(VENV)/.stamp: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-images: setup
-	$(BIN)/pokelab images --kernel all
+# the kernels the test suite boots (pokelab images --kernel all fetches every catalog entry)
+TEST_KERNELS := 6.1 6.12
 
+images: setup
+	$(BIN)/pokelab images $(addprefix --kernel ,$(TEST_KERNELS))
+
+# A guest command over SSH, then the main job: the probe on the default kernel.
 demo: setup
 	$(BIN)/pokelab run-cmd -- 'uname -a; echo "online vCPUs: $$(cat /sys/devices/system/cpu/online)"; cat /proc/cmdline'
+	mkdir -p artifacts
+	$(BIN)/pokelab probe --toggles 5 --json artifacts/demo-probe.json
 
 lint: venv
 	$(BIN)/ruff check orchestrator tests scenarios

@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inject-every", type=int, default=2, metavar="K",
                    help="inject at every K-th eligible trap (default 2)")
     s.add_argument("--min-judged", type=int, default=1, metavar="N",
-                   help="fewer judged traps than this is INCONCLUSIVE (default 1)")
+                   help="fewer traps judged at the traced function's own site is INCONCLUSIVE (default 1)")
     s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON summary here too")
     s.set_defaults(func=cmd_probe)
 
