@@ -219,6 +219,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from .scenarios_table import SCENARIOS
+
+    width = max(len(s.name) for s in SCENARIOS)
+    for s in SCENARIOS:
+        print(f"{s.name:{width}}  {s.description}")
+    return 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    from .cache import cache_dir
+    from .loadgen import GUEST_PATH, ensure_loadgen
+    from .probe_run import write_json
+    from .scenario import run_scenario, with_options
+    from .scenarios_table import BY_NAME
+
+    sc = BY_NAME.get(args.scenario)
+    if sc is None:
+        raise UsageError(f"unknown scenario '{args.scenario}' (see: pokelab scenarios)")
+    if args.repeat is not None and args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    if args.json is not None and not args.json.resolve().parent.is_dir():
+        raise UsageError(f"--json {args.json}: directory does not exist")
+    if args.workload is not None and not args.workload.is_file():
+        raise UsageError(f"--workload {args.workload}: no such file")
+    sc = with_options(sc, repeat=args.repeat, function=args.function)
+    extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
+    spec, kernel = _vm_from_args(args, f"repro-{sc.name}", extra)
+    if args.dry_run:
+        return _dry_run(spec)
+    out = run_scenario(spec, kernel, sc, inject=args.inject, workload=args.workload,
+                       progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"{sc.name} on {out['kernel']}: {out['verdict']}  ({'; '.join(out.get('reasons', []))})")
+    print(f"traps judged {out.get('traps_judged', 0)}, at the watched sites {out.get('floor_traps')}, "
+          f"violations {out.get('violations', 0)}")
+    for v in out.get("violation_examples", [])[:3]:
+        print(f"  violation at {v.get('symbol')}: {v.get('reason')}")
+    print(f"artifacts: {out['artifacts']}")
+    write_json(out, args.json)
+    return EXIT_CODES[out["verdict"]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pokelab",
@@ -266,6 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stops", type=int, default=100, help="stops for the stop-cost median (default 100)")
     s.add_argument("--toggles", type=int, default=10, help="probe toggles (default 10)")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("scenarios", help="list the scenarios, one line each")
+    s.set_defaults(func=cmd_scenarios)
+
+    s = sub.add_parser("repro", help="run one scenario under the probe and write a JSON verdict")
+    s.add_argument("scenario", metavar="SCENARIO", help="a name from `pokelab scenarios`")
+    _add_vm_args(s)
+    s.add_argument("--inject", choices=("wrong-target", "wrong-return", "skip-call"),
+                   help="corrupt the emulation at chosen CALL traps (self-test: must end FAIL)")
+    s.add_argument("--workload", type=Path, metavar="FILE",
+                   help="a static binary or script to copy in and run pinned as the load")
+    s.add_argument("--repeat", type=int, metavar="N", help="cycles of the scenario's steps")
+    s.add_argument("--function", help="trace this function instead (the real symbol)")
+    s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON verdict here too")
+    s.set_defaults(func=cmd_repro)
     return p
 
 

@@ -13,7 +13,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,95 @@ def _crash_titles(vm: Vm) -> list[str]:
     return [c.title for c in vm.crashes()]
 
 
-def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
-              progress: Progress = lambda s: None) -> dict[str, Any]:
-    """One probed run; always returns a summary dict with a verdict (never raises PokelabError)."""
+@dataclass
+class Run:
+    """What the body of a probed run works with: the booted VM, the attached probe, symbols."""
+
+    spec: VmSpec
+    kernel: KernelArtifacts
+    vm: Vm
+    probe: Probe
+    sym: KernelSymbolizer
+    #: (address, size, name) text symbols of the vmlinux
+    symbols: list[tuple[int, int, str]]
+    out: dict[str, Any]
+    phases: dict[str, float]
+    progress: Progress
+
+    def check_alive(self, what: str) -> None:
+        """KernelCrash if QEMU is gone or the console shows an oops."""
+        titles = _crash_titles(self.vm)
+        if self.vm.qemu_exited() or titles:
+            raise KernelCrash(f"guest crashed while {what}: " +
+                              "; ".join(titles[:2] or [self.vm.qemu_exited() or "?"]))
+
+    def function_range(self, name: str) -> tuple[int, int] | None:
+        """[start, end) of a text symbol (the widest of its aliases), or None."""
+        addr = self.sym.by_name.get(name)
+        if addr is None:
+            return None
+        size = max((sz for a, sz, _n in self.symbols if a == addr), default=1)
+        return addr, addr + max(size, 1)
+
+    def traps_in(self, ranges: list[tuple[int, int]]) -> int:
+        return sum(v.traps for s, v in self.probe.sites.items()
+                   if any(lo <= s < hi for lo, hi in ranges))
+
+
+@dataclass
+class BodyResult:
+    """What the body found: the evidence ``decide`` needs beyond the probe's counts."""
+
+    load_ok: bool = True
+    #: traps at the sites that matter (None: all judged traps count)
+    floor_count: int | None = None
+    floor_what: str = "traps judged"
+    #: scenario checks that failed (each one makes the run FAIL)
+    failed_checks: list[str] = field(default_factory=list)
+
+
+Body = Callable[[Run], BodyResult]
+
+NOP5 = bytes.fromhex("0f1f440000")
+
+
+def stale_expectation(site: int, now: bytes, sym: Callable[[int], str | None]) -> str | None:
+    """Why a read-back that differs from the last trapped write is no evidence of a bug, or None.
+
+    The probe learns what a site should hold from the traps it sees.  A later
+    poke of the same site that no vCPU trapped on (e.g. a tracepoint's static
+    call retargeted while its static key is off) leaves that expectation stale.
+    Only a whole, well-formed instruction is excused: the 5-byte NOP, or a
+    CALL/JMP rel32 to the start of a known symbol or trampoline.  An int3 left
+    behind, a torn instruction or a target inside a function stays a mismatch.
+    """
+    if len(now) < 5 or now[0] == 0xCC:
+        return None
+    if now[:5] == NOP5:
+        return "holds the 5-byte NOP"
+    if now[0] in (0xE8, 0xE9):
+        target = site + 5 + int.from_bytes(now[1:5], "little", signed=True)
+        name = sym(target) or ""
+        if name.endswith("+0x0"):
+            return f"holds a whole {'call' if now[0] == 0xE8 else 'jmp'} to {name.removesuffix('+0x0')}"
+    return None
+
+
+def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body: Body, *,
+               inject: str | None = None, inject_every: int = 2, min_judged: int = 1,
+               pre_attach: Callable[[Vm], None] | None = None,
+               progress: Progress = lambda s: None) -> dict[str, Any]:
+    """Boot, attach the probe, run ``body``, judge; always returns ``out`` with a verdict.
+
+    The one runner behind ``pokelab probe`` and every scenario: it never raises
+    PokelabError (errors become verdicts by blame) and always writes
+    ``verdict.json`` into the artifact dir.  ``pre_attach`` runs on the booted
+    guest before GDB attaches (requirement checks, baselines).
+    """
     t0 = time.monotonic()
-    out: dict[str, Any] = {"kernel": kernel.release, "kernel_id": kernel.id,
-                           "build_id": kernel.build_id, "accel": spec.accel, "smp": spec.smp,
-                           "function": opts.function, "toggles": opts.toggles,
-                           "inject": opts.inject, "artifacts": str(spec.artifacts)}
+    out.update({"kernel": kernel.release, "kernel_id": kernel.id, "build_id": kernel.build_id,
+                "accel": spec.accel, "smp": spec.smp, "inject": inject,
+                "artifacts": str(spec.artifacts)})
     vm = Vm(spec)
     probe: Probe | None = None
     phases: dict[str, float] = {}
@@ -64,30 +145,101 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
         vm.wait_ready()
         phases["boot_s"] = time.monotonic() - t
         progress(f"booted {vm.release} in {phases['boot_s']:.1f} s")
-        if opts.baseline_switches:
-            vm.check(loadgen.start_command("getpid", list(range(1, spec.smp)) or [0]))
-            ftrace.set_filter(vm, [opts.function])
-            times = []
-            for i in range(opts.baseline_switches):
-                t = time.monotonic()
-                ftrace.set_tracer(vm, "function" if i % 2 == 0 else "nop")
-                times.append(time.monotonic() - t)
-            vm.check(loadgen.STOP_COMMAND)
-            out["baseline_switch_s"] = statistics.median(times)
+        if pre_attach is not None:
+            pre_attach(vm)
         t = time.monotonic()
+        symbols = load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id)
         sym = KernelSymbolizer(
-            load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id),
+            symbols,
             load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id,
                          types=set("dDbB")))
         probe = Probe(kernel.vmlinux, vm.gdb_address, spec.artifacts, sym,
-                      vm.timeouts.get("gdb_command"), inject=opts.inject,
-                      inject_every=opts.inject_every, hardware=spec.accel == "kvm")
+                      vm.timeouts.get("gdb_command"), inject=inject,
+                      inject_every=inject_every, hardware=spec.accel == "kvm")
         probe.attach()
         phases["attach_s"] = time.monotonic() - t
         progress(f"probe attached to {probe.setup_info.get('handler')} in {phases['attach_s']:.1f} s")
+        run = Run(spec, kernel, vm, probe, sym, symbols, out, phases, progress)
+        t = time.monotonic()
+        res = body(run)
+        phases["body_s"] = time.monotonic() - t
+        stats = probe.recorder_stats()
+        probe.finish()
+        summary = probe.summary()
+        stale: list[dict[str, str]] = []
+        mismatched: list[dict[str, str]] = []
+        for tc in probe.text_checks:
+            if tc.ok:
+                continue
+            why = stale_expectation(tc.site, bytes.fromhex(tc.bytes_read), sym)
+            (stale if why else mismatched).append(
+                {"site": f"{tc.site:#x}", "name": tc.name, "reason": tc.reason, "read": tc.bytes_read,
+                 **({"excused": f"re-patched after its last trap: {why}"} if why else {})})
+        summary["text_mismatches"] = len(mismatched)
+        summary["text_stale"] = len(stale)
+        out["text_mismatch_examples"] = mismatched[:5]
+        out["text_stale_examples"] = stale[:5]
+        summary["lost"] = int(stats.get("lost", 0))
+        summary["recorder"] = stats
+        out.update(summary)
+        outcome = decide(summary, crashes=_crash_titles(vm), min_judged=min_judged,
+                         inject=inject, load_ok=res.load_ok, floor_count=res.floor_count,
+                         floor_what=res.floor_what, failed_checks=res.failed_checks)
+        out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
+        if inject and outcome.verdict == "FAIL":
+            ok = summary["injected_flagged"] == summary["injected"] and summary["false_flags"] == 0
+            out["injection_check"] = "every injected trap flagged, no other" if ok else "MISMATCH"
+        out["violation_examples"] = probe.violations[:5]
+        if phases.get("body_s"):
+            out["traps_per_min"] = round(summary["traps_judged"] / phases["body_s"] * 60, 1)
+    except PokelabError as exc:
+        crashes = _crash_titles(vm)
+        if crashes and not isinstance(exc, Unsupported):
+            out["verdict"], out["reasons"] = "CRASH", crashes[:3]
+        else:
+            verdict = {KernelCrash: "CRASH", BootError: "BOOT_FAIL",
+                       Unsupported: "UNSUPPORTED"}.get(type(exc), "INFRA")
+            out["verdict"], out["reasons"] = verdict, [exc.title]
+        if probe is not None:
+            out.update({k: v for k, v in probe.summary().items() if k not in out})
+            out.setdefault("violation_examples", probe.violations[:5])
+        if exc.tail:
+            out["tail"] = exc.tail[-2000:]
+    finally:
+        if probe is not None:
+            probe.close()
+        vm.close()
+    phases["total_s"] = time.monotonic() - t0
+    out["phases"] = {k: round(v, 2) for k, v in phases.items()}
+    out.setdefault("traps_judged", 0)
+    out.setdefault("violations", 0)
+    (spec.artifacts / "verdict.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
+              progress: Progress = lambda s: None) -> dict[str, Any]:
+    """One probed run; always returns a summary dict with a verdict (never raises PokelabError)."""
+    out: dict[str, Any] = {"function": opts.function, "toggles": opts.toggles}
+    load_cpus = list(range(1, spec.smp)) or [0]
+
+    def baseline(vm: Vm) -> None:
+        if not opts.baseline_switches:
+            return
+        vm.check(loadgen.start_command("getpid", load_cpus))
+        ftrace.set_filter(vm, [opts.function])
+        times = []
+        for i in range(opts.baseline_switches):
+            t = time.monotonic()
+            ftrace.set_tracer(vm, "function" if i % 2 == 0 else "nop")
+            times.append(time.monotonic() - t)
+        vm.check(loadgen.STOP_COMMAND)
+        out["baseline_switch_s"] = statistics.median(times)
+
+    def body(run: Run) -> BodyResult:
+        vm, probe = run.vm, run.probe
         if not ftrace.available(vm, opts.function):
             raise Unsupported(f"{opts.function} is not in available_filter_functions")
-        load_cpus = list(range(1, spec.smp)) or [0]
         vm.check(loadgen.start_command("getpid", load_cpus))
         ftrace.set_filter(vm, [opts.function])
         t = time.monotonic()
@@ -103,57 +255,23 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
                 probe.check_sites()
                 switch_times.append((round(guest_s, 3), round(t_chk - t_sw, 3),
                                      round(time.monotonic() - t_chk, 3)))
-                if vm.qemu_exited() or _crash_titles(vm):
-                    raise KernelCrash("guest crashed while toggling: " +
-                                      "; ".join(_crash_titles(vm)[:2] or [vm.qemu_exited() or "?"]))
+                run.check_alive("toggling")
             per_toggle.append(probe.judged_count())
             progress(f"toggle {i + 1}/{opts.toggles}: {per_toggle[-1]} traps judged")
-        phases["toggle_s"] = time.monotonic() - t
+        run.phases["toggle_s"] = time.monotonic() - t
         counts = loadgen.parse_counts(vm.check(loadgen.STOP_COMMAND))
         out["load_iterations"] = {str(k): v for k, v in sorted(counts.items())}
-        load_ok = all(counts.get(c, 0) > 0 for c in load_cpus)
-        stats = probe.recorder_stats()
-        probe.finish()
-        summary = probe.summary()
-        summary["lost"] = int(stats.get("lost", 0))
-        summary["recorder"] = stats
-        out.update(summary)
-        func_addr = sym.by_name.get(opts.function)
-        site_traps = sum(v.traps for s, v in probe.sites.items()
-                         if func_addr is not None and func_addr <= s < func_addr + 16)
+        rng = run.function_range(opts.function)
+        site_traps = run.traps_in([(rng[0], rng[0] + 16)]) if rng else 0
         out["function_site_traps"] = site_traps
-        outcome = decide(summary, crashes=_crash_titles(vm), min_judged=opts.min_judged,
-                         inject=opts.inject, load_ok=load_ok,
-                         floor_count=site_traps if func_addr is not None else None,
-                         floor_what=f"trap(s) judged at {opts.function}'s site")
-        out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
-        if opts.inject and outcome.verdict == "FAIL":
-            ok = summary["injected_flagged"] == summary["injected"] and summary["false_flags"] == 0
-            out["injection_check"] = "every injected trap flagged, no other" if ok else "MISMATCH"
-        out["violation_examples"] = probe.violations[:5]
-        if phases.get("toggle_s"):
-            out["traps_per_min"] = round(summary["traps_judged"] / phases["toggle_s"] * 60, 1)
-    except PokelabError as exc:
-        crashes = _crash_titles(vm)
-        if crashes and not isinstance(exc, Unsupported):
-            out["verdict"], out["reasons"] = "CRASH", crashes[:3]
-        else:
-            verdict = {KernelCrash: "CRASH", BootError: "BOOT_FAIL",
-                       Unsupported: "UNSUPPORTED"}.get(type(exc), "INFRA")
-            out["verdict"], out["reasons"] = verdict, [exc.title]
-        if probe is not None:
-            out.update({k: v for k, v in probe.summary().items() if k not in out})
-        if exc.tail:
-            out["tail"] = exc.tail[-2000:]
-    finally:
-        if probe is not None:
-            probe.close()
-        vm.close()
-    phases["total_s"] = time.monotonic() - t0
-    out["phases"] = {k: round(v, 2) for k, v in phases.items()}
-    out.setdefault("traps_judged", 0)
-    out.setdefault("violations", 0)
-    (spec.artifacts / "verdict.json").write_text(json.dumps(out, indent=2) + "\n")
+        return BodyResult(load_ok=all(counts.get(c, 0) > 0 for c in load_cpus),
+                          floor_count=site_traps if rng else None,
+                          floor_what=f"trap(s) judged at {opts.function}'s site")
+
+    out = run_probed(spec, kernel, out, body, inject=opts.inject, inject_every=opts.inject_every,
+                     min_judged=opts.min_judged, pre_attach=baseline, progress=progress)
+    if out["phases"].get("toggle_s"):
+        out["traps_per_min"] = round(out["traps_judged"] / out["phases"]["toggle_s"] * 60, 1)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,14 +17,17 @@ class Outcome:
 
 def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
            inject: str | None = None, load_ok: bool = True,
-           floor_count: int | None = None, floor_what: str = "traps judged") -> Outcome:
+           floor_count: int | None = None, floor_what: str = "traps judged",
+           failed_checks: Sequence[str] = ()) -> Outcome:
     """The verdict of one probed run.
 
     Order matters: a crash outranks everything (the console says who is to blame);
     a violation or a text mismatch is a FAIL; a run whose recorder lost or
     garbled records cannot vouch for every emulation (INFRA); too few judged
-    traps prove nothing (INCONCLUSIVE).  With an injection the run is expected
-    to FAIL: every injected trap flagged and nothing else.
+    traps prove nothing (INCONCLUSIVE).  ``failed_checks`` are a scenario's own
+    expectations that did not hold (site text, tracer output): each one is a FAIL.
+    With an injection the run is expected to FAIL: every injected trap flagged
+    and nothing else.
     """
     reasons: list[str] = []
     if crashes:
@@ -40,6 +44,7 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
                            f"injected traps flagged, {summary.get('false_flags', 0)} other(s) flagged")
     if mismatches:
         reasons.append(f"{mismatches} site(s) hold other text than the last one written")
+    reasons.extend(failed_checks)
     if reasons:
         return Outcome("FAIL", tuple(reasons))
     broken = int(summary.get("recorder_errors", 0)) + int(summary.get("bad_records", 0))
@@ -54,5 +59,8 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
         return Outcome("INCONCLUSIVE", (f"{counted} {floor_what}, fewer than the floor of {min_judged}",))
     if inject and int(summary.get("injected", 0)) == 0:
         return Outcome("INCONCLUSIVE", (f"--inject {inject}: no trap was eligible for injection",))
-    return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, "
-                            f"{summary.get('text_checks', 0)} site read-backs matched",))
+    stale = int(summary.get("text_stale", 0))
+    checked = int(summary.get("text_checks", 0)) - stale
+    return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, {checked} site read-backs matched"
+                            + (f" ({stale} re-patched after their last trap, not compared)" if stale
+                               else ""),))

@@ -4,6 +4,7 @@
  *
  *   loadgen getpid [SECONDS]   syscall(SYS_getpid) in a loop
  *   loadgen read   [SECONDS]   read(2) of 1 byte from /dev/zero in a loop
+ *   loadgen yield  [SECONDS]   sched_yield(2) in a loop (scheduler paths: update_curr)
  *
  * It runs until SIGTERM/SIGINT or SECONDS (0: forever) and then prints
  * "loadgen <path> cpu=<cpu> iterations=<n>" on stdout, so a scenario can
@@ -38,14 +39,16 @@ int main(int argc, char **argv)
 	if (strcmp(path, "read") == 0) {
 		fd = open("/dev/zero", O_RDONLY);
 		if (fd < 0) { perror("open /dev/zero"); return 2; }
-	} else if (strcmp(path, "getpid") != 0) {
-		fprintf(stderr, "loadgen: unknown path '%s' (getpid, read)\n", path);
+	} else if (strcmp(path, "getpid") != 0 && strcmp(path, "yield") != 0) {
+		fprintf(stderr, "loadgen: unknown path '%s' (getpid, read, yield)\n", path);
 		return 2;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (!stop) {
 		if (fd >= 0)
 			(void)!read(fd, &byte, 1);
+		else if (path[0] == 'y')
+			sched_yield();
 		else
 			syscall(SYS_getpid);
 		if ((++n & 0xffff) == 0 && seconds > 0) {

@@ -1,0 +1,449 @@
+"""Scenarios: short declarations of a live-patching job, run under the int3 probe.
+
+A :class:`Scenario` says what the kernel must have (``requires``), what load
+runs where (``load``), which guest actions patch the kernel (``setup``, then
+``steps`` repeated ``repeat`` times, then ``teardown``, all from vCPU 0), what
+the text must be at the end (``final_state``) and how many traps at the sites
+that matter prove something (``min_traps``).  :func:`run_scenario` runs one on
+the shared probed runner (``probe_run.run_probed``) and returns its verdict.
+
+Requirements are strings, checked before any GDB work:
+
+* ``CONFIG_X`` (``=y`` or ``=m``) or ``CONFIG_X=y``: the kernel config on the host
+  (``KernelArtifacts.config``; unknown for a user's own build without one);
+* ``symbol:NAME``: ``/proc/kallsyms`` in the guest;
+* ``tracefs:FILE``: ``test -e /sys/kernel/tracing/FILE`` in the guest;
+* ``sysctl:a.b``: ``test -e /proc/sys/a/b`` in the guest;
+* ``module:NAME``: a ``NAME.ko`` under ``/lib/modules/$(uname -r)`` in the guest.
+
+Unmet requirements end UNSUPPORTED with the reason.  Every scenario checks:
+traps judged at the watched sites >= ``min_traps`` (else INCONCLUSIVE), no
+emulation violation, every patched site read back holds the last text written,
+the watched function's fentry site holds a call while registered and the
+5-byte NOP after removal, the tracer or handler really ran (each ``evidence``
+command printed a count > 0), the load ran, and the console is clean.
+
+In guest commands ``{function}`` and ``{tracing}`` are replaced by the
+scenario's function and the tracefs mount point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import loadgen
+from .errors import InfraError, Unsupported
+from .images import KernelArtifacts
+from .probe_run import BodyResult, Progress, Run, run_probed
+from .vm import Vm, VmSpec
+
+log = logging.getLogger(__name__)
+
+TRACING = "/sys/kernel/tracing"
+NOP5 = bytes.fromhex("0f1f440000")
+ENDBR64 = bytes.fromhex("f30f1efa")
+WORKLOAD_GUEST_PATH = "/tmp/pokelab-workload"
+REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module")
+SITE_STATES = ("call", "nop")
+
+GuestAction = str | Callable[[Vm], str]
+
+
+# --------------------------------------------------------------------------- requirements
+
+
+@dataclass(frozen=True)
+class Requirement:
+    kind: str
+    name: str
+    #: for config: the value wanted ("y", "m"); None accepts y or m
+    value: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "config":
+            return self.name + (f"={self.value}" if self.value else "")
+        return f"{self.kind}:{self.name}"
+
+
+_CONFIG_RE = re.compile(r"^(CONFIG_[A-Z0-9_]+)(?:=([ymn]|\S+))?$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-/{}]+$")
+
+
+def parse_requirement(text: str) -> Requirement:
+    """``CONFIG_X[=v]``, ``symbol:NAME``, ``tracefs:FILE``, ``sysctl:a.b``, ``module:NAME``.  Pure."""
+    text = text.strip()
+    m = _CONFIG_RE.match(text)
+    if m:
+        return Requirement("config", m.group(1), m.group(2))
+    kind, sep, name = text.partition(":")
+    if not sep or kind not in REQUIREMENT_KINDS or kind == "config":
+        raise ValueError(f"bad requirement '{text}' (CONFIG_X[=v], symbol:, tracefs:, sysctl:, module:)")
+    if not name or not _NAME_RE.match(name) or ".." in name:
+        raise ValueError(f"bad requirement '{text}': the name '{name}' is empty or has odd characters")
+    return Requirement(kind, name)
+
+
+def parse_kconfig(text: str) -> dict[str, str]:
+    """{CONFIG_X: value} from a .config; ``# CONFIG_X is not set`` gives "n".  Pure."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        m = re.match(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$", line)
+        if m:
+            out[m.group(1)] = "n"
+        elif line.startswith("CONFIG_") and "=" in line:
+            k, _, v = line.partition("=")
+            out[k] = v.strip('"')
+    return out
+
+
+def unmet_config(reqs: Iterable[Requirement], config: dict[str, str]) -> list[str]:
+    """Reasons for each config requirement the kernel config does not meet.  Pure."""
+    out = []
+    for r in reqs:
+        if r.kind != "config":
+            continue
+        have = config.get(r.name, "n")
+        ok = have in ("y", "m") if r.value is None else have == r.value
+        if not ok:
+            out.append(f"{r.name} is {'not set' if have == 'n' else have}"
+                       f" (need {r.value or 'y or m'})")
+    return out
+
+
+def guest_check_script(reqs: Iterable[Requirement]) -> str:
+    """One guest shell command printing ``MISSING <requirement>`` per unmet guest-side requirement."""
+    tests = []
+    for r in reqs:
+        q = shlex.quote(str(r))
+        if r.kind == "symbol":
+            t = f"grep -q ' {r.name}$' /proc/kallsyms"
+        elif r.kind == "tracefs":
+            t = f"test -e {TRACING}/{r.name}"
+        elif r.kind == "sysctl":
+            t = f"test -e /proc/sys/{r.name.replace('.', '/')}"
+        elif r.kind == "module":
+            t = f"find /lib/modules/$(uname -r) -name {shlex.quote(r.name + '.ko')} | grep -q ."
+        else:
+            continue
+        tests.append(f"{{ {t}; }} || echo MISSING {q}")
+    return "; ".join(tests) + ("; true" if tests else "true")
+
+
+def parse_missing(output: str) -> list[str]:
+    """The requirements a ``guest_check_script`` run reported missing.  Pure."""
+    return [line.split(" ", 1)[1].strip() for line in output.splitlines()
+            if line.startswith("MISSING ") and line.split(" ", 1)[1].strip()]
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+@dataclass(frozen=True)
+class Load:
+    """The load pinned on every vCPU but 0: a loadgen path (``getpid``, ``read``, ``yield``)."""
+
+    path: str = "getpid"
+
+    def cpus(self, smp: int) -> list[int]:
+        return list(range(1, smp)) or [0]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One guest action from vCPU 0, then checks.
+
+    ``site``: what the watched function's fentry site must hold afterwards
+    ("call" or "nop").  ``evidence``: a guest command, run right after the
+    action, printing a count that must be > 0 over the run (the handler ran).
+    """
+
+    name: str
+    action: GuestAction
+    site: str | None = None
+    evidence: str | None = None
+
+
+@dataclass(frozen=True)
+class FinalState:
+    #: the watched function's fentry site after the teardown ("nop", "call" or None)
+    site: str | None = "nop"
+    #: (guest command, regex its stdout must match)
+    checks: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    requires: tuple[str, ...] = ()
+    load: Load = field(default_factory=Load)
+    steps: tuple[Step, ...] = ()
+    final_state: FinalState = field(default_factory=FinalState)
+    #: floor on traps judged at the watched sites (below it: INCONCLUSIVE)
+    min_traps: int = 1
+    #: the traced function: its fentry site is watched and the floor counted there
+    function: str | None = "__do_sys_getpid"
+    #: count the floor inside these whole functions instead (static-key sites)
+    floor_functions: tuple[str, ...] = ()
+    setup: tuple[Step, ...] = ()
+    teardown: tuple[Step, ...] = ()
+    repeat: int = 2
+    #: set when this version cannot run the scenario at all: the UNSUPPORTED reason
+    unsupported: str | None = None
+
+    def requirements(self) -> list[Requirement]:
+        return [parse_requirement(self.expand(r)) for r in self.requires]
+
+    def expand(self, text: str) -> str:
+        return text.replace("{function}", self.function or "").replace("{tracing}", TRACING)
+
+    def floor_what(self) -> str:
+        if self.floor_functions:
+            return f"trap(s) judged in {', '.join(self.floor_functions)}"
+        return f"trap(s) judged at {self.function}'s site"
+
+
+def validate(s: Scenario) -> list[str]:
+    """Problems with one declaration (empty list: fine).  Pure."""
+    probs = []
+    if not re.match(r"^[a-z0-9][a-z0-9-]*$", s.name):
+        probs.append(f"name '{s.name}': use lower-case letters, digits and dashes")
+    if not s.description or "\n" in s.description or len(s.description) > 100:
+        probs.append(f"{s.name}: the description must be one line of at most 100 characters")
+    try:
+        s.requirements()
+    except ValueError as exc:
+        probs.append(f"{s.name}: {exc}")
+    if s.unsupported is None:
+        if not s.steps:
+            probs.append(f"{s.name}: no steps")
+        if s.min_traps < 1:
+            probs.append(f"{s.name}: min_traps must be >= 1 (0 traps prove nothing)")
+        if s.repeat < 1:
+            probs.append(f"{s.name}: repeat must be >= 1")
+        if s.function is None and not s.floor_functions:
+            probs.append(f"{s.name}: neither a function nor floor_functions: where is the floor counted?")
+        if s.load.path not in ("getpid", "read", "yield"):
+            probs.append(f"{s.name}: unknown load path '{s.load.path}'")
+    for st in (*s.setup, *s.steps, *s.teardown):
+        if st.site is not None and st.site not in SITE_STATES:
+            probs.append(f"{s.name}/{st.name}: site must be one of {SITE_STATES}")
+        if st.site is not None and s.function is None:
+            probs.append(f"{s.name}/{st.name}: a site expectation needs a function")
+    if s.final_state.site is not None and s.final_state.site not in SITE_STATES:
+        probs.append(f"{s.name}: final site must be one of {SITE_STATES}")
+    if s.final_state.site is not None and s.function is None and s.unsupported is None:
+        probs.append(f"{s.name}: a final site expectation needs a function")
+    for _cmd, rx in s.final_state.checks:
+        try:
+            re.compile(rx)
+        except re.error as exc:
+            probs.append(f"{s.name}: bad final-state regex {rx!r}: {exc}")
+    return probs
+
+
+# --------------------------------------------------------------------------- running
+
+
+def classify_fentry(text: bytes) -> tuple[int, str]:
+    """(offset of the fentry site in the function, "nop"|"call"|"other") from its first 9 bytes."""
+    off = 4 if text[:4] == ENDBR64 else 0
+    site = text[off:off + 5]
+    if site == NOP5:
+        return off, "nop"
+    if site[:1] == b"\xe8":
+        return off, "call"
+    return off, "other"
+
+
+class _ScenarioBody:
+    """The scenario's part of a probed run (``probe_run.Body``)."""
+
+    def __init__(self, sc: Scenario, workload: Path | None, out: dict[str, Any]) -> None:
+        self.sc = sc
+        self.workload = workload
+        self.out = out
+        self.failed: list[str] = []
+        self.evidence: dict[str, int] = {}
+        self.step_log: list[dict[str, Any]] = []
+        out["steps"] = self.step_log
+        out["evidence"] = self.evidence
+
+    def __call__(self, run: Run) -> BodyResult:
+        sc, vm = self.sc, run.vm
+        cpus = sc.load.cpus(run.spec.smp)
+        self._start_load(vm, cpus)
+        try:
+            for st in sc.setup:
+                self._step(run, st, 0)
+            for rep in range(sc.repeat):
+                for st in sc.steps:
+                    self._step(run, st, rep)
+                run.progress(f"{sc.name}: cycle {rep + 1}/{sc.repeat}: "
+                             f"{run.probe.judged_count()} traps judged")
+            for st in sc.teardown:
+                self._step(run, st, 0)
+        finally:
+            load_ok, load_info = self._stop_load(vm, cpus)
+        self.out["load"] = load_info
+        self._final(run)
+        floor = self._floor(run)
+        self.out["floor_traps"] = floor
+        if floor is not None and floor >= sc.min_traps:
+            for name, n in self.evidence.items():
+                if n <= 0:
+                    self.failed.append(f"step '{name}': the tracer/handler recorded nothing "
+                                       f"(evidence count 0) though its sites trapped {floor} time(s)")
+        return BodyResult(load_ok=load_ok, floor_count=floor, floor_what=sc.floor_what(),
+                          failed_checks=self.failed)
+
+    # -- load ---------------------------------------------------------------------
+    def _start_load(self, vm: Vm, cpus: list[int]) -> None:
+        if self.workload is None:
+            vm.check(loadgen.start_command(self.sc.load.path, cpus))
+            return
+        vm.ssh.put_file(self.workload, WORKLOAD_GUEST_PATH)
+        parts = [f"taskset -c {c} {WORKLOAD_GUEST_PATH} > /tmp/workload.{c}.out 2>&1 & "
+                 f"echo $! >> /tmp/workload.pids;" for c in cpus]
+        vm.check("rm -f /tmp/workload.pids; " + " ".join(parts) + " true")
+
+    def _stop_load(self, vm: Vm, cpus: list[int]) -> tuple[bool, dict[str, Any]]:
+        if self.workload is None:
+            counts = loadgen.parse_counts(vm.check(loadgen.STOP_COMMAND))
+            return (all(counts.get(c, 0) > 0 for c in cpus),
+                    {"path": self.sc.load.path, "iterations": {str(k): v for k, v in sorted(counts.items())}})
+        res = vm.run("alive=0; for p in $(cat /tmp/workload.pids); do kill -0 $p 2>/dev/null && "
+                     "alive=$((alive+1)); kill -TERM $p 2>/dev/null; done; echo alive=$alive")
+        m = re.search(r"alive=(\d+)", res.stdout)
+        alive = int(m.group(1)) if m else 0
+        return alive == len(cpus), {"workload": str(self.workload), "still_running_at_end": alive,
+                                    "cpus": cpus}
+
+    # -- steps ----------------------------------------------------------------------
+    def _step(self, run: Run, st: Step, rep: int) -> None:
+        vm, sc = run.vm, self.sc
+        t = time.monotonic()
+        if isinstance(st.action, str):
+            cmd = sc.expand(st.action)
+            res = vm.run(f"taskset -c 0 sh -c {shlex.quote(cmd)}")
+            if res.status != 0:
+                run.check_alive(f"running step '{st.name}'")
+                raise InfraError(f"step '{st.name}' failed ({res.status}): {cmd}: "
+                                 f"{(res.stderr or res.stdout).strip()[-200:]}")
+        else:
+            st.action(vm)
+        entry: dict[str, Any] = {"step": st.name, "cycle": rep, "s": round(time.monotonic() - t, 3)}
+        if st.evidence:
+            text = vm.run(f"taskset -c 0 sh -c {shlex.quote(sc.expand(st.evidence))}").stdout
+            m = re.search(r"-?\d+", text)
+            n = int(m.group(0)) if m else 0
+            entry["evidence"] = n
+            self.evidence[st.name] = self.evidence.get(st.name, 0) + n
+        run.probe.check_sites()
+        run.check_alive(f"running step '{st.name}'")
+        if st.site:
+            entry["site"] = self._check_fentry(run, st.site, f"after '{st.name}'")
+        self.step_log.append(entry)
+
+    def _check_fentry(self, run: Run, want: str, when: str) -> str:
+        fn = self.sc.function
+        addr = run.sym.by_name.get(fn or "")
+        if fn is None or addr is None:
+            self.failed.append(f"{when}: no symbol {fn} to read its fentry site")
+            return "?"
+        with run.probe.paused():
+            text = run.probe.read_memory(addr, 9)
+        off, state = classify_fentry(text)
+        site = text[off:off + 5]
+        desc = f"{fn}+{off:#x}: {site.hex(' ')}"
+        if state == "call":
+            target = addr + off + 5 + int.from_bytes(site[1:5], "little", signed=True)
+            desc += f" (call {run.sym(target) or hex(target)})"
+        if state != want:
+            expect = "the 5-byte NOP 0f 1f 44 00 00" if want == "nop" else "a call (e8)"
+            self.failed.append(f"{when}: {fn}'s fentry site holds {site.hex(' ')}, expected {expect}")
+        return desc
+
+    def _final(self, run: Run) -> None:
+        fs = self.sc.final_state
+        if fs.site:
+            self.out["final_site"] = self._check_fentry(run, fs.site, "at the end")
+        for cmd, rx in fs.checks:
+            res = run.vm.run(self.sc.expand(cmd))
+            if not re.search(rx, res.stdout):
+                self.failed.append(f"final state: `{self.sc.expand(cmd)}` printed "
+                                   f"{res.stdout.strip()[:80]!r}, expected /{rx}/")
+
+    def _floor(self, run: Run) -> int | None:
+        sc = self.sc
+        if sc.floor_functions:
+            ranges = [r for r in (run.function_range(f) for f in sc.floor_functions) if r]
+            if not ranges:
+                return None
+            return run.traps_in(ranges)
+        rng = run.function_range(sc.function or "")
+        if rng is None:
+            return None
+        return run.traps_in([(rng[0], rng[0] + 16)])
+
+
+def _write(spec: VmSpec, out: dict[str, Any]) -> dict[str, Any]:
+    spec.artifacts.mkdir(parents=True, exist_ok=True)
+    out.setdefault("traps_judged", 0)
+    out.setdefault("violations", 0)
+    (spec.artifacts / "verdict.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inject: str | None = None,
+                 workload: Path | None = None, *, inject_every: int = 2,
+                 progress: Progress = lambda s: None) -> dict[str, Any]:
+    """Run one scenario on one kernel; always a dict with ``verdict`` and ``reasons``."""
+    sc = scenario
+    out: dict[str, Any] = {"scenario": sc.name, "description": sc.description,
+                           "function": sc.function, "repeat": sc.repeat, "min_traps": sc.min_traps,
+                           "workload": str(workload) if workload else None}
+    base = {"kernel": kernel.release, "kernel_id": kernel.id, "inject": inject,
+            "artifacts": str(spec.artifacts)}
+    if sc.unsupported:
+        return _write(spec, {**out, **base, "verdict": "UNSUPPORTED", "reasons": [sc.unsupported]})
+    try:
+        reqs = sc.requirements()
+    except ValueError as exc:
+        return _write(spec, {**out, **base, "verdict": "INFRA", "reasons": [str(exc)]})
+    out["requires"] = [str(r) for r in reqs]
+    if any(r.kind == "config" for r in reqs):
+        if kernel.config is not None and kernel.config.is_file():
+            unmet = unmet_config(reqs, parse_kconfig(kernel.config.read_text(errors="replace")))
+            if unmet:
+                return _write(spec, {**out, **base, "verdict": "UNSUPPORTED",
+                                     "reasons": ["kernel config: " + "; ".join(unmet)]})
+        else:
+            out["notes"] = ["no kernel config for this kernel: config requirements not checked"]
+
+    def pre_attach(vm: Vm) -> None:
+        missing = parse_missing(vm.check(guest_check_script(reqs)))
+        if missing:
+            raise Unsupported("missing in the guest: " + ", ".join(missing))
+
+    body = _ScenarioBody(sc, workload, out)
+    return run_probed(spec, kernel, out, body, inject=inject, inject_every=inject_every,
+                      min_judged=sc.min_traps, pre_attach=pre_attach, progress=progress)
+
+
+def with_options(sc: Scenario, *, repeat: int | None = None, function: str | None = None) -> Scenario:
+    """A copy with another repeat count or traced function."""
+    if repeat is not None:
+        sc = replace(sc, repeat=repeat)
+    if function is not None:
+        sc = replace(sc, function=function)
+    return sc

@@ -1,0 +1,103 @@
+"""The scenarios, as data (see ``scenario.py`` for what each field means and what is checked)."""
+
+from __future__ import annotations
+
+from .scenario import FinalState, Load, Scenario, Step
+
+T = "{tracing}"
+FTRACE = ("CONFIG_FUNCTION_TRACER", "CONFIG_DYNAMIC_FTRACE", "symbol:{function}",
+          "tracefs:set_ftrace_filter", "tracefs:current_tracer")
+#: how many trace lines name the function (grep stops early: the buffer may be full)
+TRACE_HITS = "sleep 0.3; grep -c -m 50 '{function}' " + T + "/trace || true"
+MODULE_MISSING = "module not built in this version (images/modules/pokelab_ops is future work)"
+
+SET_FILTER = Step("filter", f"echo {{function}} > {T}/set_ftrace_filter && "
+                            f"grep -qx '{{function}}' {T}/set_ftrace_filter")
+CLEAR_FILTER = Step("clear-filter", f"echo > {T}/set_ftrace_filter")
+TRACER_OFF = Step("tracer-off", f"echo nop > {T}/current_tracer", site="nop")
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        name="ftrace-function",
+        description="function tracer on/off with a filter on __do_sys_getpid while vCPUs 1.. spin in getpid",
+        requires=FTRACE,
+        setup=(SET_FILTER,),
+        steps=(Step("tracer-on", f"echo function > {T}/current_tracer && "
+                                 f"grep -qx function {T}/current_tracer",
+                    site="call", evidence=TRACE_HITS),
+               TRACER_OFF),
+        teardown=(CLEAR_FILTER,),
+    ),
+    Scenario(
+        name="ftrace-graph",
+        description="function_graph tracer on/off (set_graph_function + filter) on __do_sys_getpid",
+        requires=(*FTRACE, "CONFIG_FUNCTION_GRAPH_TRACER", "tracefs:set_graph_function"),
+        setup=(SET_FILTER,
+               Step("graph-function", f"echo {{function}} > {T}/set_graph_function && "
+                                      f"grep -qx '{{function}}' {T}/set_graph_function")),
+        steps=(Step("graph-on", f"echo function_graph > {T}/current_tracer && "
+                                f"grep -qx function_graph {T}/current_tracer",
+                    site="call", evidence=TRACE_HITS),
+               TRACER_OFF),
+        teardown=(Step("clear-graph-function", f"echo > {T}/set_graph_function"), CLEAR_FILTER),
+    ),
+    Scenario(
+        name="kprobe-ftrace",
+        description="kprobe event on __do_sys_getpid's entry (ftrace-based): add, enable, disable, remove",
+        requires=("CONFIG_KPROBE_EVENTS", "CONFIG_KPROBES_ON_FTRACE", "symbol:{function}",
+                  "tracefs:kprobe_events", "tracefs:kprobe_profile"),
+        steps=(Step("add", f"echo 'p:pokelab/getpid {{function}}' >> {T}/kprobe_events", site="nop"),
+               Step("enable", f"echo 1 > {T}/events/pokelab/getpid/enable", site="call",
+                    evidence=f"sleep 0.3; awk '$1 ~ /getpid$/ {{print $2}}' {T}/kprobe_profile"),
+               Step("disable", f"echo 0 > {T}/events/pokelab/getpid/enable", site="nop"),
+               Step("remove", f"echo '-:pokelab/getpid' >> {T}/kprobe_events")),
+        final_state=FinalState(site="nop", checks=((f"cat {T}/kprobe_events; echo end", r"^end\s*$"),)),
+    ),
+    Scenario(
+        name="static-key-schedstats",
+        description="sysctl kernel.sched_schedstats 1/0 flips a static key (JMP/NOP) under sched_yield",
+        requires=("CONFIG_SCHEDSTATS", "CONFIG_JUMP_LABEL", "sysctl:kernel.sched_schedstats",
+                  "symbol:sched_schedstats", "symbol:update_curr"),
+        load=Load("yield"),
+        function=None,
+        floor_functions=("update_curr", "update_curr_se"),
+        steps=(Step("schedstats-on", "echo 1 > /proc/sys/kernel/sched_schedstats",
+                    # exec_max is only updated (and only shown) behind the static branch
+                    evidence="sleep 0.3; awk '/exec_max/ {print ($3 > 0)}' "
+                             "/proc/$(pidof loadgen | awk '{print $1}')/sched"),
+               Step("schedstats-off", "echo 0 > /proc/sys/kernel/sched_schedstats")),
+        final_state=FinalState(site=None, checks=(("cat /proc/sys/kernel/sched_schedstats", r"^0\s*$"),)),
+    ),
+    Scenario(
+        name="ftrace-direct",
+        description="a direct-call trampoline (ftrace-direct sample module or BPF fentry) on and off",
+        requires=("CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS",),
+        unsupported="no direct-call trampoline in this version: needs the kernel's "
+                    "samples/ftrace/ftrace-direct module (linux-source) or BPF fentry (bpftool, "
+                    "libbpf); Debian's cloud kernel ships neither",
+    ),
+    Scenario(
+        name="ops-one",
+        description="our module: one ftrace_ops on __do_sys_getpid registered and unregistered",
+        requires=("module:pokelab_ops",),
+        unsupported=MODULE_MISSING,
+    ),
+    Scenario(
+        name="ops-two",
+        description="our module: two ftrace_ops on one function (trampoline <-> list function retargets)",
+        requires=("module:pokelab_ops",),
+        unsupported=MODULE_MISSING,
+    ),
+    Scenario(
+        name="ops-and-tracer",
+        description="our module's ftrace_ops and the function tracer added and removed in different orders",
+        requires=("module:pokelab_ops",),
+        unsupported=MODULE_MISSING,
+    ),
+)
+
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def get(name: str) -> Scenario | None:
+    return BY_NAME.get(name)
