@@ -1,0 +1,43 @@
+"""Every scenario on every kernel (``--pokelab-kernel``, default 6.1 and 6.12), with the probe attached.
+
+One boot per scenario and kernel.  PASS is required; UNSUPPORTED is a visible skip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.pytest_plugin import expect_pass
+from orchestrator.scenarios_table import BY_NAME, SCENARIOS
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
+def test_scenario(name: str, pokelab_kernel: str, run_scenario) -> None:  # type: ignore[no-untyped-def]
+    out = run_scenario(BY_NAME[name], pokelab_kernel)
+    expect_pass(out)
+    assert out["traps_judged"] > 0 and out["violations"] == 0
+    assert out["floor_traps"] >= BY_NAME[name].min_traps
+    assert all(n > 0 for n in out["evidence"].values()), out["evidence"]
+
+
+def test_injection_ends_fail_with_the_violation(run_scenario) -> None:  # type: ignore[no-untyped-def]
+    out = run_scenario(replace(BY_NAME["ftrace-function"], repeat=2), "6.1", inject="wrong-target")
+    assert out["verdict"] == "FAIL", out.get("reasons")
+    assert out["violations"] > 0 and out["injected_flagged"] == out["injected"] > 0
+    assert out["false_flags"] == 0
+    v = out["violation_examples"][0]
+    assert v["verdict"] == "violation" and "ftrace_stub" in (v.get("emulated_name") or ""), v
+    assert any("violation" in r for r in out["reasons"])
+
+
+def test_trigger_that_does_nothing_is_inconclusive(run_scenario) -> None:  # type: ignore[no-untyped-def]
+    # a traceable function the getpid load never calls: its site is patched, never trapped
+    sc = replace(BY_NAME["ftrace-function"], function="__x64_sys_sethostname", repeat=1)
+    out = run_scenario(sc, "6.1")
+    assert out["verdict"] == "INCONCLUSIVE", out.get("reasons")
+    assert out["floor_traps"] == 0
+    assert "floor" in out["reasons"][0]

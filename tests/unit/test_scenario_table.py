@@ -1,0 +1,134 @@
+"""The scenario table and requirement parsing (pure: no guest)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.probe_run import stale_expectation
+from orchestrator.scenario import (
+    Requirement,
+    Scenario,
+    Step,
+    classify_fentry,
+    guest_check_script,
+    parse_kconfig,
+    parse_missing,
+    parse_requirement,
+    unmet_config,
+    validate,
+)
+from orchestrator.scenarios_table import BY_NAME, SCENARIOS
+from orchestrator.verdict import decide
+
+
+def test_every_scenario_validates_and_names_are_unique() -> None:
+    assert len(BY_NAME) == len(SCENARIOS)
+    for s in SCENARIOS:
+        assert validate(s) == [], s.name
+
+
+def test_runnable_scenarios_have_a_floor_and_evidence() -> None:
+    for s in SCENARIOS:
+        if s.unsupported:
+            continue
+        assert s.min_traps >= 1
+        assert any(st.evidence for st in s.steps), f"{s.name}: nothing shows the handler ran"
+
+
+def test_unsupported_scenarios_say_why() -> None:
+    for name in ("ftrace-direct", "ops-one", "ops-two", "ops-and-tracer"):
+        assert BY_NAME[name].unsupported
+
+
+def test_validate_catches_bad_declarations() -> None:
+    base = BY_NAME["ftrace-function"]
+    assert validate(replace(base, name="Bad Name"))
+    assert validate(replace(base, min_traps=0))
+    assert validate(replace(base, steps=()))
+    assert validate(replace(base, requires=("nonsense",)))
+    assert validate(replace(base, function=None, floor_functions=()))
+    assert validate(replace(base, steps=(Step("x", "true", site="jmp"),)))
+    assert validate(replace(base, description="two\nlines"))
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("CONFIG_KPROBES", Requirement("config", "CONFIG_KPROBES", None)),
+    ("CONFIG_KPROBES=y", Requirement("config", "CONFIG_KPROBES", "y")),
+    ("symbol:__do_sys_getpid", Requirement("symbol", "__do_sys_getpid")),
+    ("tracefs:kprobe_events", Requirement("tracefs", "kprobe_events")),
+    ("sysctl:kernel.sched_schedstats", Requirement("sysctl", "kernel.sched_schedstats")),
+    ("module:pokelab_ops", Requirement("module", "pokelab_ops")),
+])
+def test_parse_requirement(text: str, want: Requirement) -> None:
+    assert parse_requirement(text) == want
+    assert str(parse_requirement(text)) == text
+
+
+@pytest.mark.parametrize("text", ["", "KPROBES", "config:CONFIG_X", "symbol:", "file:/etc/x",
+                                  "tracefs:../../etc/passwd", "symbol:a;rm -rf /"])
+def test_parse_requirement_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_requirement(text)
+
+
+def test_function_placeholder_in_requirements() -> None:
+    s = replace(BY_NAME["ftrace-function"], function="foo_bar")
+    assert Requirement("symbol", "foo_bar") in s.requirements()
+
+
+def test_config_requirements() -> None:
+    cfg = parse_kconfig("CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\nCONFIG_S=\"x\"\n")
+    assert cfg == {"CONFIG_A": "y", "CONFIG_B": "m", "CONFIG_C": "n", "CONFIG_S": "x"}
+    reqs = [parse_requirement(t) for t in ("CONFIG_A", "CONFIG_B", "CONFIG_B=y", "CONFIG_C", "CONFIG_D",
+                                           "symbol:x")]
+    unmet = unmet_config(reqs, cfg)
+    assert unmet == ["CONFIG_B is m (need y)", "CONFIG_C is not set (need y or m)",
+                     "CONFIG_D is not set (need y or m)"]
+
+
+def test_guest_check_script_and_its_output() -> None:
+    reqs = [parse_requirement(t) for t in ("CONFIG_A", "symbol:foo", "tracefs:kprobe_events",
+                                           "sysctl:kernel.x", "module:m")]
+    script = guest_check_script(reqs)
+    assert "CONFIG_A" not in script
+    assert "/proc/kallsyms" in script and "/sys/kernel/tracing/kprobe_events" in script
+    assert "/proc/sys/kernel/x" in script and "m.ko" in script
+    assert guest_check_script([]) == "true"
+    assert parse_missing("MISSING symbol:foo\nnoise\nMISSING module:m\n") == ["symbol:foo", "module:m"]
+
+
+def test_classify_fentry() -> None:
+    assert classify_fentry(bytes.fromhex("0f1f440000") + b"\x90" * 4) == (0, "nop")
+    assert classify_fentry(bytes.fromhex("f30f1efa0f1f440000")) == (4, "nop")
+    assert classify_fentry(bytes.fromhex("e811223344") + b"\x90" * 4) == (0, "call")
+    assert classify_fentry(bytes.fromhex("cc1f440000") + b"\x90" * 4) == (0, "other")
+
+
+def test_stale_expectation_excuses_only_whole_instructions() -> None:
+    site = 0x1000
+
+    def sym(addr: int) -> str | None:
+        return {0x2000: "f+0x0", 0x2004: "f+0x4"}.get(addr)
+
+    call = lambda target: b"\xe8" + (target - site - 5).to_bytes(4, "little", signed=True)  # noqa: E731
+    assert stale_expectation(site, call(0x2000), sym) == "holds a whole call to f"
+    assert stale_expectation(site, call(0x2004), sym) is None  # into the middle of a function
+    assert stale_expectation(site, b"\xcc" + call(0x2000)[1:], sym) is None  # int3 left behind
+    assert stale_expectation(site, bytes.fromhex("0f1f440000"), sym) == "holds the 5-byte NOP"
+    assert stale_expectation(site, bytes.fromhex("0f1f4400"), sym) is None
+
+
+def test_failed_checks_make_a_fail_but_a_crash_still_wins() -> None:
+    summary = {"traps_judged": 5, "violations": 0}
+    out = decide(summary, crashes=[], failed_checks=["site holds x"])
+    assert out.verdict == "FAIL" and out.reasons == ("site holds x",)
+    assert decide(summary, crashes=["Oops: int3"], failed_checks=["x"]).verdict == "CRASH"
+    assert decide(summary, crashes=[], floor_count=0, min_judged=1).verdict == "INCONCLUSIVE"
+
+
+def test_scenario_is_frozen() -> None:
+    s = Scenario("x", "y")
+    with pytest.raises(AttributeError):
+        s.name = "z"  # type: ignore[misc]
