@@ -72,9 +72,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         name="ftrace-direct",
         description="a direct-call trampoline (ftrace-direct sample module or BPF fentry) on and off",
         requires=("CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS",),
-        unsupported="no direct-call trampoline in this version: needs the kernel's "
-                    "samples/ftrace/ftrace-direct module (linux-source) or BPF fentry (bpftool, "
-                    "libbpf); Debian's cloud kernel ships neither",
+        unsupported="direct-call trampolines are not built in this version: they need the "
+                    "kernel's samples/ftrace/ftrace-direct module built from linux-source, or a BPF "
+                    "fentry program and its loader (bpftool/libbpf) in the guest",
     ),
     Scenario(
         name="ops-one",

@@ -41,3 +41,16 @@ def test_trigger_that_does_nothing_is_inconclusive(run_scenario) -> None:  # typ
     assert out["verdict"] == "INCONCLUSIVE", out.get("reasons")
     assert out["floor_traps"] == 0
     assert "floor" in out["reasons"][0]
+
+
+def test_user_workload_runs_as_the_load(run_scenario, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a user's static binary, copied in over SSH and pinned on vCPUs 1..: here loadgen itself
+    # (with no arguments it spins in getpid until killed)
+    from orchestrator.cache import cache_dir
+    from orchestrator.loadgen import ensure_loadgen
+
+    out = run_scenario(replace(BY_NAME["ftrace-function"], repeat=1), "6.1",
+                       workload=ensure_loadgen(cache_dir()))
+    assert out["verdict"] == "PASS", out.get("reasons")
+    assert out["load"]["still_running_at_end"] == len(out["load"]["cpus"])
+    assert out["floor_traps"] >= 1
