@@ -95,6 +95,14 @@ def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str,
     for path, what in ((args.bzimage, "--bzimage"), (args.vmlinux, "--vmlinux")):
         if path is not None and not path.is_file():
             raise UsageError(f"{what} {path}: no such file")
+    # bad input first, before anything slow (downloads, the one-time KVM probe)
+    from .qemu import check_port_free
+
+    if args.gdb_port is not None and args.gdb_port == args.ssh_port:
+        raise UsageError(f"--gdb-port and --ssh-port are both {args.gdb_port}")
+    for port in (args.gdb_port, args.ssh_port):
+        if port is not None:
+            check_port_free(port)
     spec, kernel = prepare(choice, artifacts=artifacts, smp=args.smp, accel=args.accel,
                            tcg_thread=args.tcg_thread, memory_mb=args.memory,
                            gdb_port=args.gdb_port, ssh_port=args.ssh_port, extra_files=extra_files)
