@@ -99,7 +99,7 @@ def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str,
     from .qemu import check_port_free
 
     if args.gdb_port is not None and args.gdb_port == args.ssh_port:
-        raise UsageError(f"--gdb-port and --ssh-port are both {args.gdb_port}")
+        raise UsageError(f"the gdbstub and SSH cannot share port {args.gdb_port}")
     for port in (args.gdb_port, args.ssh_port):
         if port is not None:
             check_port_free(port)
