@@ -96,29 +96,6 @@ class BodyResult:
 
 Body = Callable[[Run], BodyResult]
 
-NOP5 = bytes.fromhex("0f1f440000")
-
-
-def stale_expectation(site: int, now: bytes, sym: Callable[[int], str | None]) -> str | None:
-    """Why a read-back that differs from the last trapped write is no evidence of a bug, or None.
-
-    The probe learns what a site should hold from the traps it sees.  A later
-    poke of the same site that no vCPU trapped on (e.g. a tracepoint's static
-    call retargeted while its static key is off) leaves that expectation stale.
-    Only a whole, well-formed instruction is excused: the 5-byte NOP, or a
-    CALL/JMP rel32 to the start of a known symbol or trampoline.  An int3 left
-    behind, a torn instruction or a target inside a function stays a mismatch.
-    """
-    if len(now) < 5 or now[0] == 0xCC:
-        return None
-    if now[:5] == NOP5:
-        return "holds the 5-byte NOP"
-    if now[0] in (0xE8, 0xE9):
-        target = site + 5 + int.from_bytes(now[1:5], "little", signed=True)
-        name = sym(target) or ""
-        if name.endswith("+0x0"):
-            return f"holds a whole {'call' if now[0] == 0xE8 else 'jmp'} to {name.removesuffix('+0x0')}"
-    return None
 
 
 def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body: Body, *,
@@ -166,19 +143,10 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         stats = probe.recorder_stats()
         probe.finish()
         summary = probe.summary()
-        stale: list[dict[str, str]] = []
-        mismatched: list[dict[str, str]] = []
-        for tc in probe.text_checks:
-            if tc.ok:
-                continue
-            why = stale_expectation(tc.site, bytes.fromhex(tc.bytes_read), sym)
-            (stale if why else mismatched).append(
-                {"site": f"{tc.site:#x}", "name": tc.name, "reason": tc.reason, "read": tc.bytes_read,
-                 **({"excused": f"re-patched after its last trap: {why}"} if why else {})})
+        mismatched = [{"site": f"{tc.site:#x}", "name": tc.name, "reason": tc.reason,
+                       "read": tc.bytes_read} for tc in probe.text_checks if not tc.ok]
         summary["text_mismatches"] = len(mismatched)
-        summary["text_stale"] = len(stale)
         out["text_mismatch_examples"] = mismatched[:5]
-        out["text_stale_examples"] = stale[:5]
         summary["lost"] = int(stats.get("lost", 0))
         summary["recorder"] = stats
         out.update(summary)

@@ -59,8 +59,8 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
         return Outcome("INCONCLUSIVE", (f"{counted} {floor_what}, fewer than the floor of {min_judged}",))
     if inject and int(summary.get("injected", 0)) == 0:
         return Outcome("INCONCLUSIVE", (f"--inject {inject}: no trap was eligible for injection",))
-    stale = int(summary.get("text_stale", 0))
-    checked = int(summary.get("text_checks", 0)) - stale
+    checked = int(summary.get("text_checks", 0))
+    unchecked = int(summary.get("text_unchecked", 0))
     return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, {checked} site read-backs matched"
-                            + (f" ({stale} re-patched after their last trap, not compared)" if stale
+                            + (f" ({unchecked} more patched sites not read back)" if unchecked
                                else ""),))

@@ -183,6 +183,29 @@ class _Exit(gdb.Breakpoint):
         return False
 
 
+class _Batch(gdb.Breakpoint):
+    """At ``text_poke_bp_batch(tp, nr_entries)``: record every site the batch will write.
+
+    Traps only show the sites a CPU happened to hit; this gives the host what
+    each patched site must hold when the batch is done, trapped on or not.
+    """
+
+    def stop(self):
+        try:
+            frame = gdb.newest_frame()
+            vec = _reg(frame, "rdi")
+            nr = _reg(frame, "rsi") & 0xFFFFFFFF
+            size = _STATE["info"]["loc_size"]
+            if 0 < nr <= 65536 and vec >= KERNEL_MIN:
+                _STATE["batches"] += 1
+                _emit("POKELAB-BATCH", {"n": nr, "entries": _read(vec, nr * size).hex(),
+                                        "t": round(time.monotonic() - _STATE["t0"], 6)})
+        except Exception as exc:  # noqa: BLE001
+            _STATE["errors"] += 1
+            _emit("POKELAB-ERROR", {"where": "batch", "error": repr(exc)})
+        return False
+
+
 def _find_entry(info, vec, nr, site):
     """Binary search the sorted vector (reading 1 entry per probe); linear scan if that misses."""
     size = info["loc_size"]
@@ -371,7 +394,7 @@ def pokelab_setup(args_json):
                    "entries": 0, "others": 0, "lost": 0, "errors": 0, "eligible": 0,
                    "mode": args.get("inject"), "every": max(1, int(args.get("inject_every", 2))),
                    "stub": None, "t0": time.monotonic(),
-                   "seq": 0, "windows": []})
+                   "seq": 0, "windows": [], "batches": 0})
     if info.get("unsupported"):
         _emit("POKELAB-SETUP", info)
         return
@@ -397,13 +420,17 @@ def pokelab_setup(args_json):
     _STATE["bps"].append(_Entry("*0x%x" % info["handler_addr"], type=bptype, internal=True))
     for addr in exits:
         _STATE["bps"].append(_Exit("*0x%x" % addr, type=bptype, internal=True))
+    batch = _sym_addr("text_poke_bp_batch")
+    if batch is not None and not args.get("hardware"):
+        _STATE["bps"].append(_Batch("*0x%x" % batch, type=bptype, internal=True))
+        info["batch_hook"] = batch
     _emit("POKELAB-SETUP", info)
 
 
 def pokelab_stats():
     st = _STATE
     _emit("POKELAB-STATS", {k: st.get(k, 0) for k in ("entries", "traps", "others", "lost", "errors",
-                                                        "eligible")} | {"pending": len(st.get("pending", {}))})
+                                                        "eligible", "batches")} | {"pending": len(st.get("pending", {}))})
 
 
 def pokelab_disable():

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.probe_run import stale_expectation
 from orchestrator.scenario import (
     Requirement,
     Scenario,
@@ -104,20 +103,6 @@ def test_classify_fentry() -> None:
     assert classify_fentry(bytes.fromhex("f30f1efa0f1f440000")) == (4, "nop")
     assert classify_fentry(bytes.fromhex("e811223344") + b"\x90" * 4) == (0, "call")
     assert classify_fentry(bytes.fromhex("cc1f440000") + b"\x90" * 4) == (0, "other")
-
-
-def test_stale_expectation_excuses_only_whole_instructions() -> None:
-    site = 0x1000
-
-    def sym(addr: int) -> str | None:
-        return {0x2000: "f+0x0", 0x2004: "f+0x4"}.get(addr)
-
-    call = lambda target: b"\xe8" + (target - site - 5).to_bytes(4, "little", signed=True)  # noqa: E731
-    assert stale_expectation(site, call(0x2000), sym) == "holds a whole call to f"
-    assert stale_expectation(site, call(0x2004), sym) is None  # into the middle of a function
-    assert stale_expectation(site, b"\xcc" + call(0x2000)[1:], sym) is None  # int3 left behind
-    assert stale_expectation(site, bytes.fromhex("0f1f440000"), sym) == "holds the 5-byte NOP"
-    assert stale_expectation(site, bytes.fromhex("0f1f4400"), sym) is None
 
 
 def test_failed_checks_make_a_fail_but_a_crash_still_wins() -> None:
