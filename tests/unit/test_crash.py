@@ -1,0 +1,105 @@
+"""The crash parser on real console logs (tests/data/console/*.log, captured from real guests).
+
+Expected (type, title) pairs live in tests/data/console/expected.json.  After a change to the
+format table or a new log, regenerate it with ``POKELAB_UPDATE_GOLDEN=1 pytest tests/unit/test_crash.py``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator import crash
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "console"
+EXPECTED = DATA / "expected.json"
+LOGS = sorted(DATA.glob("*.log"))
+UPDATE = os.environ.get("POKELAB_UPDATE_GOLDEN") == "1"
+
+
+def parse(path: Path) -> list[list[str]]:
+    lines = path.read_text(errors="replace").replace("\r", "").splitlines()
+    out: list[list[str]] = []
+    for c in crash.scan(lines):
+        if [c.type, c.title] not in out:
+            out.append([c.type, c.title])
+    return out
+
+
+def test_update_golden() -> None:
+    if not UPDATE:
+        pytest.skip("set POKELAB_UPDATE_GOLDEN=1 to regenerate expected.json")
+    EXPECTED.write_text(json.dumps({p.name: parse(p) for p in LOGS}, indent=1) + "\n")
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[p.name for p in LOGS])
+def test_log_titles(log: Path) -> None:
+    expected = json.loads(EXPECTED.read_text())
+    assert log.name in expected, f"{log.name} has no expected titles: run with POKELAB_UPDATE_GOLDEN=1"
+    assert parse(log) == expected[log.name]
+
+
+def test_every_expected_log_exists() -> None:
+    assert set(json.loads(EXPECTED.read_text())) == {p.name for p in LOGS}
+
+
+def test_clean_boots_have_no_crash() -> None:
+    for p in LOGS:
+        if p.name.startswith("boot-"):
+            assert parse(p) == [], p.name
+
+
+def test_first_title_per_kind() -> None:
+    """Each captured crash log names the crash it was captured for, first."""
+    want = {"panic-": "panic", "hung-task-": "hung-task", "oops-int3-": "oops-int3",
+            "warning-": "warning", "soft-lockup-": "soft-lockup"}
+    for p in LOGS:
+        for prefix, kind in want.items():
+            if p.name.startswith(prefix):
+                titles = parse(p)
+                assert titles and titles[0][0] == kind, (p.name, titles)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("[   12.345678] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI", ("oops-int3", "Oops: int3")),
+    ("[    1.0] BUG: kernel NULL pointer dereference, address: 0000000000000008",
+     ("bug", "BUG: kernel NULL pointer dereference")),
+    ("[    3.2] general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP",
+     ("gpf", "general protection fault")),
+    ("[   50.1] watchdog: BUG: soft lockup - CPU#2 stuck for 22s! [loadgen:140]",
+     ("soft-lockup", "BUG: soft lockup")),
+    ("[    9.9] WARNING: CPU: 1 PID: 77 at kernel/trace/ftrace.c:2185 ftrace_bug+0x1/0x2",
+     ("warning", "WARNING in ftrace_bug")),
+    ("[   70.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+     ("rcu-stall", "INFO: rcu_preempt detected stall")),
+    ("[    8.0] INFO: task sh:130 blocked for more than 1 seconds.",
+     ("hung-task", "INFO: task hung: sh")),
+    ("[    4.4] Kernel panic - not syncing: sysrq triggered crash",
+     ("panic", "Kernel panic - not syncing: sysrq triggered crash")),
+    ("[    4.4] kernel BUG at arch/x86/kernel/alternative.c:1234!",
+     ("kernel-bug", "kernel BUG at arch/x86/kernel/alternative.c:1234")),
+    ("[    1.0] ftrace: allocating 35812 entries in 140 pages", None),
+])
+def test_classify_lines(line: str, expected: tuple[str, str] | None) -> None:
+    assert crash.classify(line) == expected
+
+
+def test_rip_from_the_report() -> None:
+    lines = ["[ 5.0] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI", "[ 5.0] CPU: 1 PID: 9 Comm: x",
+             "[ 5.0] RIP: 0010:write_null+0x1/0x10", "[ 5.1] Kernel panic - not syncing: Fatal exception"]
+    assert [(c.type, c.title) for c in crash.scan(lines)] == [
+        ("oops-int3", "Oops: int3 in write_null"), ("panic", "Kernel panic - not syncing: Fatal exception")]
+
+
+def test_user_rip_is_not_the_crash_site() -> None:
+    assert crash.classify("BUG: unable to handle page fault for address: ffff8880", ["RIP: 0033:0x47b7a0"]) \
+        == ("bug", "BUG: unable to handle page fault for address")
+
+
+def test_second_banner_is_a_reboot() -> None:
+    lines = ["[    0.000000] Linux version 6.1.0 (x)", "ok", "[    0.000000] Linux version 6.1.0 (x)"]
+    assert [(c.type, c.line) for c in crash.scan(lines)] == [("reboot", 2)]
