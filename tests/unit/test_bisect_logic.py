@@ -1,0 +1,121 @@
+"""The bisect decision logic on scripted histories (no kernel)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator.bisect_logic import (
+    BOOT_FAIL,
+    BUILD_FAIL,
+    CRASH,
+    EXIT_CODES,
+    FAIL,
+    INFRA,
+    PASS,
+    Decision,
+    Policy,
+    Tally,
+    confidence,
+    culprit_confidence,
+    decide,
+    failure_rate,
+    runs_for_confidence,
+)
+
+P = Policy(min_failures=2, min_clean=3)
+
+
+@pytest.mark.parametrize(
+    ("runs", "expected"),
+    [
+        ([PASS, PASS, PASS], Decision.GOOD),
+        ([PASS] * 10, Decision.GOOD),
+        ([FAIL, FAIL, FAIL], Decision.BAD),
+        ([FAIL, PASS, CRASH], Decision.BAD),  # flaky but twice: bad
+        ([PASS, PASS, FAIL, PASS, FAIL], Decision.BAD),
+        ([FAIL, PASS, PASS, PASS], Decision.SKIP),  # one failure is not enough for bad, too many for good
+        ([PASS, PASS], Decision.SKIP),  # not enough clean runs
+        ([BUILD_FAIL], Decision.SKIP),
+        ([BOOT_FAIL, BOOT_FAIL, BOOT_FAIL], Decision.SKIP),
+        ([BOOT_FAIL, PASS, PASS], Decision.SKIP),
+        ([BOOT_FAIL, PASS, PASS, PASS], Decision.GOOD),  # enough clean runs despite one boot failure
+        ([INFRA, INFRA, PASS], Decision.ABORT),
+        ([INFRA, PASS], Decision.SKIP),  # a tie is not "outnumber"
+        ([INFRA, "INCONCLUSIVE", FAIL], Decision.ABORT),
+        ([INFRA, FAIL, FAIL, PASS], Decision.BAD),
+        ([], Decision.SKIP),
+    ],
+)
+def test_decide(runs: list[str], expected: Decision) -> None:
+    assert decide(runs, P).decision is expected
+
+
+def test_build_failure_wins_over_everything() -> None:
+    v = decide([BUILD_FAIL, FAIL, FAIL], P)
+    assert v.decision is Decision.SKIP and v.exit_code == 125 and "build" in v.reason
+
+
+def test_exit_codes_table() -> None:
+    assert EXIT_CODES == {Decision.GOOD: 0, Decision.BAD: 1, Decision.SKIP: 125, Decision.ABORT: 128}
+    assert decide([INFRA] * 3, P).exit_code >= 128
+
+
+def test_reasons_say_why() -> None:
+    assert "bad needs 2" in decide([FAIL, PASS, PASS, PASS], P).reason
+    assert "good needs 3" in decide([PASS], P).reason
+    assert "boot failed" in decide([BOOT_FAIL], P).reason
+
+
+def test_unknown_outcome_rejected() -> None:
+    with pytest.raises(ValueError):
+        decide(["MAYBE"], P)
+    with pytest.raises(ValueError):
+        Policy(min_failures=0)
+
+
+def test_confidence_formula() -> None:
+    # p = 0.5, two good verdicts with 3 and 5 clean runs
+    assert confidence(0.5, [3, 5]) == pytest.approx((1 - 0.5**3) * (1 - 0.5**5))
+    assert confidence(1.0, [1, 1, 1]) == 1.0  # a deterministic bug: every good is right
+    assert confidence(None, [3]) is None
+    assert confidence(0.3, []) == 1.0
+
+
+def test_flaky_history_confidence() -> None:
+    """A bisect over 5 revisions of a bug that shows in ~1/3 of the runs."""
+    history = {
+        "v0 (good endpoint)": [PASS] * 6,
+        "r1": [PASS] * 6,
+        "r2 (build broken)": [BUILD_FAIL],
+        "r3 culprit": [FAIL, PASS, PASS, FAIL, PASS, PASS],
+        "r4": [PASS, CRASH, PASS, FAIL, PASS, PASS],
+        "v5 (bad endpoint)": [FAIL, PASS, FAIL, PASS, PASS, FAIL],
+    }
+    verdicts = {rev: decide(runs, P) for rev, runs in history.items()}
+    assert [v.decision for v in verdicts.values()] == [
+        Decision.GOOD, Decision.GOOD, Decision.SKIP, Decision.BAD, Decision.BAD, Decision.BAD]
+    bad = [v.tally for v in verdicts.values() if v.decision is Decision.BAD]
+    p = failure_rate(bad)
+    assert p == pytest.approx(7 / 18)
+    conf = culprit_confidence(list(verdicts.values()))
+    assert conf == pytest.approx((1 - (1 - 7 / 18) ** 6) ** 2)
+    assert 0.85 < conf < 0.9  # 6 clean runs of a 1-in-3 bug leave ~5% doubt per good verdict
+
+
+def test_flaky_single_failure_is_skip_not_good() -> None:
+    # a rare failure must never be swallowed into "good"
+    assert decide([PASS] * 9 + [FAIL], P).decision is Decision.SKIP
+
+
+def test_runs_for_confidence() -> None:
+    n = runs_for_confidence(0.25, 0.95)
+    assert (1 - 0.25) ** n <= 0.05 < (1 - 0.25) ** (n - 1)
+    assert runs_for_confidence(1.0, 0.99) == 1
+    assert math.isclose(confidence(0.25, [n]) or 0, 1 - 0.75**n)
+
+
+def test_tally_counts() -> None:
+    t = Tally.of([PASS, FAIL, CRASH, INFRA, BOOT_FAIL])
+    assert (t.failures, t.clean, t.infra, t.total, t.judged) == (2, 1, 1, 5, 3)
