@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export POKELAB_CACHE ?= $(HOME)/.cache/pokelab
 
 APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-utils zstd \
-                python3-venv binutils iproute2 procps ca-certificates gcc libc6-dev lz4
+                python3-venv binutils iproute2 procps ca-certificates gcc libc6-dev lz4 make
 
 .PHONY: all setup apt venv images demo test unit vm lint types bench clean help
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported, UsageError
@@ -87,7 +87,8 @@ def _add_vm_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
 
 
-def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str, Path] | None = None):
+def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str, Path] | None = None,
+                  kernel_files: Any = None):
     from .guest import KernelChoice, default_artifacts, prepare
 
     artifacts = args.artifacts.resolve() if args.artifacts else default_artifacts(command)
@@ -105,7 +106,8 @@ def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str,
             check_port_free(port)
     spec, kernel = prepare(choice, artifacts=artifacts, smp=args.smp, accel=args.accel,
                            tcg_thread=args.tcg_thread, memory_mb=args.memory,
-                           gdb_port=args.gdb_port, ssh_port=args.ssh_port, extra_files=extra_files)
+                           gdb_port=args.gdb_port, ssh_port=args.ssh_port, extra_files=extra_files,
+                           kernel_files=kernel_files)
     return spec, kernel
 
 
@@ -240,7 +242,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from .cache import cache_dir
     from .loadgen import GUEST_PATH, ensure_loadgen
     from .probe_run import write_json
-    from .scenario import run_scenario, with_options
+    from .scenario import guest_files, run_scenario, with_options
     from .scenarios_table import BY_NAME
 
     sc = BY_NAME.get(args.scenario)
@@ -254,7 +256,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
         raise UsageError(f"--workload {args.workload}: no such file")
     sc = with_options(sc, repeat=args.repeat, function=args.function)
     extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
-    spec, kernel = _vm_from_args(args, f"repro-{sc.name}", extra)
+    spec, kernel = _vm_from_args(args, f"repro-{sc.name}", extra,
+                                 kernel_files=lambda k, c: guest_files(sc, k, c))
     if args.dry_run:
         return _dry_run(spec)
     out = run_scenario(spec, kernel, sc, inject=args.inject, workload=args.workload,

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,9 @@ from .kernels import Catalog
 from .vm import Vm, VmSpec
 
 log = logging.getLogger(__name__)
+
+#: (kernel, cache) -> {guest path: host file}: files that depend on the kernel
+KernelFiles = Callable[[images.KernelArtifacts, Path], Mapping[str, Path]]
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,19 @@ def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, k
 def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str = "auto",
             tcg_thread: str = "single", memory_mb: int = 1024, gdb_port: int | None = None,
             ssh_port: int | None = None, extra_files: Mapping[str, Path] | None = None,
-            append: tuple[str, ...] = ()) -> tuple[VmSpec, images.KernelArtifacts]:
-    """Fetch/build what the guest needs (cached) and describe the VM to boot."""
+            append: tuple[str, ...] = (),
+            kernel_files: KernelFiles | None = None) -> tuple[VmSpec, images.KernelArtifacts]:
+    """Fetch/build what the guest needs (cached) and describe the VM to boot.
+
+    ``kernel_files(kernel, cache)`` adds guest files that depend on the kernel (a module).
+    """
     cache = cache_dir()
     kernel = resolve_kernel(choice, cache)
     key = rootfs.ensure_ssh_key(cache)
-    initrd = rootfs.ensure_initramfs(kernel, cache, dict(extra_files or {}))
+    extra = dict(extra_files or {})
+    if kernel_files is not None:
+        extra.update(kernel_files(kernel, cache))
+    initrd = rootfs.ensure_initramfs(kernel, cache, extra)
     chosen = choose_accel(accel, kernel, initrd, key, cache)
     spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key, artifacts=artifacts,
                   release=kernel.release, smp=smp, memory_mb=memory_mb, accel=chosen,

@@ -67,17 +67,23 @@ def pokelab_artifacts(tmp_path: Path) -> Path:
 def run_scenario(pokelab_options: PokelabOptions, pokelab_artifacts: Path):  # type: ignore[no-untyped-def]
     """``run_scenario(scenario, kernel_id, inject=None, workload=None) -> verdict dict``."""
     from orchestrator.cache import cache_dir
+    from orchestrator.errors import Unsupported
     from orchestrator.guest import KernelChoice, prepare
     from orchestrator.loadgen import GUEST_PATH, ensure_loadgen
-    from orchestrator.scenario import Scenario, with_options
+    from orchestrator.scenario import Scenario, guest_files, with_options
     from orchestrator.scenario import run_scenario as run
 
     def _run(sc: Scenario, kernel_id: str, inject: str | None = None,
              workload: Path | None = None) -> dict[str, Any]:
         sc = with_options(sc, repeat=pokelab_options.repeat)
-        spec, kernel = prepare(KernelChoice(kernel_id), artifacts=pokelab_artifacts,
-                               smp=pokelab_options.smp, accel=pokelab_options.accel,
-                               extra_files={GUEST_PATH: ensure_loadgen(cache_dir())})
+        try:
+            spec, kernel = prepare(KernelChoice(kernel_id), artifacts=pokelab_artifacts,
+                                   smp=pokelab_options.smp, accel=pokelab_options.accel,
+                                   extra_files={GUEST_PATH: ensure_loadgen(cache_dir())},
+                                   kernel_files=lambda k, c: guest_files(sc, k, c))
+        except Unsupported as exc:
+            return {"scenario": sc.name, "kernel": kernel_id, "verdict": "UNSUPPORTED",
+                    "reasons": [exc.title]}
         return run(spec, kernel, sc, inject=inject, workload=workload)
 
     return _run

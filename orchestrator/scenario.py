@@ -14,7 +14,9 @@ Requirements are strings, checked before any GDB work:
 * ``symbol:NAME``: ``/proc/kallsyms`` in the guest;
 * ``tracefs:FILE``: ``test -e /sys/kernel/tracing/FILE`` in the guest;
 * ``sysctl:a.b``: ``test -e /proc/sys/a/b`` in the guest;
-* ``module:NAME``: a ``NAME.ko`` under ``/lib/modules/$(uname -r)`` in the guest.
+* ``module:NAME``: a ``NAME.ko`` under ``/lib/modules/$(uname -r)`` in the guest;
+  ``module:pokelab_ops`` first builds our module on the host (``kmod.ensure_module``)
+  and puts it there (see :func:`guest_files`).
 
 Unmet requirements end UNSUPPORTED with the reason.  Every scenario checks:
 traps judged at the watched sites >= ``min_traps`` (else INCONCLUSIVE), no
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import loadgen
+from . import kmod, loadgen
 from .errors import InfraError, Unsupported
 from .images import KernelArtifacts
 from .probe_run import BodyResult, Progress, Run, run_probed
@@ -142,6 +144,23 @@ def parse_missing(output: str) -> list[str]:
     """The requirements a ``guest_check_script`` run reported missing.  Pure."""
     return [line.split(" ", 1)[1].strip() for line in output.splitlines()
             if line.startswith("MISSING ") and line.split(" ", 1)[1].strip()]
+
+
+def module_guest_path(release: str) -> str:
+    """Where our module goes in the guest (found by the ``module:`` check, insmod'ed by path)."""
+    return f"/lib/modules/{release}/extra/{kmod.NAME}.ko"
+
+
+def guest_files(sc: Scenario, kernel: KernelArtifacts, cache: Path) -> dict[str, Path]:
+    """Kernel-dependent files the scenario needs in the initramfs: our module if required.
+
+    Unsupported when the module cannot be built for this kernel; InfraError if the build fails.
+    """
+    if sc.unsupported:
+        return {}
+    if any(r.kind == "module" and r.name == kmod.NAME for r in sc.requirements()):
+        return {module_guest_path(kernel.release): kmod.ensure_module(kernel, cache)}
+    return {}
 
 
 # --------------------------------------------------------------------------- declarations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .scenario import FinalState, Load, Scenario, Step
 
 T = "{tracing}"
@@ -9,8 +11,29 @@ FTRACE = ("CONFIG_FUNCTION_TRACER", "CONFIG_DYNAMIC_FTRACE", "symbol:{function}"
           "tracefs:set_ftrace_filter", "tracefs:current_tracer")
 #: how many trace lines name the function (grep stops early: the buffer may be full)
 TRACE_HITS = "sleep 0.3; grep -c -m 50 '{function}' " + T + "/trace || true"
-MODULE_MISSING = "module not built in this version (images/modules/pokelab_ops is future work)"
 
+#: our module (images/modules/pokelab_ops, built on the host by kmod.py, put in the initramfs)
+OPS = "/sys/kernel/debug/pokelab_ops"
+OPS_REQUIRES = ("CONFIG_DYNAMIC_FTRACE", "CONFIG_DEBUG_FS", "symbol:{function}", "module:pokelab_ops")
+INSMOD = Step("insmod", f"insmod /lib/modules/$(uname -r)/extra/pokelab_ops.ko && test -w {OPS}/control",
+              site="nop")
+RMMOD = Step("rmmod", "rmmod pokelab_ops")
+MODULE_GONE = FinalState(site="nop", checks=(("grep -c '^pokelab_ops ' /proc/modules; true", r"^0\s*$"),))
+
+
+def ops_register(n: int, name: str, site: str = "call") -> Step:
+    """Register ops N on the function; evidence: its handler's call count."""
+    return Step(name, f"echo 'register {n} {{function}}' > {OPS}/control", site=site,
+                evidence=f"sleep 0.3; awk '$1 == \"ops{n}\" {{print $3}}' {OPS}/counts")
+
+
+def ops_unregister(n: int, name: str, site: str) -> Step:
+    return Step(name, f"echo 'unregister {n}' > {OPS}/control && grep -q '^ops{n} 0 ' {OPS}/counts",
+                site=site)
+
+
+TRACER_ON = Step("tracer-on", f"echo function > {T}/current_tracer && grep -qx function {T}/current_tracer",
+                 site="call", evidence=TRACE_HITS)
 SET_FILTER = Step("filter", f"echo {{function}} > {T}/set_ftrace_filter && "
                             f"grep -qx '{{function}}' {T}/set_ftrace_filter")
 CLEAR_FILTER = Step("clear-filter", f"echo > {T}/set_ftrace_filter")
@@ -79,20 +102,40 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="ops-one",
         description="our module: one ftrace_ops on __do_sys_getpid registered and unregistered",
-        requires=("module:pokelab_ops",),
-        unsupported=MODULE_MISSING,
+        requires=OPS_REQUIRES,
+        setup=(INSMOD,),
+        # NOP <-> call to the ops' own trampoline
+        steps=(ops_register(0, "register-ops0"), ops_unregister(0, "unregister-ops0", "nop")),
+        teardown=(RMMOD,),
+        final_state=MODULE_GONE,
     ),
     Scenario(
         name="ops-two",
         description="our module: two ftrace_ops on one function (trampoline <-> list function retargets)",
-        requires=("module:pokelab_ops",),
-        unsupported=MODULE_MISSING,
+        requires=OPS_REQUIRES,
+        setup=(INSMOD,),
+        # ops0's trampoline -> the list function (ops1 saves regs) -> ops0's trampoline -> NOP
+        steps=(ops_register(0, "register-ops0"), ops_register(1, "register-ops1"),
+               ops_unregister(1, "unregister-ops1", "call"), ops_unregister(0, "unregister-ops0", "nop")),
+        teardown=(RMMOD,),
+        final_state=MODULE_GONE,
     ),
     Scenario(
         name="ops-and-tracer",
         description="our module's ftrace_ops and the function tracer added and removed in different orders",
-        requires=("module:pokelab_ops",),
-        unsupported=MODULE_MISSING,
+        requires=(*OPS_REQUIRES, *FTRACE),
+        setup=(INSMOD, SET_FILTER),
+        # ops first (removed first), then the tracer first (removed first)
+        steps=(ops_register(0, "ops-first-register"),
+               replace(TRACER_ON, name="ops-first-tracer-on"),
+               ops_unregister(0, "ops-first-unregister", "call"),
+               replace(TRACER_OFF, name="ops-first-tracer-off"),
+               replace(TRACER_ON, name="tracer-first-tracer-on"),
+               ops_register(0, "tracer-first-register"),
+               replace(TRACER_OFF, name="tracer-first-tracer-off", site="call"),
+               ops_unregister(0, "tracer-first-unregister", "nop")),
+        teardown=(CLEAR_FILTER, RMMOD),
+        final_state=MODULE_GONE,
     ),
 )
 

@@ -33,7 +33,7 @@ def test_repro_unsupported_scenario_writes_json_without_booting(tmp_path: Path,
     if not is_cached(Catalog.load().default, cache_dir()):
         pytest.skip("the default kernel is not cached (make images)")
     out = tmp_path / "v.json"
-    rc = main(["repro", "ops-one", "--accel", "tcg", "--artifacts", str(tmp_path / "a"),
+    rc = main(["repro", "ftrace-direct", "--accel", "tcg", "--artifacts", str(tmp_path / "a"),
                "--json", str(out)])
     assert rc == 2
     v = json.loads(out.read_text())

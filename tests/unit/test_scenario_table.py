@@ -37,7 +37,7 @@ def test_runnable_scenarios_have_a_floor_and_evidence() -> None:
 
 
 def test_unsupported_scenarios_say_why() -> None:
-    for name in ("ftrace-direct", "ops-one", "ops-two", "ops-and-tracer"):
+    for name in ("ftrace-direct",):
         assert BY_NAME[name].unsupported
 
 

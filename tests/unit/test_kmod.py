@@ -1,0 +1,56 @@
+"""kmod: the module's cache key and paths, and which scenarios ask for it (no build, no VM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import kmod
+from orchestrator.errors import Unsupported
+from orchestrator.images import KernelArtifacts
+from orchestrator.scenario import guest_files, module_guest_path
+from orchestrator.scenarios_table import BY_NAME
+
+
+def _kernel(kid: str, release: str = "6.1.0-56-cloud-amd64") -> KernelArtifacts:
+    return KernelArtifacts(id=kid, release=release, bzimage=Path("/nonexistent/bz"),
+                           vmlinux=Path("/nonexistent/vmlinux"), system_map=None, config=None,
+                           modules_dir=None, build_id="00")
+
+
+def test_source_hash_depends_on_release_names_and_content() -> None:
+    files = {"pokelab_ops.c": b"int x;", "Kbuild": b"obj-m := pokelab_ops.o\n"}
+    h = kmod.source_hash(files, "6.1.0-56-cloud-amd64")
+    assert len(h) == 16 and h == kmod.source_hash(dict(reversed(files.items())), "6.1.0-56-cloud-amd64")
+    assert h != kmod.source_hash(files, "6.12.117+deb12-cloud-amd64")
+    assert h != kmod.source_hash({**files, "pokelab_ops.c": b"int y;"}, "6.1.0-56-cloud-amd64")
+    assert h != kmod.source_hash({"x.c": files["pokelab_ops.c"], "Kbuild": files["Kbuild"]},
+                                 "6.1.0-56-cloud-amd64")
+
+
+def test_paths() -> None:
+    assert kmod.module_path(Path("/c"), "6.1.0-56-cloud-amd64", "abcd") == \
+        Path("/c/modules/6.1.0-56-cloud-amd64/abcd/pokelab_ops.ko")
+    assert kmod.headers_dir("6.1.0-56-cloud-amd64") == Path("/usr/src/linux-headers-6.1.0-56-cloud-amd64")
+    assert module_guest_path("6.1.0-56-cloud-amd64") == \
+        "/lib/modules/6.1.0-56-cloud-amd64/extra/pokelab_ops.ko"
+
+
+def test_the_source_is_there() -> None:
+    assert (kmod.source_dir() / "pokelab_ops.c").is_file()
+    assert (kmod.source_dir() / "Kbuild").is_file()
+
+
+def test_custom_kernel_is_unsupported(tmp_path: Path) -> None:
+    with pytest.raises(Unsupported, match="linux-headers"):
+        kmod.ensure_module(_kernel("custom"), tmp_path)
+    with pytest.raises(Unsupported):
+        guest_files(BY_NAME["ops-one"], _kernel("custom-6.1-patched"), tmp_path)
+    assert not kmod.is_custom("6.1") and not kmod.is_custom("6.12")
+
+
+def test_only_module_scenarios_get_files(tmp_path: Path) -> None:
+    assert guest_files(BY_NAME["ftrace-function"], _kernel("custom"), tmp_path) == {}
+    for name in ("ops-one", "ops-two", "ops-and-tracer"):
+        assert "module:pokelab_ops" in [str(r) for r in BY_NAME[name].requirements()]
