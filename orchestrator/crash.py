@@ -43,6 +43,13 @@ FORMATS: tuple[tuple[str, str, str], ...] = (
     ("panic", r"Kernel panic - not syncing: (?P<what>.*)", "Kernel panic - not syncing: {what}"),
 )
 
+#: (regex, replacement) applied to every title: names that differ between runs of one crash
+NORMALIZE: tuple[tuple[str, str], ...] = (
+    (r"\bkworker/[\w:+-]+", "kworker"),        # kworker/3:1 -> kworker
+    (r"\b0x[0-9a-f]+\b", "ADDR"),
+    (r"\b[0-9a-f]{12,16}\b", "ADDR"),
+)
+_NORMALIZE = tuple((re.compile(rx), rep) for rx, rep in NORMALIZE)
 _COMPILED = tuple((kind, re.compile(rx), tpl) for kind, rx, tpl in FORMATS)
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 _BANNER = re.compile(r"Linux version \d+\.\d+")
@@ -57,8 +64,10 @@ def _render(tpl: str, fields: dict[str, str | None]) -> str:
         names = re.findall(r"\{(\w+)\}", inner)
         return inner.format(**fields) if all(fields.get(n) for n in names) else ""
 
-    text = re.sub(r"\[([^\]]*)\]", opt, tpl)
-    return re.sub(r"\s+", " ", text.format(**{k: v or "" for k, v in fields.items()})).strip()
+    text = re.sub(r"\[([^\]]*)\]", opt, tpl).format(**{k: v or "" for k, v in fields.items()})
+    for rx, rep in _NORMALIZE:
+        text = rx.sub(rep, text)
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def classify(line: str, following: list[str] | None = None) -> tuple[str, str] | None:

@@ -78,6 +78,8 @@ def test_first_title_per_kind() -> None:
      ("rcu-stall", "INFO: rcu_preempt detected stall")),
     ("[    8.0] INFO: task sh:130 blocked for more than 1 seconds.",
      ("hung-task", "INFO: task hung: sh")),
+    ("[    7.2] INFO: task kworker/3:1:56 blocked for more than 1 seconds.",
+     ("hung-task", "INFO: task hung: kworker")),
     ("[    4.4] Kernel panic - not syncing: sysrq triggered crash",
      ("panic", "Kernel panic - not syncing: sysrq triggered crash")),
     ("[    4.4] kernel BUG at arch/x86/kernel/alternative.c:1234!",
