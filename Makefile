@@ -67,3 +67,13 @@ bench: setup images
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache
+
+# End to end, slow (a cold kernel build is minutes; not part of `make test`): build Debian's
+# linux-source-6.1 with and without images/patches/0001-*.patch (pokelab build-kernel) and
+# check the probe's verdicts: FAIL with violations on the patched kernel, PASS on the other.
+# POKELAB_KERNEL_SOURCE=DIR uses another 6.1 tree.
+.PHONY: e2e-patched
+e2e-patched: setup
+	@dpkg-query -W -f='$${Status}\n' linux-source-6.1 ccache flex bison libelf-dev dwarves 2>/dev/null \
+	  | grep -c 'ok installed' | grep -qx 6 || { echo "e2e-patched needs: apt-get install linux-source-6.1 ccache flex bison libelf-dev dwarves" >&2; exit 2; }
+	$(BIN)/pytest -q -s -m slow -p no:cacheprovider tests/e2e/test_patched_kernel.py

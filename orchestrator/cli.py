@@ -334,7 +334,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--function", help="trace this function instead (the real symbol)")
     s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON verdict here too")
     s.set_defaults(func=cmd_repro)
+
+    s = sub.add_parser("build-kernel", help="build a guest kernel from source (+patches) and register it")
+    s.add_argument("--source", type=Path, metavar="DIR",
+                   help="kernel tree, plain or git (default: Debian's linux-source-6.1, unpacked once)")
+    s.add_argument("--patches", type=Path, nargs="+", default=[], metavar="DIR|FILE",
+                   help="patches applied with patch -p1 to a scratch copy, in order (a dir: its *.patch)")
+    s.add_argument("--config-fragment", type=Path, nargs="+", default=[], metavar="FILE",
+                   help="config fragments merged on allnoconfig (default: images/config/*.config)")
+    s.add_argument("--out", type=Path, metavar="DIR", help="make O= dir (default: under the cache)")
+    s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j (default 2)")
+    s.set_defaults(func=cmd_build_kernel)
     return p
+
+
+def cmd_build_kernel(args: argparse.Namespace) -> int:
+    from .kbuild import BuildError, build_kernel
+
+    try:
+        res = build_kernel(args.source, args.patches, args.config_fragment, args.out, jobs=args.jobs,
+                           say=lambda msg: print(f"pokelab: {msg}", file=sys.stderr))
+    except BuildError as exc:
+        if exc.tail and not args.verbose:
+            print(exc.tail, file=sys.stderr)
+        raise
+    print(f"{res.kernel_id} release {res.release} build-id {res.build_id} "
+          f"built in {res.seconds:.0f} s ({res.kernel_dir})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

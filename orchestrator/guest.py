@@ -39,6 +39,8 @@ def resolve_kernel(choice: KernelChoice, cache: Path | None = None) -> images.Ke
         if not (choice.bzimage and choice.vmlinux):
             raise UsageError("--bzimage and --vmlinux go together")
         return images.artifacts_from_paths(choice.bzimage, choice.vmlinux)
+    if choice.kernel and choice.kernel.startswith("custom-"):  # built by `pokelab build-kernel`
+        return images.custom_kernel(choice.kernel, cache)
     catalog = Catalog.load()
     spec = catalog.get(choice.kernel) if choice.kernel else catalog.default
     return images.ensure_kernel(spec, cache)

@@ -25,7 +25,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import buildid
@@ -281,6 +281,26 @@ def artifacts_from_paths(
         modules_dir=Path(modules_dir).resolve() if modules_dir else None,
         build_id=vm_id,
     )
+
+
+#: kernels built by ``pokelab build-kernel`` (orchestrator/kbuild.py): {id: {"dir": ...}}
+CUSTOM_REGISTRY = "custom.json"
+
+
+def custom_kernel(kernel_id: str, cache: Path) -> KernelArtifacts:
+    """A kernel registered by ``pokelab build-kernel`` (``--kernel custom-<build-id>``)."""
+    reg_file = cache / "kernels" / CUSTOM_REGISTRY
+    try:
+        reg = json.loads(reg_file.read_text())
+    except (OSError, ValueError):
+        reg = {}
+    entry = reg.get(kernel_id)
+    if not isinstance(entry, dict):
+        known = ", ".join(sorted(reg)) or "none: run pokelab build-kernel"
+        raise UsageError(f"unknown kernel '{kernel_id}' (built kernels: {known})")
+    kdir = Path(entry["dir"])
+    arts = artifacts_from_paths(kdir / "bzImage", kdir / "vmlinux")
+    return replace(arts, id=kernel_id)
 
 
 # --------------------------------------------------------------------------- ensure_kernel
