@@ -26,7 +26,8 @@ class Crash:
 #: (type, regex, title template) in priority order.  Templates use the regex's named
 #: groups, plus {rip}; a ``[...]`` part is kept only when every field in it is known.
 FORMATS: tuple[tuple[str, str, str], ...] = (
-    ("oops-int3", r"Oops: int3\b", "Oops: int3[ in {rip}]"),
+    # 6.1 prints die()'s line bare ("int3: 0000 [#1] ..."); later kernels prefix it with "Oops: "
+    ("oops-int3", r"Oops: int3\b|^int3: [0-9a-f]{4} \[#\d+\]", "Oops: int3[ in {rip}]"),
     ("soft-lockup", r"watchdog: BUG: soft lockup - CPU#\d+ stuck for \d+s! \[(?P<comm>[^:\]]+)",
      "BUG: soft lockup[ in {rip}]"),
     ("hard-lockup", r"Watchdog detected hard LOCKUP on cpu \d+", "hard LOCKUP[ in {rip}]"),
@@ -39,7 +40,9 @@ FORMATS: tuple[tuple[str, str, str], ...] = (
     ("bug", r"BUG: (?P<what>[^,]+?)(?:,|:\s+\S+|$)", "BUG: {what}[ in {rip}]"),
     ("warning", r"WARNING: CPU: \d+ PID: \d+ at \S+ (?P<func>[\w.]+)\+", "WARNING in {func}"),
     ("warning", r"WARNING: (?P<what>.+)", "WARNING: {what}"),
-    ("oops", r"Oops: (?P<what>[^:\[]+?)\s*(?::|\[|\d{4}|$)", "Oops: {what}[ in {rip}]"),
+    # "Oops: 0002 [#1] ..." (a page fault's error code) or "Oops: invalid opcode: 0000 [#1] ..."
+    ("oops", r"Oops: (?:[0-9a-f]{4}\b|(?P<what>[^:\[]+?)\s*(?::|\[|$))", "Oops[: {what}][ in {rip}]"),
+    ("oops", r"^(?P<what>[a-z][a-z ]+): [0-9a-f]{4} \[#\d+\]", "Oops: {what}[ in {rip}]"),
     ("panic", r"Kernel panic - not syncing: (?P<what>.*)", "Kernel panic - not syncing: {what}"),
 )
 

@@ -56,7 +56,7 @@ def test_clean_boots_have_no_crash() -> None:
 def test_first_title_per_kind() -> None:
     """Each captured crash log names the crash it was captured for, first."""
     want = {"panic-": "panic", "hung-task-": "hung-task", "oops-int3-": "oops-int3",
-            "warning-": "warning", "soft-lockup-": "soft-lockup"}
+            "warning-": "warning", "soft-lockup-": "soft-lockup", "bug-": "bug"}
     for p in LOGS:
         for prefix, kind in want.items():
             if p.name.startswith(prefix):
@@ -80,6 +80,8 @@ def test_first_title_per_kind() -> None:
      ("hung-task", "INFO: task hung: sh")),
     ("[    7.2] INFO: task kworker/3:1:56 blocked for more than 1 seconds.",
      ("hung-task", "INFO: task hung: kworker")),
+    ("[   15.2] int3: 0000 [#1] PREEMPT SMP NOPTI", ("oops-int3", "Oops: int3")),
+    ("[   15.2] invalid opcode: 0000 [#1] PREEMPT SMP NOPTI", ("oops", "Oops: invalid opcode")),
     ("[    4.4] Kernel panic - not syncing: sysrq triggered crash",
      ("panic", "Kernel panic - not syncing: sysrq triggered crash")),
     ("[    4.4] kernel BUG at arch/x86/kernel/alternative.c:1234!",
@@ -88,6 +90,13 @@ def test_first_title_per_kind() -> None:
 ])
 def test_classify_lines(line: str, expected: tuple[str, str] | None) -> None:
     assert crash.classify(line) == expected
+
+
+def test_int3_oops_after_a_warning_on_61() -> None:
+    """6.1 prints the int3 die() line without "Oops: ": still an int3 oops, at the patched function."""
+    titles = parse(DATA / "warning-ftrace-bug-then-int3-6.1.log")
+    assert ["oops-int3", "Oops: int3 in __x64_sys_newuname"] in titles
+    assert titles[0] == ["warning", "WARNING in ftrace_verify_code"]
 
 
 def test_rip_from_the_report() -> None:
