@@ -190,7 +190,7 @@ def apply_patches(tree: Path, patches: Sequence[Path], state_file: Path) -> None
                       cwd=tree, timeout=120, what=f"patch {patch.name}")
         except InfraError as exc:
             raise BuildError(f"patch {patch} does not apply to {state['source']}", exc.tail) from None
-        procs.run(["patch", "-p1", "--forward", "--batch", "-s", "-i", str(patch)],
+        procs.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-s", "-i", str(patch)],
                   cwd=tree, timeout=120, what=f"patch {patch.name}")
 
 
