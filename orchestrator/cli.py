@@ -28,6 +28,11 @@ EXIT_CODES: dict[str, int] = {
     "INCONCLUSIVE": 2,
     "UNSUPPORTED": 2,
     "USAGE": 2,
+    # matrix cells (pokelab nightly/merge, nightly.exit_key): an UNSUPPORTED cell is a skip,
+    # a failure a known-issues entry explains does not fail the night, a cell not run does
+    "SKIP": 0,
+    "KNOWN_ISSUE": 0,
+    "INCOMPLETE": 2,
 }
 
 #: Which verdict an error stands for.
@@ -272,6 +277,177 @@ def cmd_repro(args: argparse.Namespace) -> int:
     return EXIT_CODES[out["verdict"]]
 
 
+def _read_json(path: Path, what: str) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{what} {path}: not JSON ({exc})") from None
+
+
+def _nightly_context(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """(previous summary or None, known issues) for nightly and merge; bad files are usage errors."""
+    from .nightly import load_known_issues
+
+    previous = _read_json(args.previous, "--previous") if args.previous else None
+    issues: list[Any] = []
+    if args.known_issues is not None:
+        try:
+            issues = load_known_issues(args.known_issues)
+        except OSError as exc:
+            raise UsageError(f"--known-issues {args.known_issues}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise UsageError(f"--known-issues {args.known_issues}: {exc}") from None
+    kc = args.kcidb
+    if kc is not None and not kc.resolve().parent.is_dir() and kc.resolve().parent != args.out.resolve():
+        raise UsageError(f"--kcidb {kc}: directory does not exist")
+    return previous, issues
+
+
+def _nightly_runner(args: argparse.Namespace) -> Callable[[str, str, Path], dict[str, Any]]:
+    """One matrix cell, the way `pokelab repro` runs a scenario: _vm_from_args + run_scenario."""
+    from .cache import cache_dir
+    from .loadgen import GUEST_PATH, ensure_loadgen
+    from .scenario import guest_files, run_scenario, with_options
+    from .scenarios_table import BY_NAME
+
+    prepare_lock = threading.Lock()  # one cache writer at a time (downloads, initramfs builds)
+
+    def run(kernel: str, scenario: str, artifacts: Path) -> dict[str, Any]:
+        sc = with_options(BY_NAME[scenario], repeat=args.repeat)
+        ns = argparse.Namespace(kernel=kernel, bzimage=None, vmlinux=None, smp=args.smp, memory=args.memory,
+                                accel=args.accel, tcg_thread=args.tcg_thread, gdb_port=None, ssh_port=None,
+                                artifacts=artifacts, dry_run=False)
+        try:
+            with prepare_lock:
+                extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
+                spec, kern = _vm_from_args(ns, f"nightly-{scenario}", extra,
+                                           kernel_files=lambda k, c: guest_files(sc, k, c))
+        except PokelabError as exc:
+            return {"kernel_id": kernel, "verdict": verdict_of(exc), "reasons": [exc.title]}
+        return run_scenario(spec, kern, sc, progress=lambda s: log.debug("%s %s: %s", kernel, scenario, s))
+
+    return run
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from .cache import cache_dir
+    from .images import is_cached
+    from .kernels import Catalog
+    from .nightly import (
+        annotate,
+        exit_status,
+        fetchable,
+        matrix,
+        new_summary,
+        parse_list,
+        parse_shard,
+        run_matrix,
+        shard,
+        write_reports,
+    )
+    from .scenarios_table import BY_NAME, SCENARIOS
+
+    try:
+        kernels = parse_list(args.kernels)
+        scenarios = parse_list(args.scenarios)
+        shard_of = parse_shard(args.shard)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.jobs < 1:
+        raise UsageError("-j must be at least 1")
+    if args.repeat is not None and args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    cat = Catalog.load()
+    known = {k.id for k in cat.kernels}
+    for k in kernels or []:
+        if k not in known:
+            raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)")
+    for s in scenarios or []:
+        if s not in BY_NAME:
+            raise UsageError(f"unknown scenario '{s}' (see: pokelab scenarios)")
+    previous, issues = _nightly_context(args)
+    if kernels is None:
+        kernels = [k.id for k in cat.kernels
+                   if is_cached(k, cache_dir()) or fetchable(k.image_pkg, k.dbg_pkg)]
+    cells = matrix(kernels, scenarios or [s.name for s in SCENARIOS])
+    if shard_of is not None:
+        cells = shard(cells, *shard_of)
+    if args.dry_run:
+        for k, s in cells:
+            print(f"{k} {s}")
+        return 0
+    out_dir = args.out.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    print(f"nightly: {len(cells)} cell(s), {args.jobs} at a time, into {out_dir}",
+          file=sys.stderr, flush=True)
+    results = run_matrix(cells, _nightly_runner(args), out_dir, jobs=args.jobs,
+                         progress=lambda s: print(s, file=sys.stderr, flush=True))
+    summary = annotate(new_summary(cells, results, shard_spec=args.shard, started=started), previous, issues)
+    write_reports(summary, out_dir, args.kcidb)
+    return _report_done(summary, out_dir, exit_status(summary))
+
+
+def _report_done(summary: dict[str, Any], out_dir: Path, code: int) -> int:
+    for r in summary["results"]:
+        mark = (f" [known issue {r['known_issue']['id']}]" if r.get("known_issue")
+                else f" [{r['change']}]" if r.get("change") else "")
+        print(f"{r['kernel_id']:10} {r['scenario']:24} {r['verdict']}{mark}")
+    print(f"reports: {out_dir}/index.html, junit.xml, summary.json; exit status {code}")
+    return code
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .nightly import annotate, exit_status, merge, write_reports
+
+    previous, issues = _nightly_context(args)
+    out_dir = args.out.resolve()
+    loaded = [(_read_json(p, "summary"), p.resolve().parent) for p in args.summaries]
+    try:
+        summary = merge(loaded, out_dir)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"merge: {exc}") from None
+    summary = annotate(summary, previous, issues)
+    write_reports(summary, out_dir, args.kcidb)
+    return _report_done(summary, out_dir, exit_status(summary))
+
+
+def _add_nightly_parsers(sub: Any) -> None:
+    """The nightly matrix and the merge of its shards (orchestrator/nightly.py, docs/nightly.md)."""
+    s = sub.add_parser("nightly", help="run the kernel x scenario matrix; write JUnit, JSON and HTML reports")
+    s.add_argument("--kernels", metavar="A,B", help="kernel ids (default: every catalog kernel cached or "
+                                                    "fetchable)")
+    s.add_argument("--scenarios", metavar="A,B", help="scenario names (default: all)")
+    s.add_argument("--repeat", type=int, metavar="N", help="cycles of each scenario's steps")
+    s.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based, deterministic)")
+    s.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="parallel VMs (default 1)")
+    s.add_argument("--out", type=Path, default=Path("nightly"), metavar="DIR", help="default ./nightly")
+    s.add_argument("--previous", type=Path, metavar="SUMMARY", help="a previous summary.json to compare with")
+    s.add_argument("--known-issues", type=Path, metavar="FILE", help="known flakes (TOML or JSON, "
+                                                                      "docs/nightly.md)")
+    s.add_argument("--kcidb", type=Path, metavar="FILE", help="also write KCIDB-style JSON here")
+    s.add_argument("--smp", type=int, default=4, metavar="N", help="vCPUs (default 4)")
+    s.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM (default 1024)")
+    s.add_argument("--accel", default="auto", choices=("auto", "tcg", "kvm"))
+    s.add_argument("--tcg-thread", default="single", choices=("single", "multi"))
+    s.add_argument("--dry-run", action="store_true", help="print the cells this run would do and exit")
+    s.set_defaults(func=cmd_nightly)
+
+    s = sub.add_parser("merge", help="join nightly shard summaries into one summary, JUnit and HTML")
+    s.add_argument("out", type=Path, metavar="OUT", help="output dir")
+    s.add_argument("summaries", type=Path, nargs="+", metavar="SUMMARY", help="shard summary.json files")
+    s.add_argument("--previous", type=Path, metavar="SUMMARY", help="a previous summary.json to compare with")
+    s.add_argument("--known-issues", type=Path, metavar="FILE", help="known flakes (TOML or JSON)")
+    s.add_argument("--kcidb", type=Path, metavar="FILE", help="also write KCIDB-style JSON here")
+    s.set_defaults(func=cmd_merge)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pokelab",
@@ -345,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, metavar="DIR", help="make O= dir (default: under the cache)")
     s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j (default 2)")
     s.set_defaults(func=cmd_build_kernel)
+
+    _add_nightly_parsers(sub)
     return p
 
 
