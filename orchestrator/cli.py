@@ -387,10 +387,16 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     print(f"nightly: {len(cells)} cell(s), {args.jobs} at a time, into {out_dir}",
           file=sys.stderr, flush=True)
-    results = run_matrix(cells, _nightly_runner(args), out_dir, jobs=args.jobs,
-                         progress=lambda s: print(s, file=sys.stderr, flush=True))
-    summary = annotate(new_summary(cells, results, shard_spec=args.shard, started=started), previous, issues)
-    write_reports(summary, out_dir, args.kcidb)
+    results: list[dict[str, Any]] = []
+    try:
+        run_matrix(cells, _nightly_runner(args), out_dir, jobs=args.jobs, results=results,
+                   progress=lambda s: print(s, file=sys.stderr, flush=True))
+    finally:  # interrupted too: report what ran, the rest as MISSING (exit 2 via INCOMPLETE)
+        order = {c: i for i, c in enumerate(cells)}
+        results.sort(key=lambda r: order.get((r["kernel_id"], r["scenario"]), len(order)))
+        summary = annotate(new_summary(cells, results, shard_spec=args.shard, started=started),
+                           previous, issues)
+        write_reports(summary, out_dir, args.kcidb)
     return _report_done(summary, out_dir, exit_status(summary))
 
 

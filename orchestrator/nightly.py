@@ -258,12 +258,15 @@ def result_record(out: dict[str, Any], artifacts: Path, base: Path, duration_s: 
 
 
 def run_matrix(cells: Sequence[Cell], runner: Runner, out_dir: Path, jobs: int = 1,
-               progress: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+               progress: Callable[[str], None] = lambda s: None,
+               results: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Run every cell (``jobs`` at a time); results in the cells' order.
 
     ``runner(kernel, scenario, artifacts)`` returns the verdict dict (never raises for a
-    verdict: the CLI's runner turns errors into INFRA and the like).
+    verdict: the CLI's runner turns errors into INFRA and the like).  Each finished cell is
+    also appended to ``results`` at once, so an interrupted night can still be reported.
     """
+    sink = results if results is not None else []
     lock = threading.Lock()
     done = [0]
 
@@ -283,15 +286,20 @@ def run_matrix(cells: Sequence[Cell], runner: Runner, out_dir: Path, jobs: int =
         rec = result_record(out, artifacts, out_dir, dur)
         rec["start_time"] = t0.isoformat(timespec="seconds")
         with lock:
+            sink.append(rec)
             done[0] += 1
             progress(f"[{done[0]}/{len(cells)}] {kernel} {scenario}: {rec['verdict']} "
                      f"({rec.get('traps_judged', 0)} traps judged, {dur:.0f} s)")
         return rec
 
     if jobs <= 1:
-        return [one(c) for c in cells]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one, cells))
+        for c in cells:
+            one(c)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, cells))
+    order = {c: i for i, c in enumerate(cells)}
+    return sorted(sink, key=lambda r: order.get((r["kernel_id"], r["scenario"]), len(order)))
 
 
 def new_summary(planned: Sequence[Cell], results: list[dict[str, Any]], *, shard_spec: str | None,

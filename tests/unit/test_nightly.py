@@ -270,3 +270,52 @@ def test_nightly_bad_input(args: list[str], needle: str, tmp_path: Path,
     assert main(["nightly", "--out", str(tmp_path), "--dry-run", *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.startswith("pokelab: usage") and err.count("\n") == 1
+
+
+def test_run_matrix_parallel_keeps_order_and_survives_a_broken_cell(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def runner(kernel: str, scenario: str, artifacts: Path) -> dict[str, Any]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        if scenario == "boom":
+            raise RuntimeError("bug in a cell")
+        (artifacts / "traps.jsonl").write_text('{"t": 1.5, "site": "0x1", "symbol": "f+0x0"}\n'
+                                               '{"t": 2.0, "site": "0x1", "symbol": "f+0x0"}\n')
+        return {"verdict": "PASS", "reasons": ["ok"], "traps_judged": 2}
+
+    cells = nightly.matrix(["k1", "k2"], ["a", "boom", "c"])
+    sink: list[dict[str, Any]] = []
+    res = nightly.run_matrix(cells, runner, tmp_path, jobs=3, results=sink)
+    assert [(r["kernel_id"], r["scenario"]) for r in res] == cells
+    assert len(sink) == 6 and peak[0] > 1
+    assert [r["verdict"] for r in res] == ["PASS", "INFRA", "PASS"] * 2
+    assert res[0]["timeline"] == [
+        {"site": "0x1", "name": "f+0x0", "traps": 2, "points": [[1.5, 1], [2.0, 2]]}]
+    assert res[0]["artifacts"] == "runs/k1/a" and res[0]["files"] == ["traps.jsonl"]
+
+
+def test_merge_cli_with_previous_and_known_issues(summary: dict[str, Any], tmp_path: Path) -> None:
+    now = with_verdicts(summary, "CRASH", "FAIL")
+    now["results"][0]["crashes"] = [{"type": "oops-int3", "title": "Oops: int3 in write_null"}]
+    paths = split(now, tmp_path)
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps(summary))
+    known = tmp_path / "known.toml"
+    known.write_text('[[issue]]\nid = "tcg"\nmatch = "Oops: int3"\n')
+    out = tmp_path / "m"
+    assert main(["merge", str(out), *map(str, paths), "--previous", str(prev),
+                 "--known-issues", str(known)]) == 1
+    merged = json.loads((out / "summary.json").read_text())
+    by = {(r["kernel_id"], r["scenario"]): r for r in merged["results"]}
+    first, second = (by[(r["kernel_id"], r["scenario"])] for r in summary["results"][:2])
+    assert first["known_issue"]["id"] == "tcg"
+    assert second["change"] == "new-failure" and second["known_issue"] is None
