@@ -396,7 +396,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         results.sort(key=lambda r: order.get((r["kernel_id"], r["scenario"]), len(order)))
         summary = annotate(new_summary(cells, results, shard_spec=args.shard, started=started),
                            previous, issues)
-        write_reports(summary, out_dir, args.kcidb)
+        write_reports(summary, out_dir, args.kcidb, args.artifacts_url)
     return _report_done(summary, out_dir, exit_status(summary))
 
 
@@ -420,7 +420,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"merge: {exc}") from None
     summary = annotate(summary, previous, issues)
-    write_reports(summary, out_dir, args.kcidb)
+    write_reports(summary, out_dir, args.kcidb, args.artifacts_url)
     return _report_done(summary, out_dir, exit_status(summary))
 
 
@@ -438,6 +438,8 @@ def _add_nightly_parsers(sub: Any) -> None:
     s.add_argument("--known-issues", type=Path, metavar="FILE", help="known flakes (TOML or JSON, "
                                                                       "docs/nightly.md)")
     s.add_argument("--kcidb", type=Path, metavar="FILE", help="also write KCIDB-style JSON here")
+    s.add_argument("--artifacts-url", metavar="URL",
+                   help="where OUT is published: KCIDB output_files URLs are made from it")
     s.add_argument("--smp", type=int, default=4, metavar="N", help="vCPUs (default 4)")
     s.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM (default 1024)")
     s.add_argument("--accel", default="auto", choices=("auto", "tcg", "kvm"))
@@ -451,6 +453,8 @@ def _add_nightly_parsers(sub: Any) -> None:
     s.add_argument("--previous", type=Path, metavar="SUMMARY", help="a previous summary.json to compare with")
     s.add_argument("--known-issues", type=Path, metavar="FILE", help="known flakes (TOML or JSON)")
     s.add_argument("--kcidb", type=Path, metavar="FILE", help="also write KCIDB-style JSON here")
+    s.add_argument("--artifacts-url", metavar="URL",
+                   help="where OUT is published: KCIDB output_files URLs are made from it")
     s.set_defaults(func=cmd_merge)
 
 

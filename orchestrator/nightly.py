@@ -407,9 +407,13 @@ def junit_xml(summary: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- KCIDB
 
 
-def kcidb(summary: dict[str, Any]) -> dict[str, Any]:
+def kcidb(summary: dict[str, Any], artifacts_url: str | None = None) -> dict[str, Any]:
     """KCIDB I/O (schema v4) objects: one checkout for the run, one build per kernel,
-    one test per kernel x scenario.  docs/nightly.md describes the shape."""
+    one test per kernel x scenario.  docs/nightly.md describes the shape.
+
+    KCIDB wants absolute URLs: ``output_files`` is filled only with ``artifacts_url`` (where
+    the report dir is published); without it the relative paths go to ``misc.artifact_files``.
+    """
     run = re.sub(r"[^A-Za-z0-9_.-]", "_", str(summary.get("run_id") or "run"))
     checkout_id = f"{ORIGIN}:{run}"
     builds: dict[str, dict[str, Any]] = {}
@@ -438,7 +442,13 @@ def kcidb(summary: dict[str, Any]) -> dict[str, Any]:
         if r.get("duration_s") is not None:
             test["duration"] = float(r["duration_s"])
         if r.get("artifacts") and r.get("files"):
-            test["output_files"] = [{"name": f, "url": f"{r['artifacts']}/{f}"} for f in r["files"]]
+            rel = [f"{r['artifacts']}/{f}" for f in r["files"]]
+            if artifacts_url:
+                base = artifacts_url.rstrip("/")
+                test["output_files"] = [{"name": f, "url": f"{base}/{p}"} for f, p in zip(r["files"], rel,
+                                                                                        strict=True)]
+            else:
+                test["misc"]["artifact_files"] = rel
         tests.append(test)
     checkout = {"id": checkout_id, "origin": ORIGIN, "valid": True,
                 "comment": "pokelab nightly: text_poke int3 emulation under the GDB probe",
@@ -625,13 +635,14 @@ def _cell_html(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def write_reports(summary: dict[str, Any], out_dir: Path, kcidb_path: Path | None = None) -> None:
+def write_reports(summary: dict[str, Any], out_dir: Path, kcidb_path: Path | None = None,
+                  artifacts_url: str | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out_dir / "junit.xml").write_text(junit_xml(summary))
     (out_dir / "index.html").write_text(html_report(summary))
     if kcidb_path is not None:
-        kcidb_path.write_text(json.dumps(kcidb(summary), indent=1) + "\n")
+        kcidb_path.write_text(json.dumps(kcidb(summary, artifacts_url), indent=1) + "\n")
 
 
 def fetchable(image_pkg: str, dbg_pkg: str) -> bool:

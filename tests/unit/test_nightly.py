@@ -188,6 +188,9 @@ def test_kcidb(summary: dict[str, Any]) -> None:
     assert len(builds) == 2 and all(t["build_id"] in builds for t in data["tests"])
     assert all(b["checkout_id"] == data["checkouts"][0]["id"] for b in data["builds"])
     assert all(t["path"].startswith("pokelab.") and " " not in t["path"] for t in data["tests"])
+    assert "output_files" not in data["tests"][0] and data["tests"][0]["misc"]["artifact_files"]
+    urls = nightly.kcidb(s, "https://ci.example.org/night/42/")["tests"][0]["output_files"]
+    assert urls[0]["url"] == f"https://ci.example.org/night/42/{s['results'][0]['artifacts']}/console.log"
 
 
 def test_missing_cells_are_reported(summary: dict[str, Any]) -> None:
