@@ -588,8 +588,10 @@ def html_report(summary: dict[str, Any]) -> str:
             if r is None:
                 row.append('<td class="muted">-</td>')
                 continue
+            note = (f'{r.get("traps_judged", 0)} traps judged' if r["verdict"] != "UNSUPPORTED"
+                    else "; ".join(r.get("reasons", []))[:60])
             row.append(f'<td><a href="#{e(k)}--{e(s)}">{_badge(r["verdict"])}</a>{_tags(r)}'
-                       f'<div class="muted">{r.get("traps_judged", 0)} traps judged</div></td>')
+                       f'<div class="muted">{e(note)}</div></td>')
         out.append("".join(row) + "</tr>")
     out.append("</table>")
     for s in scenarios:
