@@ -215,6 +215,7 @@ def _make(tree: Path, out: Path, args: Sequence[str], logfile: Path, what: str, 
         "KBUILD_BUILD_TIMESTAMP": "pokelab",
         "KBUILD_BUILD_USER": "pokelab",
         "KBUILD_BUILD_HOST": "pokelab",
+        "KBUILD_BUILD_VERSION": "1",  # not a counter: the same tree and config give the same build-id
     }
     exports = " ".join(f"{k}={v!r}" for k, v in env.items())
     cmd = (f"{exports} exec nice -n 10 make -C {str(tree)!r} O={str(out)!r} ARCH=x86_64 "
