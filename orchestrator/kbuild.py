@@ -186,8 +186,9 @@ def apply_patches(tree: Path, patches: Sequence[Path], state_file: Path) -> None
         state["patched"] = sorted(set(state["patched"]) | set(patched_paths(patch)))
         state_file.write_text(json.dumps(state))
         try:
-            procs.run(["patch", "-p1", "--forward", "--batch", "--dry-run", "-i", str(patch)],
-                      cwd=tree, timeout=120, what=f"patch {patch.name}")
+            # patch reports failed hunks on stdout: send it to stderr, whose tail the error carries
+            procs.run(["sh", "-c", 'exec patch -p1 --forward --batch --dry-run -i "$1" 1>&2', "sh",
+                       str(patch)], cwd=tree, timeout=120, what=f"patch {patch.name}")
         except InfraError as exc:
             raise BuildError(f"patch {patch} does not apply to {state['source']}", exc.tail) from None
         procs.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-s", "-i", str(patch)],
