@@ -163,6 +163,18 @@ def guest_files(sc: Scenario, kernel: KernelArtifacts, cache: Path) -> dict[str,
     return {}
 
 
+def parse_kallsyms_address(output: str) -> int | None:
+    """The address in ``awk '$3 == NAME {print $1}' /proc/kallsyms`` output (None if none or 0).  Pure."""
+    m = re.search(r"^([0-9a-fA-F]{8,16})\s*$", output, re.M)
+    return (int(m.group(1), 16) or None) if m else None
+
+
+def _guest_symbol(vm: Vm, name: str) -> int | None:
+    """A symbol's address from the guest's /proc/kallsyms (module symbols too)."""
+    res = vm.run(f"awk '$3 == \"{name}\" {{print $1; exit}}' /proc/kallsyms")
+    return parse_kallsyms_address(res.stdout)
+
+
 # --------------------------------------------------------------------------- declarations
 
 
@@ -183,12 +195,15 @@ class Step:
     ``site``: what the watched function's fentry site must hold afterwards
     ("call" or "nop").  ``evidence``: a guest command, run right after the
     action, printing a count that must be > 0 over the run (the handler ran).
+    ``target``: with ``site="call"``, the symbol (looked up in the guest's
+    ``/proc/kallsyms``: it may be a module's) the call must reach.
     """
 
     name: str
     action: GuestAction
     site: str | None = None
     evidence: str | None = None
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +273,8 @@ def validate(s: Scenario) -> list[str]:
             probs.append(f"{s.name}/{st.name}: site must be one of {SITE_STATES}")
         if st.site is not None and s.function is None:
             probs.append(f"{s.name}/{st.name}: a site expectation needs a function")
+        if st.target is not None and (st.site != "call" or not _NAME_RE.match(st.target)):
+            probs.append(f"{s.name}/{st.name}: a call target needs site='call' and a plain symbol name")
     if s.final_state.site is not None and s.final_state.site not in SITE_STATES:
         probs.append(f"{s.name}: final site must be one of {SITE_STATES}")
     if s.final_state.site is not None and s.function is None and s.unsupported is None:
@@ -370,23 +387,28 @@ class _ScenarioBody:
         run.probe.check_sites()
         run.check_alive(f"running step '{st.name}'")
         if st.site:
-            entry["site"] = self._check_fentry(run, st.site, f"after '{st.name}'")
+            entry["site"] = self._check_fentry(run, st.site, f"after '{st.name}'", st.target)
         self.step_log.append(entry)
 
-    def _check_fentry(self, run: Run, want: str, when: str) -> str:
+    def _check_fentry(self, run: Run, want: str, when: str, target: str | None = None) -> str:
         fn = self.sc.function
         addr = run.sym.by_name.get(fn or "")
         if fn is None or addr is None:
             self.failed.append(f"{when}: no symbol {fn} to read its fentry site")
             return "?"
+        want_target = _guest_symbol(run.vm, target) if target else None
         with run.probe.paused():
             text = run.probe.read_memory(addr, 9)
         off, state = classify_fentry(text)
         site = text[off:off + 5]
         desc = f"{fn}+{off:#x}: {site.hex(' ')}"
         if state == "call":
-            target = addr + off + 5 + int.from_bytes(site[1:5], "little", signed=True)
-            desc += f" (call {run.sym(target) or hex(target)})"
+            dest = addr + off + 5 + int.from_bytes(site[1:5], "little", signed=True)
+            name = target if want_target is not None and dest == want_target else run.sym(dest)
+            desc += f" (call {name or hex(dest)})"
+            if target and dest != want_target:
+                self.failed.append(f"{when}: {fn}'s fentry site calls {name or hex(dest)}, expected "
+                                   f"{target} ({hex(want_target) if want_target else 'not in kallsyms'})")
         if state != want:
             expect = "the 5-byte NOP 0f 1f 44 00 00" if want == "nop" else "a call (e8)"
             self.failed.append(f"{when}: {fn}'s fentry site holds {site.hex(' ')}, expected {expect}")

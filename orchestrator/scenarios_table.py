@@ -93,11 +93,17 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         name="ftrace-direct",
-        description="a direct-call trampoline (ftrace-direct sample module or BPF fentry) on and off",
-        requires=("CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS",),
-        unsupported="direct-call trampolines are not built in this version: they need the "
-                    "kernel's samples/ftrace/ftrace-direct module built from linux-source, or a BPF "
-                    "fentry program and its loader (bpftool/libbpf) in the guest",
+        description="our module's direct-call trampoline on __do_sys_getpid registered and unregistered",
+        requires=(*OPS_REQUIRES, "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS"),
+        setup=(INSMOD,),
+        # NOP <-> call pokelab_direct_tramp (a module address, not an ftrace trampoline)
+        steps=(Step("direct-on", f"echo 'direct on {{function}}' > {OPS}/control", site="call",
+                    target="pokelab_direct_tramp",
+                    evidence=f"sleep 0.3; awk '$1 == \"direct\" {{print $3}}' {OPS}/counts"),
+               Step("direct-off", f"echo 'direct off' > {OPS}/control && grep -q '^direct 0 ' {OPS}/counts",
+                    site="nop")),
+        teardown=(RMMOD,),
+        final_state=MODULE_GONE,
     ),
     Scenario(
         name="ops-one",

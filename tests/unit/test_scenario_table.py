@@ -12,6 +12,7 @@ from orchestrator.scenario import (
     Step,
     classify_fentry,
     guest_check_script,
+    parse_kallsyms_address,
     parse_kconfig,
     parse_missing,
     parse_requirement,
@@ -37,8 +38,31 @@ def test_runnable_scenarios_have_a_floor_and_evidence() -> None:
 
 
 def test_unsupported_scenarios_say_why() -> None:
-    for name in ("ftrace-direct",):
-        assert BY_NAME[name].unsupported
+    for s in SCENARIOS:
+        assert s.unsupported is None or len(s.unsupported) > 10, s.name
+
+
+def test_ftrace_direct_needs_direct_calls_and_checks_the_call_target() -> None:
+    s = BY_NAME["ftrace-direct"]
+    assert s.unsupported is None
+    assert Requirement("config", "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS") in s.requirements()
+    assert Requirement("module", "pokelab_ops") in s.requirements()
+    on = [st for st in s.steps if st.site == "call"]
+    assert on and all(st.target == "pokelab_direct_tramp" and st.evidence for st in on)
+    assert s.final_state.site == "nop"
+
+
+def test_call_target_needs_a_call_site() -> None:
+    base = BY_NAME["ftrace-function"]
+    assert validate(replace(base, steps=(Step("x", "true", site="nop", target="foo"),)))
+    assert validate(replace(base, steps=(Step("x", "true", site="call", target="a b"),)))
+    assert validate(replace(base, steps=(Step("x", "true", site="call", target="foo"),))) == []
+
+
+def test_parse_kallsyms_address() -> None:
+    assert parse_kallsyms_address("ffffffffc0a01000\n") == 0xffffffffc0a01000
+    assert parse_kallsyms_address("0000000000000000\n") is None  # kptr_restrict hides it
+    assert parse_kallsyms_address("") is None
 
 
 def test_validate_catches_bad_declarations() -> None:

@@ -10,6 +10,18 @@
  *
  * ops0 is a plain ops; ops1 asks for FTRACE_OPS_FL_SAVE_REGS where the
  * architecture can give it.
+ *
+ * With CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS (x86_64) there is also a
+ * direct-call trampoline, pokelab_direct_tramp (in this module, like the
+ * kernel's samples/ftrace/ftrace-direct*.c), that only counts its calls:
+ *
+ *   echo "direct on FUNC" > /sys/kernel/debug/pokelab_ops/control
+ *   echo "direct off"     > /sys/kernel/debug/pokelab_ops/control
+ *   # counts: "direct <registered> <calls>"
+ *
+ * Alone on FUNC, its fentry site goes NOP <-> "call pokelab_direct_tramp".
+ * Before 6.6 the ops API is register_ftrace_direct_multi(ops, addr); since
+ * 6.6 the same function is register_ftrace_direct(ops, addr).
  */
 #include <linux/module.h>
 #include <linux/ftrace.h>
@@ -19,6 +31,8 @@
 #include <linux/string.h>
 #include <linux/uaccess.h>
 #include <linux/atomic.h>
+#include <linux/version.h>
+#include <linux/linkage.h>
 
 #define NR_OPS 2
 
@@ -83,6 +97,86 @@ static int pokelab_unregister(int n)
 	return 0;
 }
 
+#if defined(CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS) && defined(CONFIG_X86_64)
+#define POKELAB_DIRECT 1
+#include <asm/ibt.h>
+#include <asm/nospec-branch.h>
+
+#ifndef CALL_DEPTH_ACCOUNT
+#define CALL_DEPTH_ACCOUNT ""
+#endif
+
+/* incremented by the trampoline (lock incq): its calls */
+long pokelab_direct_calls;
+extern void pokelab_direct_tramp(void);
+
+/* called from the fentry site before the function's frame: touches no register but flags */
+asm (
+"	.pushsection	.text, \"ax\", @progbits\n"
+"	.type		pokelab_direct_tramp, @function\n"
+"	.globl		pokelab_direct_tramp\n"
+"   pokelab_direct_tramp:"
+	ASM_ENDBR
+"	pushq %rbp\n"
+"	movq %rsp, %rbp\n"
+	CALL_DEPTH_ACCOUNT
+"	lock incq pokelab_direct_calls(%rip)\n"
+"	leave\n"
+	ASM_RET
+"	.size		pokelab_direct_tramp, .-pokelab_direct_tramp\n"
+"	.popsection\n"
+);
+
+static struct ftrace_ops direct_ops;
+static bool direct_registered;
+
+static int pokelab_direct_on(const char *func)
+{
+	int ret;
+
+	if (direct_registered)
+		return -EBUSY;
+	memset(&direct_ops, 0, sizeof(direct_ops));
+	ret = ftrace_set_filter(&direct_ops, (unsigned char *)func, strlen(func), 1);
+	if (ret)
+		goto free;
+	WRITE_ONCE(pokelab_direct_calls, 0);
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 6, 0)
+	ret = register_ftrace_direct(&direct_ops, (unsigned long)pokelab_direct_tramp);
+#else
+	ret = register_ftrace_direct_multi(&direct_ops, (unsigned long)pokelab_direct_tramp);
+#endif
+	if (ret)
+		goto free;
+	direct_registered = true;
+	return 0;
+free:
+	ftrace_free_filter(&direct_ops);
+	return ret;
+}
+
+static int pokelab_direct_off(void)
+{
+	int ret;
+
+	if (!direct_registered)
+		return -ENOENT;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 6, 0)
+	ret = unregister_ftrace_direct(&direct_ops, (unsigned long)pokelab_direct_tramp, false);
+#else
+	ret = unregister_ftrace_direct_multi(&direct_ops, (unsigned long)pokelab_direct_tramp);
+#endif
+	if (ret)
+		return ret;
+	ftrace_free_filter(&direct_ops);
+	direct_registered = false;
+	return 0;
+}
+#else
+static int pokelab_direct_on(const char *func) { return -EOPNOTSUPP; }
+static int pokelab_direct_off(void) { return -EOPNOTSUPP; }
+#endif
+
 static ssize_t control_write(struct file *file, const char __user *ubuf,
 			     size_t count, loff_t *ppos)
 {
@@ -100,6 +194,10 @@ static ssize_t control_write(struct file *file, const char __user *ubuf,
 		ret = pokelab_register(n, func);
 	else if (sscanf(buf, "unregister %d", &n) == 1 && n >= 0 && n < NR_OPS)
 		ret = pokelab_unregister(n);
+	else if (sscanf(buf, "direct on %127s", func) == 1)
+		ret = pokelab_direct_on(func);
+	else if (strncmp(buf, "direct off", 10) == 0)
+		ret = pokelab_direct_off();
 	else
 		ret = -EINVAL;
 	mutex_unlock(&pops_lock);
@@ -120,6 +218,9 @@ static int counts_show(struct seq_file *m, void *v)
 	for (n = 0; n < NR_OPS; n++)
 		seq_printf(m, "ops%d %d %lld\n", n, pops[n].registered,
 			   (long long)atomic64_read(&pops[n].calls));
+#ifdef POKELAB_DIRECT
+	seq_printf(m, "direct %d %ld\n", direct_registered, READ_ONCE(pokelab_direct_calls));
+#endif
 	mutex_unlock(&pops_lock);
 	return 0;
 }
@@ -144,6 +245,10 @@ static void __exit pokelab_ops_exit(void)
 	for (n = 0; n < NR_OPS; n++)
 		if (pops[n].registered)
 			pokelab_unregister(n);
+#ifdef POKELAB_DIRECT
+	if (direct_registered)
+		pokelab_direct_off();
+#endif
 	mutex_unlock(&pops_lock);
 }
 
