@@ -45,8 +45,7 @@ images: setup
 # A guest command over SSH, then the main job: the probe on the default kernel.
 demo: setup
 	$(BIN)/pokelab run-cmd -- 'uname -a; echo "online vCPUs: $$(cat /sys/devices/system/cpu/online)"; cat /proc/cmdline'
-	mkdir -p artifacts
-	$(BIN)/pokelab probe --toggles 5 --json artifacts/demo-probe.json
+	$(BIN)/pokelab repro ftrace-function
 
 lint: venv
 	$(BIN)/ruff check orchestrator tests scenarios

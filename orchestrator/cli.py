@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import signal
@@ -243,18 +244,80 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_repro_args(args: argparse.Namespace) -> None:
+    """Usage errors of ``pokelab repro`` that need no scenario, kernel or file."""
+    if args.repeat is not None and args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    if args.runs is not None and args.runs < 1:
+        raise UsageError("--runs must be at least 1")
+    if args.until_fail and args.runs is None:
+        raise UsageError("--until-fail needs --runs N (the most runs to try)")
+
+
+def _trap_summary(out: dict[str, Any]) -> list[str]:
+    """The short trap summary of one run: sites, opcodes, targets, violations."""
+    from .nightly import ARTIFACT_FILES
+    from .probe_run import trap_targets
+
+    floor = out.get("floor_traps")
+    lines = [f"traps judged {out.get('traps_judged', 0)}"
+             + (f" ({floor} at the watched sites)" if floor is not None else "")
+             + f", violations {out.get('violations', 0)}"]
+    sites = out.get("sites") or {}
+    if sites:
+        top = sorted(sites.items(), key=lambda kv: -kv[1]["traps"])[:5]
+        lines.append(f"  sites ({len(sites)}): "
+                     + ", ".join(f"{v['name']} {k} x{v['traps']}" for k, v in top))
+    if out.get("opcodes"):
+        lines.append("  opcodes: " + ", ".join(f"{k} x{v}" for k, v in out["opcodes"].items()))
+    targets = trap_targets(out.get("trap_log"))
+    if targets:
+        lines.append(f"  targets ({len(targets)}): " + ", ".join(f"{k} x{v}" for k, v in targets[:5]))
+    for v in out.get("violation_examples", [])[:3]:
+        lines.append(f"  violation at {v.get('symbol')}: {v.get('reason')}")
+    art = Path(out["artifacts"])
+    present = [f for f in ARTIFACT_FILES if (art / f).exists()]
+    lines.append(f"artifacts: {art}  ({' '.join(present)})")
+    return lines
+
+
+def _gdb_hold() -> Callable[[Any], None]:
+    """``--gdb``: stop the guest at the first violation, print how to attach, wait for Ctrl-C."""
+    import time
+
+    from .probe_run import StoppedAtViolation, stop_for_gdb
+
+    def hold(run: Any) -> None:
+        v = (run.probe.violations or [{}])[0]
+        line = stop_for_gdb(run)
+        print(f"violation at {v.get('symbol')}: {v.get('reason')}", flush=True)
+        print("the guest is stopped there, no debugger attached; attach with:", flush=True)
+        print(f"  {line}", flush=True)
+        print("Ctrl-C ends the VM", flush=True)
+        try:
+            while not run.vm.qemu_exited():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        raise StoppedAtViolation(f"stopped at the first violation for --gdb ({v.get('reason')})")
+
+    return hold
+
+
 def cmd_repro(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .cache import cache_dir
     from .loadgen import GUEST_PATH, ensure_loadgen
     from .probe_run import write_json
     from .scenario import guest_files, run_scenario, with_options
     from .scenarios_table import BY_NAME
+    from .verdict import FAILURE_VERDICTS, run_rate
 
+    _check_repro_args(args)
     sc = BY_NAME.get(args.scenario)
     if sc is None:
         raise UsageError(f"unknown scenario '{args.scenario}' (see: pokelab scenarios)")
-    if args.repeat is not None and args.repeat < 1:
-        raise UsageError("--repeat must be at least 1")
     if args.json is not None and not args.json.resolve().parent.is_dir():
         raise UsageError(f"--json {args.json}: directory does not exist")
     if args.workload is not None and not args.workload.is_file():
@@ -265,16 +328,49 @@ def cmd_repro(args: argparse.Namespace) -> int:
                                  kernel_files=lambda k, c: guest_files(sc, k, c))
     if args.dry_run:
         return _dry_run(spec)
-    out = run_scenario(spec, kernel, sc, inject=args.inject, workload=args.workload,
-                       progress=lambda s: print(s, file=sys.stderr, flush=True))
-    print(f"{sc.name} on {out['kernel']}: {out['verdict']}  ({'; '.join(out.get('reasons', []))})")
-    print(f"traps judged {out.get('traps_judged', 0)}, at the watched sites {out.get('floor_traps')}, "
-          f"violations {out.get('violations', 0)}")
-    for v in out.get("violation_examples", [])[:3]:
-        print(f"  violation at {v.get('symbol')}: {v.get('reason')}")
-    print(f"artifacts: {out['artifacts']}")
-    write_json(out, args.json)
-    return EXIT_CODES[out["verdict"]]
+
+    def say(msg: str) -> None:
+        print(f"pokelab: {msg}", file=sys.stderr, flush=True)
+
+    hold = _gdb_hold() if args.gdb else None
+    n = args.runs or 1
+    results: list[dict[str, Any]] = []
+    for i in range(n):
+        run_spec = spec if args.runs is None else dataclasses.replace(
+            spec, artifacts=spec.artifacts / f"run-{i + 1}")
+        if args.runs is not None:
+            say(f"run {i + 1}/{n}")
+        out = run_scenario(run_spec, kernel, sc, inject=args.inject, workload=args.workload,
+                           progress=say, hold=hold)
+        results.append(out)
+        if args.runs is not None:
+            say(f"run {i + 1}/{n}: {out['verdict']} in {out.get('phases', {}).get('total_s', 0):.1f} s")
+        if args.until_fail and out["verdict"] in FAILURE_VERDICTS:
+            break
+    rate = run_rate([r["verdict"] for r in results])
+    if args.runs is None:
+        final = {**results[0], **{k: rate[k] for k in ("runs", "failures", "rate")}}
+    else:
+        final = {"scenario": sc.name, "kernel": results[0].get("kernel"), "kernel_id": kernel.id,
+                 "inject": args.inject, "until_fail": args.until_fail, "runs_requested": n, **rate,
+                 "reasons": next(o.get("reasons", []) for o in results if o["verdict"] == rate["verdict"]),
+                 "artifacts": str(spec.artifacts),
+                 "per_run": [{"run": i + 1, "verdict": o["verdict"], "reasons": o.get("reasons", []),
+                              "traps_judged": o.get("traps_judged", 0), "violations": o.get("violations", 0),
+                              "artifacts": o["artifacts"]} for i, o in enumerate(results)]}
+    spec.artifacts.mkdir(parents=True, exist_ok=True)
+    (spec.artifacts / "verdict.json").write_text(json.dumps(final, indent=2) + "\n")
+    print(f"{sc.name} on {final.get('kernel')}: {final['verdict']}  ({'; '.join(final.get('reasons', []))})")
+    if args.runs is not None:
+        print(f"runs {rate['runs']}, failures {rate['failures']}, rate {rate['rate']:.2f}")
+        for o in results:
+            print(f"  {o['verdict']:12} {o['artifacts']}")
+    for i, line in enumerate(_trap_summary(results[-1])):
+        print(f"run {len(results)}: {line}" if args.runs is not None and i == 0 else line)
+    if args.runs is not None:
+        print(f"summary: {spec.artifacts / 'verdict.json'}")
+    write_json(final, args.json)
+    return EXIT_CODES[final["verdict"]]
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -517,6 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workload", type=Path, metavar="FILE",
                    help="a static binary or script to copy in and run pinned as the load")
     s.add_argument("--repeat", type=int, metavar="N", help="cycles of the scenario's steps")
+    s.add_argument("--runs", type=int, metavar="N",
+                   help="boot and run the scenario N times, each in artifacts/run-I (a failure rate)")
+    s.add_argument("--until-fail", action="store_true",
+                   help="with --runs: stop at the first FAIL or CRASH")
+    s.add_argument("--gdb", action="store_true",
+                   help="at the first violation leave the guest stopped and print the gdb command; "
+                        "Ctrl-C ends it")
     s.add_argument("--function", help="trace this function instead (the real symbol)")
     s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON verdict here too")
     s.set_defaults(func=cmd_repro)

@@ -116,6 +116,9 @@ class Probe:
         self.unchecked_sites = 0
         self.stats: dict[str, Any] = {}
         self._ops_report: dict[str, Any] | None = None
+        #: set by the MI reader thread when a violation is ingested; the main thread polls it
+        #: (``--gdb`` stops there; MI commands must not be sent from the reader thread)
+        self.violation_seen = threading.Event()
         self._lock = threading.Lock()
         self._event = threading.Condition(self._lock)
         self.trap_log_path = artifacts / "traps.jsonl"
@@ -340,6 +343,7 @@ class Probe:
                         c.false_flags += 1
                     if len(self.violations) < 200:
                         self.violations.append(entry)
+                    self.violation_seen.set()
                 if j.site is not None and rec.entry is not None:
                     st = self.sites.get(j.site)
                     # the real text being written: the original entry if we corrupted it

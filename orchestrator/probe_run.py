@@ -61,9 +61,14 @@ class Run:
     out: dict[str, Any]
     phases: dict[str, float]
     progress: Progress
+    #: called once, from the main thread, at the first check after a violation (``--gdb``)
+    hold: Callable[[Run], None] | None = None
 
     def check_alive(self, what: str) -> None:
-        """KernelCrash if QEMU is gone or the console shows an oops."""
+        """KernelCrash if QEMU is gone or the console shows an oops; ``hold`` after a violation."""
+        if self.hold is not None and self.probe.violation_seen.is_set():
+            hold, self.hold = self.hold, None
+            hold(self)
         titles = _crash_titles(self.vm)
         if self.vm.qemu_exited() or titles:
             raise KernelCrash(f"guest crashed while {what}: " +
@@ -97,17 +102,41 @@ class BodyResult:
 Body = Callable[[Run], BodyResult]
 
 
+class StoppedAtViolation(PokelabError):
+    """Raised by a ``hold`` once the person is done with the stopped guest: the run FAILs."""
+
+
+def stop_for_gdb(run: Run) -> str:
+    """Leave the guest stopped with no debugger attached; the gdb command that attaches to it.
+
+    GDB's interrupt stops the guest, QMP ``stop`` keeps it stopped once GDB
+    detaches (a gdbstub detach resumes the VM), then the probe's GDB ends.
+    """
+    vm, probe = run.vm, run.probe
+    probe.pause()
+    assert vm.qmp is not None
+    vm.qmp.cmd("stop")
+    probe.close()
+    status = vm.qmp.cmd("query-status") or {}
+    if status.get("running"):
+        vm.qmp.cmd("stop")
+    return f"gdb {run.kernel.vmlinux} -ex 'target remote {vm.gdb_address}'"
+
+
 
 def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body: Body, *,
                inject: str | None = None, inject_every: int = 2, min_judged: int = 1,
                pre_attach: Callable[[Vm], None] | None = None,
-               progress: Progress = lambda s: None) -> dict[str, Any]:
+               progress: Progress = lambda s: None,
+               hold: Callable[[Run], None] | None = None) -> dict[str, Any]:
     """Boot, attach the probe, run ``body``, judge; always returns ``out`` with a verdict.
 
     The one runner behind ``pokelab probe`` and every scenario: it never raises
     PokelabError (errors become verdicts by blame) and always writes
     ``verdict.json`` into the artifact dir.  ``pre_attach`` runs on the booted
-    guest before GDB attaches (requirement checks, baselines).
+    guest before GDB attaches (requirement checks, baselines).  ``hold``
+    (``--gdb``) runs at the first ``check_alive`` after a violation and ends
+    the body by raising StoppedAtViolation.
     """
     t0 = time.monotonic()
     out.update({"kernel": kernel.release, "kernel_id": kernel.id, "build_id": kernel.build_id,
@@ -136,7 +165,7 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         probe.attach()
         phases["attach_s"] = time.monotonic() - t
         progress(f"probe attached to {probe.setup_info.get('handler')} in {phases['attach_s']:.1f} s")
-        run = Run(spec, kernel, vm, probe, sym, symbols, out, phases, progress)
+        run = Run(spec, kernel, vm, probe, sym, symbols, out, phases, progress, hold)
         t = time.monotonic()
         res = body(run)
         phases["body_s"] = time.monotonic() - t
@@ -162,7 +191,9 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
             out["traps_per_min"] = round(summary["traps_judged"] / phases["body_s"] * 60, 1)
     except PokelabError as exc:
         crashes = _crash_titles(vm)
-        if crashes and not isinstance(exc, Unsupported):
+        if isinstance(exc, StoppedAtViolation):
+            out["verdict"], out["reasons"] = "FAIL", [exc.title]
+        elif crashes and not isinstance(exc, Unsupported):
             out["verdict"], out["reasons"] = "CRASH", crashes[:3]
         else:
             verdict = {KernelCrash: "CRASH", BootError: "BOOT_FAIL",
@@ -269,3 +300,23 @@ def write_json(out: dict[str, Any], path: Path | None) -> None:
         path.write_text(json.dumps(out, indent=2) + "\n")
     except OSError as exc:
         raise InfraError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def trap_targets(trap_log: str | Path | None) -> list[tuple[str, int]]:
+    """(target name, count) of the judged traps in a trap log, most frequent first."""
+    counts: dict[str, int] = {}
+    if not trap_log:
+        return []
+    try:
+        lines = Path(trap_log).read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") == "judged" and rec.get("target"):
+            name = rec.get("target_name") or rec["target"]
+            counts[name] = counts.get(name, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])

@@ -322,9 +322,10 @@ class _ScenarioBody:
             for st in sc.setup:
                 self._step(run, st, 0)
             for rep in range(sc.repeat):
+                t = time.monotonic()
                 for st in sc.steps:
                     self._step(run, st, rep)
-                run.progress(f"{sc.name}: cycle {rep + 1}/{sc.repeat}: "
+                run.progress(f"cycle {rep + 1}/{sc.repeat} in {time.monotonic() - t:.1f} s: "
                              f"{run.probe.judged_count()} traps judged")
             for st in sc.teardown:
                 self._step(run, st, 0)
@@ -447,7 +448,8 @@ def _write(spec: VmSpec, out: dict[str, Any]) -> dict[str, Any]:
 
 def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inject: str | None = None,
                  workload: Path | None = None, *, inject_every: int = 2,
-                 progress: Progress = lambda s: None) -> dict[str, Any]:
+                 progress: Progress = lambda s: None,
+                 hold: Callable[[Run], None] | None = None) -> dict[str, Any]:
     """Run one scenario on one kernel; always a dict with ``verdict`` and ``reasons``."""
     sc = scenario
     out: dict[str, Any] = {"scenario": sc.name, "description": sc.description,
@@ -478,7 +480,7 @@ def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inje
 
     body = _ScenarioBody(sc, workload, out)
     return run_probed(spec, kernel, out, body, inject=inject, inject_every=inject_every,
-                      min_judged=sc.min_traps, pre_attach=pre_attach, progress=progress)
+                      min_judged=sc.min_traps, pre_attach=pre_attach, progress=progress, hold=hold)
 
 
 def with_options(sc: Scenario, *, repeat: int | None = None, function: str | None = None) -> Scenario:

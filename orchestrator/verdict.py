@@ -64,3 +64,17 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
     return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, {checked} site read-backs matched"
                             + (f" ({unchecked} more patched sites not read back)" if unchecked
                                else ""),))
+
+
+#: the verdicts that count as a reproduction in ``pokelab repro --runs`` (syz-crush style)
+FAILURE_VERDICTS = ("FAIL", "CRASH")
+
+
+def run_rate(verdicts: Sequence[str]) -> dict[str, Any]:
+    """``runs``, ``failures`` (FAIL or CRASH) and ``rate`` (failures / runs) of repeated runs, and the
+    overall verdict: the first failure's, else the first non-PASS one, else PASS.  Pure."""
+    failures = [v for v in verdicts if v in FAILURE_VERDICTS]
+    others = [v for v in verdicts if v != "PASS"]
+    overall = (failures or others or ["PASS" if verdicts else "INCONCLUSIVE"])[0]
+    return {"runs": len(verdicts), "failures": len(failures),
+            "rate": round(len(failures) / len(verdicts), 4) if verdicts else 0.0, "verdict": overall}
