@@ -19,14 +19,18 @@ help:
 
 setup: apt venv
 
-# Install the Debian packages we need, only if one is missing (idempotent, no root needed when present).
-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+# Install Debian packages, only those missing (idempotent, no root needed when all are present).
+define apt-install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
 	  [ "$$(id -u)" = 0 ] || { echo "make: need root to install: $$missing" >&2; exit 2; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+apt:
+	$(call apt-install,$(APT_PACKAGES))
 
 venv: $(VENV)/.stamp
 
@@ -72,7 +76,8 @@ clean:
 # check the probe's verdicts: FAIL with violations on the patched kernel, PASS on the other.
 # POKELAB_KERNEL_SOURCE=DIR uses another 6.1 tree.
 .PHONY: e2e-patched
+E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc
+
 e2e-patched: setup
-	@dpkg-query -W -f='$${Status}\n' linux-source-6.1 ccache flex bison libelf-dev dwarves 2>/dev/null \
-	  | grep -c 'ok installed' | grep -qx 6 || { echo "e2e-patched needs: apt-get install linux-source-6.1 ccache flex bison libelf-dev dwarves" >&2; exit 2; }
+	$(call apt-install,$(E2E_PACKAGES))
 	$(BIN)/pytest -q -s -m slow -p no:cacheprovider tests/e2e/test_patched_kernel.py
