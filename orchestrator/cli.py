@@ -16,25 +16,13 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported, UsageError
+from .verdict import EXIT_CODES as verdict_exit_codes
 
 log = logging.getLogger("pokelab")
 
-#: One table maps every verdict to the process exit status (README documents it).
-EXIT_CODES: dict[str, int] = {
-    "PASS": 0,
-    "FAIL": 1,
-    "CRASH": 1,
-    "BOOT_FAIL": 1,
-    "INFRA": 2,
-    "INCONCLUSIVE": 2,
-    "UNSUPPORTED": 2,
-    "USAGE": 2,
-    # matrix cells (pokelab nightly/merge, nightly.exit_key): an UNSUPPORTED cell is a skip,
-    # a failure a known-issues entry explains does not fail the night, a cell not run does
-    "SKIP": 0,
-    "KNOWN_ISSUE": 0,
-    "INCOMPLETE": 2,
-}
+#: One table maps every verdict to the process exit status: it lives in verdict.py
+#: (pure data, so the nightly code can use it without importing the CLI).
+EXIT_CODES = verdict_exit_codes
 
 #: Which verdict an error stands for.
 ERROR_VERDICT: tuple[tuple[type[PokelabError], str], ...] = (

@@ -1,7 +1,7 @@
 """Errors that say who is to blame.
 
 Every failure pokelab reports belongs to exactly one of these classes.  The
-CLI maps them to verdicts and exit codes in one table (``cli.EXIT_CODES``).
+CLI maps them to verdicts, and verdicts to exit codes in one table (``verdict.EXIT_CODES``).
 """
 
 from __future__ import annotations

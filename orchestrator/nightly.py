@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from . import crash
-from .cli import EXIT_CODES
+from .probe import read_trap_log
+from .verdict import EXIT_CODES
 
 FORMAT = "pokelab-nightly/1"
 ORIGIN = "pokelab"
@@ -207,16 +208,8 @@ def exit_status(summary: dict[str, Any]) -> int:
 def _timeline(traps: Path) -> list[dict[str, Any]]:
     """Per site (the busiest first): [[t, cumulative traps], ...], thinned to MAX_POINTS."""
     per_site: dict[str, tuple[str, list[float]]] = {}
-    try:
-        lines = traps.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict) or "t" not in rec or not rec.get("site"):
+    for rec in read_trap_log(traps):
+        if "t" not in rec or not rec.get("site"):
             continue
         name = str(rec.get("symbol") or rec["site"])
         per_site.setdefault(rec["site"], (name, []))[1].append(float(rec["t"]))

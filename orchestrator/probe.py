@@ -46,6 +46,25 @@ GDB_SCRIPT = Path(__file__).resolve().parent / "data" / "pokelab_gdb.py"
 STUB_CANDIDATES = ("ftrace_stub", "ftrace_stub_graph", "ftrace_regs_caller")
 
 
+def read_trap_log(path: str | Path | None) -> list[dict[str, Any]]:
+    """The records of a ``traps.jsonl`` (an unreadable file or garbled line gives nothing)."""
+    if not path:
+        return []
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out: list[dict[str, Any]] = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 def layout_from_setup(info: dict[str, Any]) -> Layout:
     """The judge's Layout from the GDB side's DWARF report (LayoutError if incomplete)."""
     rf = info.get("regs_fields") or {}

@@ -21,7 +21,7 @@ from . import ftrace, loadgen
 from .cache import cache_dir
 from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported
 from .images import KernelArtifacts
-from .probe import Probe
+from .probe import Probe, read_trap_log
 from .symbols import KernelSymbolizer, load_symbols
 from .verdict import decide
 from .vm import Vm, VmSpec
@@ -305,17 +305,7 @@ def write_json(out: dict[str, Any], path: Path | None) -> None:
 def trap_targets(trap_log: str | Path | None) -> list[tuple[str, int]]:
     """(target name, count) of the judged traps in a trap log, most frequent first."""
     counts: dict[str, int] = {}
-    if not trap_log:
-        return []
-    try:
-        lines = Path(trap_log).read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
+    for rec in read_trap_log(trap_log):
         if rec.get("kind") == "judged" and rec.get("target"):
             name = rec.get("target_name") or rec["target"]
             counts[name] = counts.get(name, 0) + 1

@@ -8,6 +8,25 @@ from typing import Any
 
 VERDICTS = ("PASS", "FAIL", "CRASH", "BOOT_FAIL", "INFRA", "UNSUPPORTED", "INCONCLUSIVE")
 
+#: One table maps every verdict to the process exit status (README documents it;
+#: the CLI re-exports it as ``cli.EXIT_CODES``).
+EXIT_CODES: dict[str, int] = {
+    "PASS": 0,
+    "FAIL": 1,
+    "CRASH": 1,
+    "BOOT_FAIL": 1,
+    "INFRA": 2,
+    "INCONCLUSIVE": 2,
+    "UNSUPPORTED": 2,
+    "USAGE": 2,
+    # matrix cells (pokelab nightly/merge, nightly.exit_key): an UNSUPPORTED cell is a skip,
+    # a failure a known-issues entry explains does not fail the night, a cell not run does
+    "SKIP": 0,
+    "KNOWN_ISSUE": 0,
+    "INCOMPLETE": 2,
+}
+
+
 
 @dataclass(frozen=True)
 class Outcome:
