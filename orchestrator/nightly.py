@@ -43,7 +43,7 @@ ORIGIN = "pokelab"
 Cell = tuple[str, str]  # (kernel id, scenario name)
 Runner = Callable[[str, str, Path], dict[str, Any]]
 
-#: verdict -> (JUnit outcome, KCIDB test status).  The exit status comes from cli.EXIT_CODES
+#: verdict -> (JUnit outcome, KCIDB test status).  The exit status comes from verdict.EXIT_CODES
 #: (see :func:`exit_key`); "MISSING" is a planned cell with no result (an interrupted run).
 OUTCOMES: dict[str, tuple[str, str]] = {
     "PASS": ("pass", "PASS"),
@@ -176,7 +176,7 @@ def annotate(summary: dict[str, Any], previous: dict[str, Any] | None,
 
 
 def exit_key(result: dict[str, Any]) -> str:
-    """The ``cli.EXIT_CODES`` row a matrix cell counts as.
+    """The ``verdict.EXIT_CODES`` row a matrix cell counts as.
 
     In a matrix an UNSUPPORTED cell is a skip (SKIP: 0), a result a known issue explains is
     KNOWN_ISSUE (0), a planned cell with no result is INCOMPLETE (2); otherwise the verdict.
