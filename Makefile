@@ -81,3 +81,10 @@ E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc
 e2e-patched: setup
 	$(call apt-install,$(E2E_PACKAGES))
 	$(BIN)/pytest -q -s -m slow -p no:cacheprovider tests/e2e/test_patched_kernel.py
+
+# slow, not part of `make test`: a 4-commit git history of linux-source-6.1, one commit the bug
+# patch, bisected with `pokelab bisect --runs 2` (kernel builds per step; ccache helps)
+.PHONY: e2e-bisect
+e2e-bisect: setup
+	$(call apt-install,$(E2E_PACKAGES))
+	$(BIN)/pytest -q -s -m slow -p no:cacheprovider tests/e2e/test_bisect.py

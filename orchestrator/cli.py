@@ -624,6 +624,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_build_kernel)
 
     _add_nightly_parsers(sub)
+
+    s = sub.add_parser("bisect", help="find the commit that brought a regression: build, boot, run, judge")
+    s.add_argument("--source", type=Path, required=True, metavar="DIR",
+                   help="a git kernel checkout (bisected in a scratch worktree; yours is not touched)")
+    s.add_argument("--good", required=True, metavar="REV", help="a revision the scenario passes on")
+    s.add_argument("--bad", required=True, metavar="REV", help="a revision the scenario fails on")
+    s.add_argument("--scenario", required=True, help="a name from `pokelab scenarios`")
+    s.add_argument("--runs", type=int, default=3, metavar="N",
+                   help="scenario runs per revision (default 3; good needs N clean, bad 2 failing)")
+    s.add_argument("--log", type=Path, metavar="FILE",
+                   help="JSON-lines bisect log (default: --replay's file, else under the artifacts)")
+    s.add_argument("--replay", type=Path, metavar="FILE",
+                   help="resume from a bisect log: logged revisions are not run again")
+    s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j (default 2)")
+    _add_vm_args(s)
+    s.set_defaults(func=cmd_bisect)
     return p
 
 
@@ -639,6 +655,58 @@ def cmd_build_kernel(args: argparse.Namespace) -> int:
         raise
     print(f"{res.kernel_id} release {res.release} build-id {res.build_id} "
           f"built in {res.seconds:.0f} s ({res.kernel_dir})")
+    return 0
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from .bisect import commit_line, kernel_step, read_log, run_bisect
+    from .bisect_logic import Policy
+    from .cache import cache_dir
+    from .guest import default_artifacts
+    from .loadgen import GUEST_PATH, ensure_loadgen
+    from .scenario import guest_files, run_scenario
+    from .scenarios_table import BY_NAME
+
+    for opt in ("kernel", "bzimage", "vmlinux", "dry_run"):
+        if getattr(args, opt):
+            raise UsageError(f"--{opt.replace('_', '-')} does not apply to bisect (it builds each revision)")
+    if args.runs < 1:
+        raise UsageError("--runs must be >= 1")
+    sc = BY_NAME.get(args.scenario)
+    if sc is None:
+        raise UsageError(f"unknown scenario '{args.scenario}' (see: pokelab scenarios)")
+    replay = read_log(args.replay) if args.replay is not None else None
+    artifacts = args.artifacts.resolve() if args.artifacts else default_artifacts("bisect")
+    log_path = (args.log or args.replay or artifacts / "bisect.jsonl").resolve()
+    cache = cache_dir()
+    extra = {GUEST_PATH: ensure_loadgen(cache)}
+
+    def say(msg: str) -> None:
+        print(f"pokelab: {msg}", file=sys.stderr, flush=True)
+
+    def run_one(sha: str, i: int, res: Any) -> str:  # the same path as `pokelab repro`
+        run_args = argparse.Namespace(**{**vars(args), "kernel": res.kernel_id,
+                                    "artifacts": artifacts / sha[:12] / f"run-{i + 1}"})
+        spec, kernel = _vm_from_args(run_args, f"bisect-{sc.name}", extra,
+                                     kernel_files=lambda k, c: guest_files(sc, k, c))
+        out = run_scenario(spec, kernel, sc, progress=lambda m: log.debug("%s", m))
+        return str(out["verdict"])
+
+    step = kernel_step(run_one, jobs=args.jobs, runs=args.runs, say=say)
+    say(f"bisect log: {log_path}")
+    res = run_bisect(args.source, args.good, args.bad, step, work=cache / "bisect", log_path=log_path,
+                     replay=replay, policy=Policy(min_clean=min(3, args.runs)), say=say)
+    conf = "unknown" if res.confidence is None else f"{res.confidence:.3f}"
+    if res.culprit is None:
+        print("only skipped commits left; the first bad commit is one of:")
+        for c in res.candidates:
+            print(f"  {commit_line(args.source, c)}")
+        print(f"confidence {conf}  (log: {log_path})")
+        return 1
+    print(f"{res.culprit} is the first bad commit")
+    print(f"  {commit_line(args.source, res.culprit)}")
+    print(f"confidence {conf} over {len(res.verdicts)} judged revisions, {res.steps_run} run now "
+          f"(log: {log_path})")
     return 0
 
 

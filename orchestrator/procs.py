@@ -121,8 +121,11 @@ class Child:
 
 
 def run(argv: Sequence[str], *, timeout: float, what: str, cwd: Path | None = None,
-        stdin_data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run a short host command to completion with a deadline; InfraError with its stderr tail on failure."""
+        stdin_data: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """Run a short host command to completion with a deadline; InfraError with its stderr tail on failure.
+
+    ``check=False`` hands back a non-zero exit status instead (the deadline still raises).
+    """
     child = Child(argv, name=what, cwd=cwd,
                   stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -134,7 +137,7 @@ def run(argv: Sequence[str], *, timeout: float, what: str, cwd: Path | None = No
     finally:
         child.close(grace=1.0)
     result = subprocess.CompletedProcess(child.argv, child.proc.returncode, out, err)
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         tail = err.decode(errors="replace").strip().splitlines()[-5:]
         raise InfraError(f"{what} failed with status {result.returncode}", "\n".join(tail))
     return result

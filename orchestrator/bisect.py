@@ -1,0 +1,209 @@
+"""Drive ``git bisect`` over a kernel tree: build, boot, run a scenario N times, decide, tell git.
+
+The bisect runs in a scratch worktree (``git worktree add --detach`` under the
+cache), so the user's checkout, index and bisect state are never touched; the
+worktree is removed at the end.  The per-revision work is a *step* passed in
+(``Step``: revision + worktree -> run outcomes), so the driver is testable on a
+tiny git history without kernels; :func:`bisect_logic.decide` turns the
+outcomes into good/bad/skip/abort.
+
+Every judged revision is appended to a JSON-lines log (revision, outcomes,
+decision, reason); ``replay`` takes such a log and reuses its outcomes instead
+of running those revisions again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import procs
+from .bisect_logic import Decision, Policy, Verdict, culprit_confidence, decide
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+#: one revision's work: (full sha, worktree checked out at it) -> run outcomes (bisect_logic.OUTCOMES)
+Step = Callable[[str, Path], list[str]]
+
+GIT_TIMEOUT_S = 600.0
+_FIRST_BAD = re.compile(r"^([0-9a-f]{40}) is the first bad commit", re.M)
+_ONLY_SKIPPED = "only 'skip'ped commits left"
+_DEFAULT_POLICY = Policy()
+
+
+class BisectError(UsageError):
+    """An endpoint that does not hold, an aborted bisect, a bad revision (exit 2)."""
+
+    blame = "usage"
+
+
+@dataclass
+class BisectResult:
+    culprit: str | None  # full sha of the first bad commit (None: only skipped commits left)
+    candidates: list[str]  # with culprit None: the commits it could be
+    confidence: float | None
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # every judged revision, endpoints included
+    git_output: str = ""
+    steps_run: int = 0  # revisions actually run (not replayed)
+
+
+def _git(repo: Path, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S) -> tuple[int, str]:
+    res = procs.run(["git", "-C", str(repo), *args], timeout=timeout, what=f"git {args[0]}", check=check)
+    return res.returncode, (res.stdout + res.stderr).decode(errors="replace")
+
+
+def resolve(repo: Path, rev: str) -> str:
+    rc, out = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+    if rc != 0:
+        raise BisectError(f"{rev!r} is not a commit in {repo}")
+    return out.strip().splitlines()[0]
+
+
+def read_log(path: Path) -> dict[str, list[str]]:
+    """Outcomes per revision from a bisect log (later lines win)."""
+    if not path.is_file():
+        raise UsageError(f"--replay {path}: no such file")
+    got: dict[str, list[str]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            got[str(rec["revision"])] = [str(o) for o in rec["outcomes"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"--replay {path}:{n}: not a bisect log line ({exc})") from None
+    return got
+
+
+class _Worktree:
+    """A detached scratch worktree of ``repo`` at ``path``; removed (and pruned) on exit."""
+
+    def __init__(self, repo: Path, path: Path, rev: str) -> None:
+        self.repo, self.path, self.rev = repo, path, rev
+
+    def __enter__(self) -> Path:
+        if self.path.exists():  # a leftover of an interrupted bisect
+            _git(self.repo, "worktree", "remove", "--force", str(self.path), check=False)
+            shutil.rmtree(self.path, ignore_errors=True)
+            _git(self.repo, "worktree", "prune", check=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _git(self.repo, "worktree", "add", "--detach", str(self.path), self.rev)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        _git(self.path, "bisect", "reset", check=False)
+        _git(self.repo, "worktree", "remove", "--force", str(self.path), check=False)
+        shutil.rmtree(self.path, ignore_errors=True)
+        _git(self.repo, "worktree", "prune", check=False)
+
+
+def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_path: Path,
+               replay: dict[str, list[str]] | None = None, policy: Policy = _DEFAULT_POLICY,
+               say: Callable[[str], None] = log.info) -> BisectResult:
+    """Bisect ``good..bad`` of ``repo`` with ``step`` judging each revision."""
+    repo = repo.resolve()
+    if not (repo / ".git").exists():
+        raise UsageError(f"--source {repo} is not a git checkout")
+    good_sha, bad_sha = resolve(repo, good), resolve(repo, bad)
+    rc, _ = _git(repo, "merge-base", "--is-ancestor", good_sha, bad_sha, check=False)
+    if rc != 0:
+        raise BisectError(f"good {good} is not an ancestor of bad {bad}")
+    replay = dict(replay or {})
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    verdicts: dict[str, Verdict] = {}
+    steps_run = 0
+
+    def judge(sha: str, wt: Path) -> Verdict:
+        nonlocal steps_run
+        short = sha[:12]
+        if sha in replay:
+            v = decide(replay[sha], policy)
+            say(f"{short}: {v.decision.value} ({v.reason}) [from the log]")
+        else:
+            started = time.monotonic()
+            outcomes = step(sha, wt)
+            steps_run += 1
+            v = decide(outcomes, policy)
+            rec = {"revision": sha, "outcomes": list(outcomes), "decision": v.decision.value,
+                   "reason": v.reason, "seconds": round(time.monotonic() - started, 1)}
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            say(f"{short}: {v.decision.value} ({v.reason})")
+        verdicts[sha] = v
+        return v
+
+    # one stable path per source repo: kbuild keys its scratch copy and O= dir on the source path,
+    # so the next bisect of the same repo builds incrementally
+    wt_path = work / ("wt-" + re.sub(r"[^A-Za-z0-9]+", "-", str(repo)).strip("-")[-60:])
+    with _Worktree(repo, wt_path, good_sha) as wt:
+        # both endpoints first: the bisect means nothing unless they hold
+        for sha, want, name in ((good_sha, Decision.GOOD, "good"), (bad_sha, Decision.BAD, "bad")):
+            _git(wt, "checkout", "--quiet", "--detach", sha)
+            v = judge(sha, wt)
+            if v.decision is not want:
+                raise BisectError(f"the {name} endpoint {sha[:12]} came out {v.decision.value}: {v.reason}")
+        _, out = _git(wt, "bisect", "start", bad_sha, good_sha)
+        while True:
+            m = _FIRST_BAD.search(out)
+            if m:
+                culprit = m.group(1)
+                return BisectResult(culprit, [culprit], culprit_confidence(list(verdicts.values())),
+                                    verdicts, out, steps_run)
+            if _ONLY_SKIPPED in out:
+                cands = re.findall(r"^([0-9a-f]{40})$", out, re.M)
+                return BisectResult(None, cands, culprit_confidence(list(verdicts.values())),
+                                    verdicts, out, steps_run)
+            _, head = _git(wt, "rev-parse", "HEAD")
+            sha = head.strip()
+            v = judge(sha, wt)
+            if v.decision is Decision.ABORT:
+                raise BisectError(f"bisect aborted at {sha[:12]}: {v.reason} (log: {log_path})")
+            rc, out = _git(wt, "bisect", v.decision.value, check=False)
+            if rc != 0 and not (_FIRST_BAD.search(out) or _ONLY_SKIPPED in out):
+                raise BisectError(f"git bisect {v.decision.value} failed at {sha[:12]}: "
+                                  f"{out.strip().splitlines()[-1] if out.strip() else rc}")
+
+
+def commit_line(repo: Path, sha: str) -> str:
+    _, out = _git(repo, "log", "-1", "--format=%h %s", sha)
+    return out.strip()
+
+
+def kernel_step(run_one: Callable[[str, int, object], str], *, jobs: int, runs: int,
+                say: Callable[[str], None] = log.info) -> Step:
+    """The real step: build the worktree with kbuild (failure: BUILD_FAIL), then ``runs`` runs.
+
+    ``run_one(sha, i, build_result)`` boots the built kernel and runs the scenario once, giving
+    its verdict; a verdict outside bisect_logic's outcomes counts as INFRA.
+    """
+    from .bisect_logic import BUILD_FAIL, INFRA, OUTCOMES
+    from .errors import PokelabError
+    from .kbuild import BuildError, build_kernel
+
+    def step(sha: str, wt: Path) -> list[str]:
+        say(f"{sha[:12]}: building")
+        try:
+            res = build_kernel(wt, (), (), None, jobs=jobs, say=say)
+        except BuildError as exc:
+            say(f"{sha[:12]}: build failed: {exc.title}")
+            return [BUILD_FAIL]
+        say(f"{sha[:12]}: {res.kernel_id} built in {res.seconds:.0f} s")
+        outcomes: list[str] = []
+        for i in range(runs):
+            try:
+                verdict = run_one(sha, i, res)
+            except PokelabError as exc:
+                say(f"{sha[:12]}: run {i + 1}: {type(exc).__name__}: {exc.title}")
+                verdict = "BOOT_FAIL" if exc.blame == "boot" else INFRA
+            outcomes.append(verdict if verdict in OUTCOMES else INFRA)
+            say(f"{sha[:12]}: run {i + 1}/{runs}: {outcomes[-1]}")
+        return outcomes
+
+    return step
