@@ -43,7 +43,14 @@ def test_bisect_finds_the_bug_patch(tmp_path: Path, capsys: pytest.CaptureFixtur
         else default_source(cache_dir())
     repo = tmp_path / "linux"
     subprocess.run(["cp", "-a", f"{src}/.", str(repo)], check=True, timeout=1800)
+    # the tarball's .gitignore ends with a Debian block ("/*", "!/debian/") that would make
+    # `git add -A` add nothing: drop it (see KERNEL-FACTS.md, "Build pitfalls")
+    gitignore = repo / ".gitignore"
+    text = gitignore.read_text()
+    if "# Debian packaging" in text:
+        gitignore.write_text(text[:text.index("# Debian packaging")])
     _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "gc.auto", "0")
     _git(repo, "config", "user.email", "e2e@pokelab")
     _git(repo, "config", "user.name", "pokelab e2e")
     good = _commit(repo, "linux-source-6.1 as shipped")
