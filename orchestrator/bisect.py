@@ -14,17 +14,22 @@ of running those revisions again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import procs
-from .bisect_logic import Decision, Policy, Verdict, culprit_confidence, decide
+from .bisect_logic import Decision, LinearBisect, Policy, Verdict, culprit_confidence, decide
+from .debian import DebianKernel, DebianRange
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -104,10 +109,73 @@ class _Worktree:
         _git(self.repo, "worktree", "prune", check=False)
 
 
+class _Judge:
+    """Judges revisions: from the replayed log, else by running the step; appends to the log."""
+
+    def __init__(self, log_path: Path, replay: dict[str, list[str]] | None, policy: Policy,
+                 say: Callable[[str], None]) -> None:
+        self.log_path, self.replay, self.policy, self.say = log_path, dict(replay or {}), policy, say
+        self.verdicts: dict[str, Verdict] = {}
+        self.steps_run = 0
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, key: str, label: str, run: Callable[[], list[str]]) -> Verdict:
+        if key in self.replay:
+            v = decide(self.replay[key], self.policy)
+            self.say(f"{label}: {v.decision.value} ({v.reason}) [from the log]")
+        else:
+            started = time.monotonic()
+            outcomes = run()
+            self.steps_run += 1
+            v = decide(outcomes, self.policy)
+            rec = {"revision": key, "outcomes": list(outcomes), "decision": v.decision.value,
+                   "reason": v.reason, "seconds": round(time.monotonic() - started, 1)}
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            self.say(f"{label}: {v.decision.value} ({v.reason})")
+        self.verdicts[key] = v
+        return v
+
+    @property
+    def confidence(self) -> float | None:
+        return culprit_confidence(list(self.verdicts.values()))
+
+
+@contextmanager
+def _exclusive(lock: Path, what: str) -> Iterator[None]:
+    """Hold ``lock`` for the block, or fail at once if another process holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise BisectError(f"{what} is already running ({holder}; lock {lock})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.truncate(0)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def worktree_path(work: Path, repo: Path) -> Path:
+    """The scratch worktree of ``repo`` (its ``.lock`` sibling guards it)."""
+    return work / ("wt-" + re.sub(r"[^A-Za-z0-9]+", "-", str(repo.resolve())).strip("-")[-60:])
+
+
 def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_path: Path,
                replay: dict[str, list[str]] | None = None, policy: Policy = _DEFAULT_POLICY,
                say: Callable[[str], None] = log.info) -> BisectResult:
-    """Bisect ``good..bad`` of ``repo`` with ``step`` judging each revision."""
+    """Bisect ``good..bad`` of ``repo`` with ``step`` judging each revision.
+
+    One bisect per source repo at a time: a second one fails at once (they would
+    share the scratch worktree and the incremental build directory).
+    """
     repo = repo.resolve()
     if not (repo / ".git").exists():
         raise UsageError(f"--source {repo} is not a git checkout")
@@ -115,34 +183,16 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
     rc, _ = _git(repo, "merge-base", "--is-ancestor", good_sha, bad_sha, check=False)
     if rc != 0:
         raise BisectError(f"good {good} is not an ancestor of bad {bad}")
-    replay = dict(replay or {})
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    verdicts: dict[str, Verdict] = {}
-    steps_run = 0
+    judge_one = _Judge(log_path, replay, policy, say)
 
     def judge(sha: str, wt: Path) -> Verdict:
-        nonlocal steps_run
-        short = sha[:12]
-        if sha in replay:
-            v = decide(replay[sha], policy)
-            say(f"{short}: {v.decision.value} ({v.reason}) [from the log]")
-        else:
-            started = time.monotonic()
-            outcomes = step(sha, wt)
-            steps_run += 1
-            v = decide(outcomes, policy)
-            rec = {"revision": sha, "outcomes": list(outcomes), "decision": v.decision.value,
-                   "reason": v.reason, "seconds": round(time.monotonic() - started, 1)}
-            with log_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            say(f"{short}: {v.decision.value} ({v.reason})")
-        verdicts[sha] = v
-        return v
+        return judge_one(sha, sha[:12], lambda: step(sha, wt))
 
     # one stable path per source repo: kbuild keys its scratch copy and O= dir on the source path,
     # so the next bisect of the same repo builds incrementally
-    wt_path = work / ("wt-" + re.sub(r"[^A-Za-z0-9]+", "-", str(repo)).strip("-")[-60:])
-    with _Worktree(repo, wt_path, good_sha) as wt:
+    wt_path = worktree_path(work, repo)
+    with _exclusive(wt_path.with_name(wt_path.name + ".lock"), f"a bisect of {repo}"), \
+            _Worktree(repo, wt_path, good_sha) as wt:
         # both endpoints first: the bisect means nothing unless they hold
         for sha, want, name in ((good_sha, Decision.GOOD, "good"), (bad_sha, Decision.BAD, "bad")):
             _git(wt, "checkout", "--quiet", "--detach", sha)
@@ -154,12 +204,12 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
             m = _FIRST_BAD.search(out)
             if m:
                 culprit = m.group(1)
-                return BisectResult(culprit, [culprit], culprit_confidence(list(verdicts.values())),
-                                    verdicts, out, steps_run)
+                return BisectResult(culprit, [culprit], judge_one.confidence, judge_one.verdicts, out,
+                                    judge_one.steps_run)
             if _ONLY_SKIPPED in out:
                 cands = re.findall(r"^([0-9a-f]{40})$", out, re.M)
-                return BisectResult(None, cands, culprit_confidence(list(verdicts.values())),
-                                    verdicts, out, steps_run)
+                return BisectResult(None, cands, judge_one.confidence, judge_one.verdicts, out,
+                                    judge_one.steps_run)
             _, head = _git(wt, "rev-parse", "HEAD")
             sha = head.strip()
             v = judge(sha, wt)
@@ -171,20 +221,84 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
                                   f"{out.strip().splitlines()[-1] if out.strip() else rc}")
 
 
+@dataclass
+class DebianBisectResult:
+    culprit: DebianKernel | None  # the oldest bad version (None: skipped versions left in the gap)
+    candidates: list[DebianKernel]  # where the first bad version can be, oldest first
+    last_good: DebianKernel
+    unjudged: list[DebianKernel]  # between last_good and the culprit, no -dbg: not judged
+    confidence: float | None
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    steps_run: int = 0
+    not_monotone: list[DebianKernel] = field(default_factory=list)  # judged good after a bad one
+
+
+def run_debian_bisect(rng: DebianRange, step: Callable[[DebianKernel], list[str]], *, log_path: Path,
+                      replay: dict[str, list[str]] | None = None, policy: Policy = _DEFAULT_POLICY,
+                      say: Callable[[str], None] = log.info) -> DebianBisectResult:
+    """Bisect Debian's prebuilt kernels ``rng.judged`` (oldest good, newest bad); logged by release."""
+    seq = rng.judged
+    judge_one = _Judge(log_path, replay, policy, say)
+    state = LinearBisect(len(seq))
+
+    def judge(i: int) -> Verdict:
+        k = seq[i]
+        v = judge_one(k.release, k.label, lambda: step(k))
+        if v.decision is Decision.ABORT:
+            raise BisectError(f"bisect aborted at {k.release}: {v.reason} (log: {log_path})")
+        return v
+
+    for end, want, name in ((0, Decision.GOOD, "good"), (len(seq) - 1, Decision.BAD, "bad")):
+        v = judge(end)
+        if v.decision is not want:
+            raise BisectError(f"the {name} endpoint {seq[end].release} came out {v.decision.value}: "
+                              f"{v.reason}")
+        state.record(end, v.decision)
+    while (i := state.next()) is not None:
+        lo, hi = state.gap()
+        left = sum(1 for j in range(lo + 1, hi) if j not in state.decisions)
+        say(f"{left} untried versions between {seq[lo].release} and {seq[hi].release}: "
+            f"trying {seq[i].release}")
+        state.record(i, judge(i).decision)
+    lo, hi = state.gap()
+    cands = [seq[j] for j in state.candidates]
+    return DebianBisectResult(
+        culprit=seq[hi] if len(cands) == 1 else None, candidates=cands, last_good=seq[lo],
+        unjudged=rng.between(seq[lo], seq[hi]), confidence=judge_one.confidence,
+        verdicts=judge_one.verdicts, steps_run=judge_one.steps_run,
+        not_monotone=[seq[j] for j, d in sorted(state.decisions.items()) if d is Decision.GOOD and j > hi])
+
+
 def commit_line(repo: Path, sha: str) -> str:
     _, out = _git(repo, "log", "-1", "--format=%h %s", sha)
     return out.strip()
 
 
-def kernel_step(run_one: Callable[[str, int, object], str], *, jobs: int, runs: int,
+def _runs(label: str, runs: int, run_one: Callable[[int], str], say: Callable[[str], None]) -> list[str]:
+    """``runs`` scenario runs; a pokelab error is a BOOT_FAIL or INFRA outcome, not an exception."""
+    from .bisect_logic import INFRA, OUTCOMES
+    from .errors import PokelabError
+
+    outcomes: list[str] = []
+    for i in range(runs):
+        try:
+            verdict = run_one(i)
+        except PokelabError as exc:
+            say(f"{label}: run {i + 1}: {type(exc).__name__}: {exc.title}")
+            verdict = "BOOT_FAIL" if exc.blame == "boot" else INFRA
+        outcomes.append(verdict if verdict in OUTCOMES else INFRA)
+        say(f"{label}: run {i + 1}/{runs}: {outcomes[-1]}")
+    return outcomes
+
+
+def kernel_step(run_one: Callable[[str, int, Any], str], *, jobs: int, runs: int,
                 say: Callable[[str], None] = log.info) -> Step:
     """The real step: build the worktree with kbuild (failure: BUILD_FAIL), then ``runs`` runs.
 
     ``run_one(sha, i, build_result)`` boots the built kernel and runs the scenario once, giving
     its verdict; a verdict outside bisect_logic's outcomes counts as INFRA.
     """
-    from .bisect_logic import BUILD_FAIL, INFRA, OUTCOMES
-    from .errors import PokelabError
+    from .bisect_logic import BUILD_FAIL
     from .kbuild import BuildError, build_kernel
 
     def step(sha: str, wt: Path) -> list[str]:
@@ -195,15 +309,30 @@ def kernel_step(run_one: Callable[[str, int, object], str], *, jobs: int, runs: 
             say(f"{sha[:12]}: build failed: {exc.title}")
             return [BUILD_FAIL]
         say(f"{sha[:12]}: {res.kernel_id} built in {res.seconds:.0f} s")
-        outcomes: list[str] = []
-        for i in range(runs):
-            try:
-                verdict = run_one(sha, i, res)
-            except PokelabError as exc:
-                say(f"{sha[:12]}: run {i + 1}: {type(exc).__name__}: {exc.title}")
-                verdict = "BOOT_FAIL" if exc.blame == "boot" else INFRA
-            outcomes.append(verdict if verdict in OUTCOMES else INFRA)
-            say(f"{sha[:12]}: run {i + 1}/{runs}: {outcomes[-1]}")
-        return outcomes
+        return _runs(sha[:12], runs, lambda i: run_one(sha, i, res), say)
+
+    return step
+
+
+def debian_step(run_one: Callable[[DebianKernel, int], str], *, runs: int,
+                say: Callable[[str], None] = log.info) -> Callable[[DebianKernel], list[str]]:
+    """The step over prebuilt packages: fetch (cached), then ``runs`` runs; no build.
+
+    A kernel whose packages cannot be fetched or prepared gives INFRA outcomes: with
+    infrastructure errors in every run the bisect aborts rather than guessing.
+    """
+    from .bisect_logic import INFRA
+    from .cache import cache_dir
+    from .errors import PokelabError
+    from .images import ensure_kernel
+
+    def step(k: DebianKernel) -> list[str]:
+        say(f"{k.release}: fetching {k.image_pkg} and its -dbg (cached after the first time)")
+        try:
+            ensure_kernel(k.spec(), cache_dir())
+        except PokelabError as exc:
+            say(f"{k.release}: cannot prepare it: {exc.title}")
+            return [INFRA] * runs
+        return _runs(k.release, runs, lambda i: run_one(k, i), say)
 
     return step

@@ -166,3 +166,51 @@ def runs_for_confidence(p: float, target: float) -> int:
     if p == 1.0:
         return 1
     return max(1, math.ceil(math.log(1.0 - target) / math.log(1.0 - p)))
+
+
+@dataclass
+class LinearBisect:
+    """``git bisect``'s rules on an ordered list (prebuilt packages): item 0 good, item n-1 bad.
+
+    The answer lies between the newest good item below the oldest bad one and
+    that bad one.  :meth:`next` picks the untried item nearest the middle of
+    that gap (skipped items are stepped around); when none is left, the oldest
+    bad item is the culprit, or, with skipped items in the gap, one of those
+    or it (:attr:`candidates`).
+    """
+
+    n: int
+    decisions: dict[int, Decision] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise ValueError("a bisect needs at least a good and a bad item")
+
+    def record(self, index: int, decision: Decision) -> None:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        if decision is Decision.ABORT:
+            raise ValueError("an aborted step ends the bisect; it is not recorded")
+        self.decisions[index] = decision
+
+    def gap(self) -> tuple[int, int]:
+        """(newest good below the oldest bad, oldest bad); the endpoints count as judged."""
+        bads = [i for i, d in self.decisions.items() if d is Decision.BAD]
+        hi = min(bads, default=self.n - 1)
+        goods = [i for i, d in self.decisions.items() if d is Decision.GOOD and i < hi]
+        return max(goods, default=0), hi
+
+    def next(self) -> int | None:
+        """The next item to judge, or None when the gap holds only skipped items."""
+        lo, hi = self.gap()
+        untried = [i for i in range(lo + 1, hi) if i not in self.decisions]
+        if not untried:
+            return None
+        mid = (lo + hi) / 2
+        return min(untried, key=lambda i: (abs(i - mid), i))
+
+    @property
+    def candidates(self) -> list[int]:
+        """Where the first bad item can be (meaningful once :meth:`next` is None)."""
+        lo, hi = self.gap()
+        return [i for i in range(lo + 1, hi) if self.decisions.get(i) is Decision.SKIP] + [hi]

@@ -59,7 +59,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_kernel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel (default: the catalog's default kernel)")
-    g.add_argument("--kernel", metavar="ID", help="a kernel id from `pokelab kernels`")
+    g.add_argument("--kernel", metavar="ID",
+                   help="a kernel id from `pokelab kernels`, or any Debian cloud-amd64 ABI (6.1.0-50)")
     g.add_argument("--bzimage", type=Path, metavar="P", help="your own kernel image (with --vmlinux)")
     g.add_argument("--vmlinux", type=Path, metavar="P", help="its debug vmlinux (build-id must match)")
 
@@ -139,7 +140,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     cat = Catalog.load()
     wanted = list(cat.kernels) if args.kernel == ["all"] else [
-        cat.get(k) for k in (args.kernel or [cat.default.id])]
+        cat.lookup(k) for k in (args.kernel or [cat.default.id])]
     cache = cache_dir()
     key = ensure_ssh_key(cache)
     for spec in wanted:
@@ -625,11 +626,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_nightly_parsers(sub)
 
-    s = sub.add_parser("bisect", help="find the commit that brought a regression: build, boot, run, judge")
-    s.add_argument("--source", type=Path, required=True, metavar="DIR",
+    s = sub.add_parser("bisect", help="find the commit (or Debian kernel version) that brought a regression",
+                       description="Bisect a git kernel tree (--source, --good, --bad: build, boot, run, "
+                                   "judge each revision) or Debian's prebuilt cloud-amd64 kernels "
+                                   "(--debian A..B: fetch, boot, run, judge; no builds).")
+    s.add_argument("--source", type=Path, metavar="DIR",
                    help="a git kernel checkout (bisected in a scratch worktree; yours is not touched)")
-    s.add_argument("--good", required=True, metavar="REV", help="a revision the scenario passes on")
-    s.add_argument("--bad", required=True, metavar="REV", help="a revision the scenario fails on")
+    s.add_argument("--good", metavar="REV", help="with --source: a revision the scenario passes on")
+    s.add_argument("--bad", metavar="REV", help="with --source: a revision the scenario fails on")
+    s.add_argument("--debian", metavar="GOOD..BAD",
+                   help="bisect the Debian cloud-amd64 kernels apt knows between two versions, named by ABI "
+                        "(6.1.0-47), release, package version (6.1.170-3) or catalog id (6.1)")
     s.add_argument("--scenario", required=True, help="a name from `pokelab scenarios`")
     s.add_argument("--runs", type=int, default=3, metavar="N",
                    help="scenario runs per revision (default 3; good needs N clean, bad 2 failing)")
@@ -637,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON-lines bisect log (default: --replay's file, else under the artifacts)")
     s.add_argument("--replay", type=Path, metavar="FILE",
                    help="resume from a bisect log: logged revisions are not run again")
-    s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j (default 2)")
+    s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j with --source (default 2)")
     _add_vm_args(s)
     s.set_defaults(func=cmd_bisect)
     return p
@@ -659,7 +666,7 @@ def cmd_build_kernel(args: argparse.Namespace) -> int:
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
-    from .bisect import commit_line, kernel_step, read_log, run_bisect
+    from .bisect import kernel_step, read_log, run_bisect
     from .bisect_logic import Policy
     from .cache import cache_dir
     from .guest import default_artifacts
@@ -669,45 +676,103 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
     for opt in ("kernel", "bzimage", "vmlinux", "dry_run"):
         if getattr(args, opt):
-            raise UsageError(f"--{opt.replace('_', '-')} does not apply to bisect (it builds each revision)")
+            raise UsageError(f"--{opt.replace('_', '-')} does not apply to bisect (it chooses each kernel)")
+    if args.debian is not None:
+        for opt in ("source", "good", "bad"):
+            if getattr(args, opt) is not None:
+                raise UsageError(f"--{opt} does not go with --debian (GOOD..BAD names both endpoints)")
+    elif args.source is None or args.good is None or args.bad is None:
+        raise UsageError("give --source DIR --good REV --bad REV, or --debian GOOD..BAD")
     if args.runs < 1:
         raise UsageError("--runs must be >= 1")
     sc = BY_NAME.get(args.scenario)
     if sc is None:
         raise UsageError(f"unknown scenario '{args.scenario}' (see: pokelab scenarios)")
+    if args.debian is not None:
+        from .debian import parse_range
+
+        parse_range(args.debian)  # a malformed range fails before anything is prepared
     replay = read_log(args.replay) if args.replay is not None else None
     artifacts = args.artifacts.resolve() if args.artifacts else default_artifacts("bisect")
     log_path = (args.log or args.replay or artifacts / "bisect.jsonl").resolve()
+    policy = Policy(min_clean=min(3, args.runs))
     cache = cache_dir()
     extra = {GUEST_PATH: ensure_loadgen(cache)}
 
     def say(msg: str) -> None:
         print(f"pokelab: {msg}", file=sys.stderr, flush=True)
 
-    def run_one(sha: str, i: int, res: Any) -> str:  # the same path as `pokelab repro`
-        run_args = argparse.Namespace(**{**vars(args), "kernel": res.kernel_id,
-                                    "artifacts": artifacts / sha[:12] / f"run-{i + 1}"})
+    def run_one(kernel_id: str, where: Path) -> str:  # the same path as `pokelab repro`
+        run_args = argparse.Namespace(**{**vars(args), "kernel": kernel_id, "artifacts": where})
         spec, kernel = _vm_from_args(run_args, f"bisect-{sc.name}", extra,
                                      kernel_files=lambda k, c: guest_files(sc, k, c))
         out = run_scenario(spec, kernel, sc, progress=lambda m: log.debug("%s", m))
         return str(out["verdict"])
 
-    step = kernel_step(run_one, jobs=args.jobs, runs=args.runs, say=say)
+    if args.debian is not None:
+        return _bisect_debian(args, policy, replay, log_path, artifacts, run_one, say)
     say(f"bisect log: {log_path}")
+    step = kernel_step(lambda sha, i, res: run_one(res.kernel_id, artifacts / sha[:12] / f"run-{i + 1}"),
+                       jobs=args.jobs, runs=args.runs, say=say)
     res = run_bisect(args.source, args.good, args.bad, step, work=cache / "bisect", log_path=log_path,
-                     replay=replay, policy=Policy(min_clean=min(3, args.runs)), say=say)
+                     replay=replay, policy=policy, say=say)
+    return _print_git_bisect(args.source, res, log_path)
+
+
+def _print_git_bisect(source: Path, res: Any, log_path: Path) -> int:
+    from .bisect import commit_line
+
     conf = "unknown" if res.confidence is None else f"{res.confidence:.3f}"
     if res.culprit is None:
         print("only skipped commits left; the first bad commit is one of:")
         for c in res.candidates:
-            print(f"  {commit_line(args.source, c)}")
+            print(f"  {commit_line(source, c)}")
         print(f"confidence {conf}  (log: {log_path})")
         return 1
     print(f"{res.culprit} is the first bad commit")
-    print(f"  {commit_line(args.source, res.culprit)}")
+    print(f"  {commit_line(source, res.culprit)}")
     print(f"confidence {conf} over {len(res.verdicts)} judged revisions, {res.steps_run} run now "
           f"(log: {log_path})")
     return 0
+
+
+def _bisect_debian(args: argparse.Namespace, policy: Any, replay: dict[str, list[str]] | None,
+                   log_path: Path, artifacts: Path, run_one: Callable[[str, Path], str],
+                   say: Callable[[str], None]) -> int:
+    from .bisect import debian_step, run_debian_bisect
+    from .debian import available, parse_range, select_range
+    from .kernels import Catalog
+
+    good, bad = parse_range(args.debian)
+    aliases = {k.id: k.release for k in Catalog.load().kernels}
+    rng = select_range(available(), good, bad, aliases)
+    say(f"{len(rng.judged)} Debian kernels with -dbg from {rng.judged[0].label} to {rng.judged[-1].label}")
+    if rng.unjudgeable:
+        say(f"not judgeable (no -dbg in the archive): {', '.join(k.abi for k in rng.unjudgeable)}")
+    say(f"bisect log: {log_path}")
+    step = debian_step(lambda k, i: run_one(k.release, artifacts / k.abi / f"run-{i + 1}"),
+                       runs=args.runs, say=say)
+    res = run_debian_bisect(rng, step, log_path=log_path, replay=replay, policy=policy, say=say)
+    conf = "unknown" if res.confidence is None else f"{res.confidence:.3f}"
+    if res.culprit is not None and not res.unjudged:
+        print(f"{res.culprit.label} is the first bad version")
+    else:
+        print("the first bad version is one of (oldest first):")
+        for k in res.unjudged + res.candidates[:-1]:
+            why = "not judged: no -dbg" if k in res.unjudged else "skipped"
+            print(f"  {k.label}  [{why}]")
+        print(f"  {res.candidates[-1].label}  [the oldest bad one judged]")
+    first_bad = res.candidates[-1]
+    print(f"  last good: {res.last_good.label}")
+    print(f"  upstream: {res.last_good.upstream}..{first_bad.upstream} (or a Debian patch); go on with "
+          f"`pokelab bisect --source <linux-stable> --good {res.last_good.upstream} "
+          f"--bad {first_bad.upstream} --scenario {args.scenario}`")
+    for k in res.not_monotone:
+        print(f"  warning: {k.label} came out good although it is newer than a bad one "
+              "(a flaky failure, or a fix that was reverted)")
+    print(f"confidence {conf} over {len(res.verdicts)} judged versions, {res.steps_run} run now "
+          f"(log: {log_path})")
+    return 0 if res.culprit is not None and not res.unjudged else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

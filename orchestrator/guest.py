@@ -42,7 +42,7 @@ def resolve_kernel(choice: KernelChoice, cache: Path | None = None) -> images.Ke
     if choice.kernel and choice.kernel.startswith("custom-"):  # built by `pokelab build-kernel`
         return images.custom_kernel(choice.kernel, cache)
     catalog = Catalog.load()
-    spec = catalog.get(choice.kernel) if choice.kernel else catalog.default
+    spec = catalog.lookup(choice.kernel) if choice.kernel else catalog.default
     return images.ensure_kernel(spec, cache)
 
 

@@ -152,7 +152,12 @@ class Apt:
                 log.info("package not found; running apt-get update once")
                 _run(["apt-get", "update"], "apt-get update")
                 self._updated = True
-                _run(["apt-get", "download", *packages], "apt-get download", cwd=tmp)
+                try:
+                    _run(["apt-get", "download", *packages], "apt-get download", cwd=tmp)
+                except InfraError as again:
+                    if _looks_not_found(again.title):  # the archive does not have it: the user's to fix
+                        raise UsageError(f"not in the Debian archive: {again.title}") from None
+                    raise
             for deb in tmp.glob("*.deb"):
                 os.replace(deb, self.debs_dir / deb.name)
             log.info("downloaded %s in %.1fs", " ".join(packages), time.monotonic() - t0)
@@ -161,7 +166,8 @@ class Apt:
 
 
 def _looks_not_found(message: str) -> bool:
-    keys = ("Unable to locate", "Can't select", "has no installation candidate", "404")
+    keys = ("Unable to locate", "Can't select", "has no installation candidate", "404",
+            "Couldn't find any package")
     return any(k in message for k in keys)
 
 

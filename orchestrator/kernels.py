@@ -109,4 +109,20 @@ class Catalog:
         for spec in self.kernels:
             if name in (spec.id, spec.release):
                 return spec
-        raise UsageError(f"unknown kernel '{name}' (known: {', '.join(self.ids)})")
+        raise UsageError(f"unknown kernel '{name}' (known: {', '.join(self.ids)}, "
+                         "or a Debian cloud-amd64 ABI such as 6.1.0-50)")
+
+    def lookup(self, name: str) -> KernelSpec:
+        """:meth:`get`, else a Debian package outside the catalog named by ABI or release (6.1.0-50).
+
+        Whether the archive has that kernel shows when its packages are fetched.
+        """
+        from .debian import spec_for
+
+        try:
+            return self.get(name)
+        except UsageError:
+            found = spec_for(name)
+            if found is None:
+                raise
+            return found

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bisect import BisectError, read_log, run_bisect
+from orchestrator.bisect import (
+    BisectError,
+    _exclusive,
+    read_log,
+    run_bisect,
+    run_debian_bisect,
+    worktree_path,
+)
 from orchestrator.bisect_logic import BUILD_FAIL, FAIL, INFRA, PASS, Decision
+from orchestrator.debian import DebianKernel, kernels_from, parse_show, select_range
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -158,3 +166,80 @@ def test_bad_revisions_are_usage_errors(history, tmp_path: Path) -> None:  # typ
         run_bisect(repo, "nope", shas[-1], lambda s, w: [], work=tmp_path / "w", log_path=tmp_path / "l")
     with pytest.raises(BisectError, match="not an ancestor"):
         run_bisect(repo, shas[-1], shas[0], lambda s, w: [], work=tmp_path / "w", log_path=tmp_path / "l")
+
+
+def test_a_second_bisect_of_the_same_source_fails_at_once(history, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    repo, shas = history
+    wt = worktree_path(tmp_path / "work", repo)
+    with _exclusive(wt.with_name(wt.name + ".lock"), "a test holder"):
+        with pytest.raises(BisectError, match="already running"):
+            _run(repo, shas, lambda sha, wt: [PASS] * 3, tmp_path)
+    res = _run(repo, shas, lambda sha, wt: [FAIL] * 3 if _buggy(wt) else [PASS] * 3, tmp_path)
+    assert res.culprit == shas[5]  # the lock is free again once its holder is done
+
+
+# ----------------------------------------------------------------- Debian packages (no build)
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "apt"
+
+
+@pytest.fixture
+def debian_range():  # type: ignore[no-untyped-def]
+    """6.1.0-47..6.1.0-56 as apt listed it on bookworm: 6 kernels with -dbg, 4 without."""
+    return select_range(kernels_from(parse_show((DATA / "apt-cache-show-cloud-amd64.txt").read_text())),
+                        "6.1.0-47", "6.1.0-56")
+
+
+def _by_abi(bad_from: str, flaky: bool = False):  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+    order = ["6.1.0-47", "6.1.0-50", "6.1.0-53", "6.1.0-54", "6.1.0-55", "6.1.0-56"]
+
+    def step(k: DebianKernel) -> list[str]:
+        seen.append(k.abi)
+        if order.index(k.abi) < order.index(bad_from):
+            return [PASS] * 3
+        return [FAIL, PASS, FAIL] if flaky else [FAIL] * 3
+
+    return step, seen
+
+
+def test_debian_bisect_names_the_first_bad_version(debian_range, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    step, seen = _by_abi("6.1.0-54")
+    res = run_debian_bisect(debian_range, step, log_path=tmp_path / "b.jsonl")
+    assert res.culprit is not None and res.culprit.abi == "6.1.0-54"
+    assert res.last_good.abi == "6.1.0-53" and res.unjudged == []
+    assert seen[:2] == ["6.1.0-47", "6.1.0-56"]  # the endpoints first
+    assert len(seen) <= 2 + 3
+    assert res.confidence == pytest.approx(1.0)
+    logged = [json.loads(line)["revision"] for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert logged == [f"{abi}-cloud-amd64" for abi in seen]
+
+
+def test_debian_bisect_reports_versions_without_dbg_in_the_gap(debian_range, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    step, _ = _by_abi("6.1.0-50", flaky=True)
+    res = run_debian_bisect(debian_range, step, log_path=tmp_path / "b.jsonl")
+    assert res.culprit is not None and res.culprit.abi == "6.1.0-50"
+    assert [k.abi for k in res.unjudged] == ["6.1.0-48", "6.1.0-49"]  # it may be one of these
+    assert res.confidence is not None and res.confidence < 1.0  # flaky: p = 2/3
+
+
+def test_debian_bisect_replays_its_log(debian_range, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    logf = tmp_path / "b.jsonl"
+    step, seen = _by_abi("6.1.0-55")
+    first = run_debian_bisect(debian_range, step, log_path=logf)
+    again_step, again_seen = _by_abi("6.1.0-55")
+    again = run_debian_bisect(debian_range, again_step, log_path=logf, replay=read_log(logf))
+    assert again_seen == [] and again.steps_run == 0
+    assert again.culprit == first.culprit and first.steps_run == len(seen)
+
+
+def test_debian_bisect_endpoint_and_abort(debian_range, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BisectError, match=r"bad endpoint 6\.1\.0-56-cloud-amd64 came out good"):
+        run_debian_bisect(debian_range, lambda k: [PASS] * 3, log_path=tmp_path / "a.jsonl")
+    step, _ = _by_abi("6.1.0-50")
+
+    def broken(k: DebianKernel) -> list[str]:
+        return [INFRA] * 3 if k.abi == "6.1.0-53" else step(k)
+
+    with pytest.raises(BisectError, match=r"aborted at 6\.1\.0-53"):
+        run_debian_bisect(debian_range, broken, log_path=tmp_path / "b.jsonl")

@@ -15,6 +15,7 @@ from orchestrator.bisect_logic import (
     INFRA,
     PASS,
     Decision,
+    LinearBisect,
     Policy,
     Tally,
     confidence,
@@ -119,3 +120,66 @@ def test_runs_for_confidence() -> None:
 def test_tally_counts() -> None:
     t = Tally.of([PASS, FAIL, CRASH, INFRA, BOOT_FAIL])
     assert (t.failures, t.clean, t.infra, t.total, t.judged) == (2, 1, 1, 5, 3)
+
+
+def _walk(n: int, truth: dict[int, Decision]) -> tuple[LinearBisect, list[int]]:
+    """Bisect n items; item i judges as truth[i] (default: good below the first bad, bad from it)."""
+    lb = LinearBisect(n)
+    lb.record(0, Decision.GOOD)
+    lb.record(n - 1, Decision.BAD)
+    tried = []
+    while (i := lb.next()) is not None:
+        assert i not in tried
+        tried.append(i)
+        lb.record(i, truth[i])
+    return lb, tried
+
+
+@pytest.mark.parametrize("first_bad", range(1, 9))
+def test_linear_bisect_finds_every_first_bad_in_log_steps(first_bad: int) -> None:
+    n = 9
+    truth = {i: Decision.BAD if i >= first_bad else Decision.GOOD for i in range(n)}
+    lb, tried = _walk(n, truth)
+    assert lb.candidates == [first_bad]
+    assert len(tried) <= math.ceil(math.log2(n - 1))
+
+
+def test_linear_bisect_steps_around_skips() -> None:
+    n = 6  # items 1..4 untried; first bad is 3; item 2 cannot be judged
+    truth = {1: Decision.GOOD, 2: Decision.SKIP, 3: Decision.BAD, 4: Decision.BAD}
+    lb, tried = _walk(n, truth)
+    assert lb.candidates == [2, 3]  # 2 was skipped, so the first bad is 2 or 3
+    assert 2 in tried
+
+
+def test_linear_bisect_all_skipped() -> None:
+    lb, tried = _walk(4, {1: Decision.SKIP, 2: Decision.SKIP})
+    assert sorted(tried) == [1, 2]
+    assert lb.candidates == [1, 2, 3]
+
+
+def test_linear_bisect_two_items_needs_no_step() -> None:
+    lb = LinearBisect(2)
+    lb.record(0, Decision.GOOD)
+    lb.record(1, Decision.BAD)
+    assert lb.next() is None and lb.candidates == [1]
+
+
+def test_linear_bisect_non_monotone_history_uses_the_oldest_bad() -> None:
+    lb = LinearBisect(8)
+    lb.record(0, Decision.GOOD)
+    lb.record(7, Decision.BAD)
+    lb.record(3, Decision.BAD)
+    lb.record(5, Decision.GOOD)  # good after a bad one: ignored for the gap
+    assert lb.gap() == (0, 3)
+    assert lb.next() in (1, 2)
+
+
+def test_linear_bisect_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        LinearBisect(1)
+    lb = LinearBisect(3)
+    with pytest.raises(ValueError):
+        lb.record(1, Decision.ABORT)
+    with pytest.raises(IndexError):
+        lb.record(3, Decision.GOOD)

@@ -251,3 +251,17 @@ def test_main_entry_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("pokelab: usage: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--scenario", "ftrace-function"], "give --source DIR --good REV --bad REV, or --debian GOOD..BAD"),
+    (["--source", ".", "--scenario", "ftrace-function"], "or --debian GOOD..BAD"),
+    (["--debian", "6.1.0-47", "--scenario", "ftrace-function"], "--debian wants GOOD..BAD"),
+    (["--debian", "6.1..6.12", "--good", "x", "--scenario", "ftrace-function"], "--good does not go with"),
+    (["--debian", "6.1..6.12", "--scenario", "no-such"], "unknown scenario 'no-such'"),
+    (["--debian", "6.1..6.12", "--kernel", "6.1", "--scenario", "ftrace-function"],
+     "--kernel does not apply to bisect"),
+])
+def test_bisect_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:
+    res = pokelab("bisect", *args, artifacts=tmp_path)
+    assert_one_line_error(res, "usage", needle)

@@ -1,0 +1,116 @@
+"""Debian's kernel packages as a bisectable sequence, on apt-cache output captured on bookworm."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator.debian import (
+    DebianKernel,
+    compare_versions,
+    kernels_from,
+    parse_range,
+    parse_show,
+    select_range,
+    spec_for,
+)
+from orchestrator.errors import UsageError
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "apt"
+SHOW = (DATA / "apt-cache-show-cloud-amd64.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def kernels() -> list[DebianKernel]:
+    return kernels_from(parse_show(SHOW))
+
+
+def test_parse_show_reads_every_record() -> None:
+    got = parse_show(SHOW)
+    assert got["linux-image-6.1.0-47-cloud-amd64"] == "6.1.170-3"
+    assert got["linux-image-6.12.115+deb12-cloud-amd64-dbg"] == "6.12.115-2~deb12u1"
+    assert len(got) == 32
+
+
+def test_kernels_oldest_first_with_and_without_dbg(kernels: list[DebianKernel]) -> None:
+    abis = [k.abi for k in kernels]
+    assert abis[:3] == ["6.1.0-47", "6.1.0-48", "6.1.0-49"]
+    assert abis[-1] == "6.12.117+deb12"
+    assert "6.12" not in abis  # the meta-package is not a versioned kernel
+    no_dbg = [k.abi for k in kernels if not k.has_dbg]
+    assert no_dbg == ["6.1.0-48", "6.1.0-49", "6.1.0-51", "6.1.0-52", "6.12.100+deb12", "6.12.101+deb12"]
+    k = kernels[0]
+    assert (k.release, k.image_pkg, k.dbg_pkg, k.upstream) == (
+        "6.1.0-47-cloud-amd64", "linux-image-6.1.0-47-cloud-amd64",
+        "linux-image-6.1.0-47-cloud-amd64-dbg", "v6.1.170")
+
+
+@pytest.mark.parametrize(("a", "b", "sign"), [
+    ("6.1.192-1", "6.1.192-2", -1),
+    ("6.1.192-2", "6.12.100-1~deb12u1", -1),
+    ("6.12.117-1~deb12u1", "6.12.117-1", -1),  # ~ sorts before anything
+    ("6.12.115-2~deb12u1", "6.12.117-1~deb12u1", -1),
+    ("1:0.1", "2.0", 1),  # the epoch first
+    ("1.0", "1.0", 0),
+    ("1.0a", "1.0", 1),
+    ("1.0+b1", "1.0", 1),
+    ("1.09", "1.9", 0),
+])
+def test_compare_versions(a: str, b: str, sign: int) -> None:
+    got = compare_versions(a, b)
+    assert (got > 0) - (got < 0) == sign
+    back = compare_versions(b, a)
+    assert (back > 0) - (back < 0) == -sign
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="no dpkg here")
+def test_compare_versions_agrees_with_dpkg() -> None:
+    versions = [*sorted(set(parse_show(SHOW).values())), "6.1.192-2+b1", "6.1.192~rc1-1"]
+    for a, b in itertools.combinations(versions, 2):
+        lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b], check=False).returncode == 0
+        assert (compare_versions(a, b) < 0) == lt, (a, b)
+
+
+def test_select_range_by_abi_version_and_alias(kernels: list[DebianKernel]) -> None:
+    rng = select_range(kernels, "6.1.0-47", "6.1.192-2")
+    assert [k.abi for k in rng.judged] == ["6.1.0-47", "6.1.0-50", "6.1.0-53", "6.1.0-54", "6.1.0-55",
+                                           "6.1.0-56"]
+    assert [k.abi for k in rng.unjudgeable] == ["6.1.0-48", "6.1.0-49", "6.1.0-51", "6.1.0-52"]
+    assert [k.abi for k in rng.between(rng.judged[0], rng.judged[1])] == ["6.1.0-48", "6.1.0-49"]
+    assert rng.between(rng.judged[2], rng.judged[3]) == []
+    aliased = select_range(kernels, "6.1.0-55", "6.1", {"6.1": "6.1.0-56-cloud-amd64"})
+    assert [k.abi for k in aliased.judged] == ["6.1.0-55", "6.1.0-56"]
+    across = select_range(kernels, "6.1.0-56-cloud-amd64", "6.12.107+deb12")
+    assert [k.abi for k in across.judged] == ["6.1.0-56", "6.12.107+deb12"]
+
+
+@pytest.mark.parametrize(("good", "bad", "message"), [
+    ("6.1.0-56", "6.1.0-47", "is not older than"),
+    ("6.1.0-47", "6.1.0-47", "is not older than"),
+    ("6.1.0-48", "6.1.0-56", "good endpoint 6.1.0-48-cloud-amd64 has no -dbg"),
+    ("6.1.0-46", "6.1.0-56", "no Debian cloud-amd64 kernel '6.1.0-46'"),
+])
+def test_select_range_errors(kernels: list[DebianKernel], good: str, bad: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        select_range(kernels, good, bad)
+
+
+def test_parse_range() -> None:
+    assert parse_range("6.1.0-47..6.1.0-56") == ("6.1.0-47", "6.1.0-56")
+    for bad in ("6.1.0-47", "..6.1", "6.1..", "a..b..c"):
+        with pytest.raises(UsageError, match=r"GOOD\.\.BAD"):
+            parse_range(bad)
+
+
+def test_spec_for_debian_names_outside_the_catalog() -> None:
+    spec = spec_for("6.1.0-50")
+    assert spec is not None and spec.release == "6.1.0-50-cloud-amd64"
+    assert spec.dbg_pkg == "linux-image-6.1.0-50-cloud-amd64-dbg"
+    other = spec_for("6.12.111+deb12-cloud-amd64")
+    assert other is not None and other.image_pkg == "linux-image-6.12.111+deb12-cloud-amd64"
+    for name in ("6.1", "no-such", "6.1.0-50-amd64", "custom-abc"):
+        assert spec_for(name) is None
