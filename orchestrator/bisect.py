@@ -269,6 +269,32 @@ def run_debian_bisect(rng: DebianRange, step: Callable[[DebianKernel], list[str]
         not_monotone=[seq[j] for j, d in sorted(state.decisions.items()) if d is Decision.GOOD and j > hi])
 
 
+def debian_report(res: DebianBisectResult, scenario: str, log_path: Path) -> tuple[list[str], int]:
+    """What ``pokelab bisect --debian`` prints, and its exit status (0: one culprit, 1: candidates)."""
+    conf = "unknown" if res.confidence is None else f"{res.confidence:.3f}"
+    sure = res.culprit is not None and not res.unjudged
+    lines: list[str] = []
+    if sure and res.culprit is not None:
+        lines.append(f"{res.culprit.label} is the first bad version")
+    else:
+        lines.append("the first bad version is one of (oldest first):")
+        for k in res.unjudged + res.candidates[:-1]:
+            why = "not judged: no -dbg" if k in res.unjudged else "skipped"
+            lines.append(f"  {k.label}  [{why}]")
+        lines.append(f"  {res.candidates[-1].label}  [the oldest bad one judged]")
+    first_bad = res.candidates[-1]
+    lines.append(f"  last good: {res.last_good.label}")
+    lines.append(f"  upstream: {res.last_good.upstream}..{first_bad.upstream} (or a Debian patch); "
+                 f"go on with `pokelab bisect --source <linux-stable> --good {res.last_good.upstream} "
+                 f"--bad {first_bad.upstream} --scenario {scenario}`")
+    for k in res.not_monotone:
+        lines.append(f"  warning: {k.label} came out good although it is newer than a bad one "
+                     "(a flaky failure, or a fix that was reverted)")
+    lines.append(f"confidence {conf} over {len(res.verdicts)} judged versions, {res.steps_run} run now "
+                 f"(log: {log_path})")
+    return lines, 0 if sure else 1
+
+
 def commit_line(repo: Path, sha: str) -> str:
     _, out = _git(repo, "log", "-1", "--format=%h %s", sha)
     return out.strip()

@@ -739,7 +739,7 @@ def _print_git_bisect(source: Path, res: Any, log_path: Path) -> int:
 def _bisect_debian(args: argparse.Namespace, policy: Any, replay: dict[str, list[str]] | None,
                    log_path: Path, artifacts: Path, run_one: Callable[[str, Path], str],
                    say: Callable[[str], None]) -> int:
-    from .bisect import debian_step, run_debian_bisect
+    from .bisect import debian_report, debian_step, run_debian_bisect
     from .debian import available, parse_range, select_range
     from .kernels import Catalog
 
@@ -753,26 +753,9 @@ def _bisect_debian(args: argparse.Namespace, policy: Any, replay: dict[str, list
     step = debian_step(lambda k, i: run_one(k.release, artifacts / k.abi / f"run-{i + 1}"),
                        runs=args.runs, say=say)
     res = run_debian_bisect(rng, step, log_path=log_path, replay=replay, policy=policy, say=say)
-    conf = "unknown" if res.confidence is None else f"{res.confidence:.3f}"
-    if res.culprit is not None and not res.unjudged:
-        print(f"{res.culprit.label} is the first bad version")
-    else:
-        print("the first bad version is one of (oldest first):")
-        for k in res.unjudged + res.candidates[:-1]:
-            why = "not judged: no -dbg" if k in res.unjudged else "skipped"
-            print(f"  {k.label}  [{why}]")
-        print(f"  {res.candidates[-1].label}  [the oldest bad one judged]")
-    first_bad = res.candidates[-1]
-    print(f"  last good: {res.last_good.label}")
-    print(f"  upstream: {res.last_good.upstream}..{first_bad.upstream} (or a Debian patch); go on with "
-          f"`pokelab bisect --source <linux-stable> --good {res.last_good.upstream} "
-          f"--bad {first_bad.upstream} --scenario {args.scenario}`")
-    for k in res.not_monotone:
-        print(f"  warning: {k.label} came out good although it is newer than a bad one "
-              "(a flaky failure, or a fix that was reverted)")
-    print(f"confidence {conf} over {len(res.verdicts)} judged versions, {res.steps_run} run now "
-          f"(log: {log_path})")
-    return 0 if res.culprit is not None and not res.unjudged else 1
+    lines, code = debian_report(res, args.scenario, log_path)
+    print("\n".join(lines))
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
