@@ -9,6 +9,8 @@ export POKELAB_CACHE ?= $(HOME)/.cache/pokelab
 
 APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-utils zstd \
                 python3-venv binutils iproute2 procps ca-certificates gcc libc6-dev lz4 make
+# what a kernel build needs (pokelab build-kernel, bisect; make bench, e2e-patched, e2e-bisect)
+E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc patch
 
 .PHONY: all setup apt venv images demo test unit vm lint types bench clean help
 
@@ -66,7 +68,9 @@ vm: setup images
 
 test: setup images lint types unit vm
 
+# the kbuild part builds linux-source-6.1 from nothing (an empty ccache): ~10-15 min on 2 cores
 bench: setup images
+	$(call apt-install,$(E2E_PACKAGES))
 	$(BIN)/pokelab bench --out bench/latest.json
 
 clean:
@@ -77,7 +81,6 @@ clean:
 # check the probe's verdicts: FAIL with violations on the patched kernel, PASS on the other.
 # POKELAB_KERNEL_SOURCE=DIR uses another 6.1 tree.
 .PHONY: e2e-patched
-E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc
 
 e2e-patched: setup
 	$(call apt-install,$(E2E_PACKAGES))

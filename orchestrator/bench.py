@@ -1,6 +1,10 @@
-"""``pokelab bench``: the performance figures, measured on real guests, written as flat JSON.
+"""``pokelab bench``: the performance figures, measured on real guests and builds, written as flat JSON.
 
-Figures (all on the default kernel, TCG here, 4 vCPUs unless said):
+Two parts: ``vm`` (below) and ``kbuild`` (:mod:`orchestrator.bench_kbuild`).  A run of every part
+writes a new file; a run of some parts keeps the figures the file already has from the others.
+
+Part ``vm`` (all on the default kernel, TCG here, 4 vCPUs unless said; ``kernel``, ``accel``,
+``smp``, ``date`` say what and when):
 
 * ``boot_to_console_marker_s`` / ``boot_to_ssh_s``: median over N boots, from
   QEMU's launch to the init's ``POKELAB-READY`` line / to the first answered
@@ -21,6 +25,15 @@ Figures (all on the default kernel, TCG here, 4 vCPUs unless said):
 * ``trap_cost_ratio`` = ``trap_ms`` / ``bare_stop_ms`` (target <= 1.5).
 * ``traps_per_min``: judged traps per wall minute of the probe's toggle phase
   (getpid load on 3 vCPUs, function tracer toggled on the 4th; target >= 1500).
+
+Part ``kbuild`` (Debian's linux-source-6.1, default config fragments; definitions in
+:mod:`orchestrator.bench_kbuild`):
+
+* ``kernel_build_full_s`` (``_make_s``: the make alone): a build with an empty ccache and O= dir.
+* ``kernel_build_incremental_s`` (``_make_s``): then the same with a one-line patch.
+* ``bisect_step_s``: one ``pokelab bisect`` step: another one-line change, an incremental build
+  (``bisect_step_build_s``), then ``bisect_step_runs`` runs of ``bisect_step_scenario``, all PASS.
+* ``kernel_build_jobs`` (make -j), ``kbuild_release``, ``kbuild_date``.
 """
 
 from __future__ import annotations
@@ -29,12 +42,13 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import loadgen
-from .errors import InfraError
+from .bench_kbuild import STEP_RUNS, run_kbuild_bench
+from .errors import InfraError, UsageError
 from .guest import KernelChoice, prepare
 from .images import KernelArtifacts
 from .mi import MiSession, gdb_argv
@@ -45,6 +59,7 @@ from .vm import Vm, VmSpec
 log = logging.getLogger(__name__)
 
 HOT_FUNCTION = "__x64_sys_getpid"
+PARTS = ("vm", "kbuild")
 
 
 def _boot_once(spec: VmSpec) -> tuple[float, float]:
@@ -104,11 +119,28 @@ def _stop_costs(spec: VmSpec, kernel: KernelArtifacts, n: int) -> dict[str, floa
                 "py_stop_ms": round(statistics.median(intervals), 3)}
 
 
-def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,
-        progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def merge_figures(old: dict[str, Any], new: dict[str, Any], complete: bool) -> dict[str, Any]:
+    """What to write: every part run replaces the file; some parts run update the old figures."""
+    return dict(new) if complete else {**old, **new}
+
+
+def read_figures(out: Path) -> dict[str, Any]:
+    """The figures already in ``out`` ({} if there is no file)."""
+    if not out.is_file():
+        return {}
+    try:
+        data = json.loads(out.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{out} is not a bench JSON file ({exc}): move it away or run every part") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{out} is not a bench JSON file (not an object): move it away or run every part")
+    return data
+
+
+def _run_vm(art: Path, boots: int, stops: int, toggles: int,
+            progress: Callable[[str], None]) -> dict[str, Any]:
     from .cache import cache_dir
 
-    art = out.parent / "bench-artifacts"
     extra = {loadgen.GUEST_PATH: loadgen.ensure_loadgen(cache_dir())}
     spec, kernel = prepare(KernelChoice(), artifacts=art / "boot", extra_files=extra)
     figures: dict[str, Any] = {"kernel": kernel.release, "accel": spec.accel, "smp": spec.smp,
@@ -142,6 +174,35 @@ def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,
     figures["traps_per_min"] = res.get("traps_per_min")
     figures["probe_traps_judged"] = res.get("traps_judged")
     figures["probe_toggle_s"] = res.get("phases", {}).get("toggle_s")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,
+        progress: Callable[[str], None] = lambda s: None, *, parts: Sequence[str] = PARTS,
+        jobs: int = 2, step_runs: int = STEP_RUNS) -> dict[str, Any]:
+    """Run ``parts`` (of :data:`PARTS`), write the figures to ``out``, return what was written.
+
+    ``jobs`` is the kernel builds' make -j, ``step_runs`` the bisect step's runs (part kbuild).
+    The file is written after each part, so a later part's failure does not lose an earlier one's.
+    """
+    if not parts:
+        raise UsageError(f"no bench part given: the parts are {', '.join(PARTS)}")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise UsageError(f"unknown bench part {', '.join(unknown)}: the parts are {', '.join(PARTS)}")
+    complete = set(parts) == set(PARTS)
+    old = {} if complete else read_figures(out)  # before the hour of measuring, not after
+    art = out.parent / "bench-artifacts"
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "vm": lambda: _run_vm(art, boots, stops, toggles, progress),
+        "kbuild": lambda: run_kbuild_bench(art / "kbuild", jobs=jobs, runs=step_runs, progress=progress),
+    }
+    new: dict[str, Any] = {}
+    figures = old
+    for part in PARTS:
+        if part in parts:
+            new.update(runners[part]())
+            figures = merge_figures(old, new, complete)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(figures, indent=2) + "\n")
     return figures

@@ -209,9 +209,9 @@ class BuildResult:
 
 
 def _make(tree: Path, out: Path, args: Sequence[str], logfile: Path, what: str, jobs: int,
-          cache: Path) -> None:
+          cache: Path, ccache_dir: Path | None = None) -> None:
     env = {
-        "CCACHE_DIR": str(cache / "ccache"),
+        "CCACHE_DIR": str(ccache_dir or cache / "ccache"),
         "CCACHE_BASEDIR": str(cache),
         "KBUILD_BUILD_TIMESTAMP": "pokelab",
         "KBUILD_BUILD_USER": "pokelab",
@@ -231,9 +231,20 @@ def _make(tree: Path, out: Path, args: Sequence[str], logfile: Path, what: str, 
         raise BuildError(f"{what} failed: {first} (log: {logfile})", tail) from None
 
 
+def work_dir(source: Path, cache: Path) -> Path:
+    """``kbuild/<key>/``: the scratch copy, O= dir and log of one (resolved) source path."""
+    key = re.sub(r"[^A-Za-z0-9]+", "-", str(source)).strip("-")[-60:]
+    return cache / "kbuild" / key
+
+
 def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: Sequence[Path] = (),
                  out: Path | None = None, jobs: int = 2, cache: Path | None = None,
-                 say: Callable[[str], None] = log.info) -> BuildResult:
+                 say: Callable[[str], None] = log.info, ccache_dir: Path | None = None) -> BuildResult:
+    """Build ``source`` (default: Debian's linux-source-6.1) and register it.
+
+    ``ccache_dir`` points CCACHE_DIR elsewhere than the shared ``<cache>/ccache`` (the benchmark's
+    cold build uses an empty one).
+    """
     from .cache import cache_dir
 
     cache = cache or cache_dir()
@@ -249,8 +260,7 @@ def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: S
     for f in frags:
         if not f.is_file():
             raise UsageError(f"config fragment {f} does not exist")
-    key = re.sub(r"[^A-Za-z0-9]+", "-", str(src)).strip("-")[-60:]
-    work = cache / "kbuild" / key
+    work = work_dir(src, cache)
     work.mkdir(parents=True, exist_ok=True)
     tree, state_file, logfile = work / "tree", work / "state.json", work / "build.log"
     outdir = (out or work / "out").resolve()
@@ -267,14 +277,14 @@ def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: S
         # so an unchanged config does not make kbuild rebuild everything
         cfgdir = work / "cfg"
         cfgdir.mkdir(exist_ok=True)
-        _make(tree, cfgdir, ["allnoconfig"], logfile, "make allnoconfig", jobs, cache)
+        _make(tree, cfgdir, ["allnoconfig"], logfile, "make allnoconfig", jobs, cache, ccache_dir)
         try:
             procs.run(["sh", str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(cfgdir),
                        str(cfgdir / ".config"), *map(str, frags)], cwd=tree, timeout=300,
                       what="merge_config.sh")
         except InfraError as exc:
             raise BuildError(f"merging the config fragments failed: {exc.title}", exc.tail) from None
-        _make(tree, cfgdir, ["olddefconfig"], logfile, "make olddefconfig", jobs, cache)
+        _make(tree, cfgdir, ["olddefconfig"], logfile, "make olddefconfig", jobs, cache, ccache_dir)
         config = (cfgdir / ".config").read_text()
         bad = missing_options(wanted_options(frags), config_values(config))
         if bad:
@@ -284,7 +294,7 @@ def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: S
             target.write_text(config)
         say(f"building {' '.join(TARGETS)} in {outdir} (log {logfile})")
         make_started = time.monotonic()
-        _make(tree, outdir, ["CC=ccache gcc", *TARGETS], logfile, "kernel build", jobs, cache)
+        _make(tree, outdir, ["CC=ccache gcc", *TARGETS], logfile, "kernel build", jobs, cache, ccache_dir)
         make_s = time.monotonic() - make_started
     seconds = time.monotonic() - started
     say(f"make took {make_s:.0f} s, {seconds:.0f} s in all")
@@ -316,3 +326,30 @@ def register(outdir: Path, cache: Path, info: dict[str, object], seconds: float)
         tmp.write_text(json.dumps(reg, indent=1))
         tmp.replace(reg_file)
     return BuildResult(kid, kdir, arts.build_id, arts.release, seconds, outdir)
+
+
+def registered(cache: Path) -> set[str]:
+    """The ids in ``kernels/custom.json``."""
+    reg_file = cache / "kernels" / images.CUSTOM_REGISTRY
+    try:
+        reg = json.loads(reg_file.read_text())
+    except (OSError, ValueError):
+        return set()
+    return set(reg) if isinstance(reg, dict) else set()
+
+
+def unregister(kernel_ids: Sequence[str], cache: Path) -> None:
+    """Drop built kernels from ``custom.json`` and delete their directories."""
+    for kid in kernel_ids:
+        if not re.fullmatch(r"custom-[0-9a-f]+", kid):
+            raise ValueError(f"not a built kernel id: {kid!r}")
+    kernels = cache / "kernels"
+    with images.file_lock(kernels / ".custom.lock"):
+        reg_file = kernels / images.CUSTOM_REGISTRY
+        reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+        for kid in kernel_ids:
+            reg.pop(kid, None)
+            shutil.rmtree(kernels / kid, ignore_errors=True)  # where register() puts it
+        tmp = reg_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(reg, indent=1))
+        tmp.replace(reg_file)
