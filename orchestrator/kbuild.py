@@ -8,7 +8,8 @@ Layout under the cache::
     kbuild/<key>/state.json               what the scratch copy holds (source file stats, patched files)
     kbuild/<key>/build.log                the last make's output
     ccache/                               CCACHE_DIR
-    kernels/custom-<build-id12>/          bzImage, vmlinux, System.map, .config, vmlinux-gdb.py, meta.json
+    kernels/custom-<build-id12>/          bzImage, vmlinux, System.map, .config, vmlinux-gdb.py, meta.json,
+                                          build/ (what an out-of-tree module builds against: extmod.py)
     kernels/custom.json                   registry: id -> directory (see images.custom_kernel)
 
 The user's tree is never written: it is synced into the scratch copy, where the
@@ -28,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images, procs
+from . import extmod, images, procs
 from .errors import InfraError, UsageError
 
 log = logging.getLogger(__name__)
@@ -296,15 +297,22 @@ def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: S
         make_started = time.monotonic()
         _make(tree, outdir, ["CC=ccache gcc", *TARGETS], logfile, "kernel build", jobs, cache, ccache_dir)
         make_s = time.monotonic() - make_started
-    seconds = time.monotonic() - started
-    say(f"make took {make_s:.0f} s, {seconds:.0f} s in all")
-    return register(outdir, cache, {"source": str(src), "patches": [str(p) for p in patch_files],
-                                    "fragments": [str(f) for f in frags], "make_s": round(make_s, 1)},
-                    seconds)
+        # what our module (any out-of-tree module) needs to build against this kernel, taken now:
+        # the next build reuses the scratch tree and O= dir
+        mod_build = extmod.install(tree, outdir, work / "extmod")
+        seconds = time.monotonic() - started
+        say(f"make took {make_s:.0f} s, {seconds:.0f} s in all")
+        return register(outdir, cache, {"source": str(src), "patches": [str(p) for p in patch_files],
+                                        "fragments": [str(f) for f in frags], "make_s": round(make_s, 1)},
+                        seconds, mod_build)
 
 
-def register(outdir: Path, cache: Path, info: dict[str, object], seconds: float) -> BuildResult:
-    """Copy the build's bzImage + vmlinux to kernels/custom-<build-id>/ and list it in custom.json."""
+def register(outdir: Path, cache: Path, info: dict[str, object], seconds: float,
+             mod_build: Path | None = None) -> BuildResult:
+    """Copy the build's bzImage + vmlinux to kernels/custom-<build-id>/ and list it in custom.json.
+
+    ``mod_build`` (from extmod.install) is moved to ``custom-<build-id>/build``.
+    """
     bz, vm = outdir / "arch/x86/boot/bzImage", outdir / "vmlinux"
     arts = images.artifacts_from_paths(bz, vm)
     kid = f"custom-{arts.build_id[:12]}"
@@ -315,6 +323,9 @@ def register(outdir: Path, cache: Path, info: dict[str, object], seconds: float)
                       (outdir / ".config", ".config"), (outdir / "vmlinux-gdb.py", "vmlinux-gdb.py")):
         if src.is_file():
             shutil.copy2(src, kdir / name)
+    if mod_build is not None:
+        shutil.rmtree(kdir / "build", ignore_errors=True)
+        mod_build.rename(kdir / "build")
     meta = {"id": kid, "release": arts.release, "build_id": arts.build_id, "build_dir": str(outdir),
             "build_s": round(seconds, 1), **info}
     (kdir / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -1,11 +1,14 @@
 """The guest's ftrace_ops module: images/modules/pokelab_ops, built out of tree on the host.
 
 It is built against Debian's ``linux-headers-<release>`` (installed with
-apt-get when missing) and cached by the hash of its source and the release::
+apt-get when missing), or for a kernel made by ``pokelab build-kernel``
+(``custom-*``) against the module build files kept with it
+(``kernels/custom-<id>/build``, see extmod.py), and cached by the hash of its
+source and the kernel::
 
-    <cache>/modules/<release>/<source-hash>/pokelab_ops.ko
+    <cache>/modules/<release>[-<build-id12>]/<source-hash>/pokelab_ops.ko
 
-A kernel built here or by a user (``custom``, ``custom-*``) has no headers package: Unsupported.
+A user's own ``--bzimage/--vmlinux`` build (``custom``) comes with neither: Unsupported.
 """
 
 from __future__ import annotations
@@ -93,18 +96,33 @@ def ensure_headers(release: str) -> Path:
     return kdir
 
 
+def custom_build_dir(kernel: KernelArtifacts) -> Path:
+    """The module build files kept with a ``pokelab build-kernel`` kernel; Unsupported without them."""
+    if kernel.id == "custom":
+        raise Unsupported("the pokelab_ops module needs Debian's linux-headers or a kernel built by "
+                          "`pokelab build-kernel`: a --bzimage/--vmlinux build has neither")
+    kdir = kernel.vmlinux.parent / "build"
+    if not (kdir / "Makefile").is_file():
+        raise Unsupported(f"{kernel.id} has no module build files ({kdir}): it was built before "
+                          "pokelab kept them; build it again with `pokelab build-kernel`")
+    return kdir
+
+
 def ensure_module(kernel: KernelArtifacts, cache: Path) -> Path:
     """Path of ``pokelab_ops.ko`` built for ``kernel`` (built once per source and release)."""
-    if is_custom(kernel.id):
-        raise Unsupported(f"the pokelab_ops module is built against Debian's linux-headers package: "
-                          f"there is none for a kernel built here or by a user ({kernel.id})")
     files = _source_files()
     if f"{NAME}.c" not in files:
         raise InfraError(f"module source {source_dir() / (NAME + '.c')} is missing")
-    out = module_path(cache, kernel.release, source_hash(files, kernel.release))
+    if is_custom(kernel.id):
+        # builds share release strings (patched or not): the build-id tells them apart
+        key = f"{kernel.release}-{kernel.build_id[:12]}"
+        kdir = custom_build_dir(kernel)
+    else:
+        key, kdir = kernel.release, None
+    out = module_path(cache, key, source_hash(files, key))
     if out.is_file():
         return out
-    kdir = ensure_headers(kernel.release)
+    kdir = kdir or ensure_headers(kernel.release)
     make = procs.which("make", "make")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pokelab-kmod-", dir=out.parent) as tmp:

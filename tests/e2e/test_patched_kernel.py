@@ -1,7 +1,8 @@
 """End to end: the probe catches a real kernel with the 2019 bug class, and passes the same tree without it.
 
 Builds Debian's linux-source-6.1 twice (ccache and the kept O= dir make the
-second build incremental), boots each under the probe, checks the verdicts.
+second build incremental), boots each under the probe, checks the verdicts;
+then runs ``ops-one`` (our module, built against each kernel's kept build files).
 Slow (a cold build is ~10+ min on 2 cores): run with `make e2e-patched`, never
 part of `make test`.
 """
@@ -52,3 +53,15 @@ def test_patched_kernel_fails_unpatched_passes(tmp_path: Path) -> None:
     assert caught["status"] == 1
     assert caught["violations"] > 0
     assert caught["violation_examples"], "a FAIL must show its violations"
+
+    # our module, built against the build files kept with each kernel: its ftrace_ops trampoline
+    # is a call target the bug misses too
+    for kernel_id, want, status in ((plain.kernel_id, "PASS", 0), (bad.kernel_id, "FAIL", 1)):
+        assert (plain.kernel_dir.parent / kernel_id / "build" / "Makefile").is_file()
+        out = tmp_path / f"ops-{kernel_id}.json"
+        got = cli.main(["repro", "ops-one", "--kernel", kernel_id, "--json", str(out),
+                        "--artifacts", str(tmp_path / f"ops-{kernel_id}")])
+        verdict = json.loads(out.read_text())
+        print(f"ops-one on {kernel_id}: exit {got} verdict {verdict['verdict']} "
+              f"violations {verdict.get('violations')}")
+        assert (verdict["verdict"], got) == (want, status), verdict.get("reasons")

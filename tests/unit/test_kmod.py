@@ -42,10 +42,10 @@ def test_the_source_is_there() -> None:
     assert (kmod.source_dir() / "Kbuild").is_file()
 
 
-def test_custom_kernel_is_unsupported(tmp_path: Path) -> None:
+def test_users_own_build_and_custom_kernels_without_build_files_are_unsupported(tmp_path: Path) -> None:
     with pytest.raises(Unsupported, match="linux-headers"):
         kmod.ensure_module(_kernel("custom"), tmp_path)
-    with pytest.raises(Unsupported):
+    with pytest.raises(Unsupported, match="no module build files"):
         guest_files(BY_NAME["ops-one"], _kernel("custom-6.1-patched"), tmp_path)
     assert not kmod.is_custom("6.1") and not kmod.is_custom("6.12")
 
