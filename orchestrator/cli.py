@@ -216,10 +216,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from .bench import run
+    from .bench import PARTS, run
 
     figures = run(args.out.resolve(), boots=args.boots, stops=args.stops, toggles=args.toggles,
-                  progress=lambda s: print(s, file=sys.stderr, flush=True))
+                  progress=lambda s: print(s, file=sys.stderr, flush=True),
+                  parts=tuple(dict.fromkeys(args.part or PARTS)), jobs=args.jobs)
     print(json.dumps(figures, indent=2))
     return 0
 
@@ -584,8 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON summary here too")
     s.set_defaults(func=cmd_probe)
 
-    s = sub.add_parser("bench", help="measure boot time and probe cost; write flat JSON")
+    s = sub.add_parser("bench", help="measure boot time, probe cost and kernel builds; write flat JSON")
     s.add_argument("--out", type=Path, default=Path("bench/latest.json"), help="default bench/latest.json")
+    s.add_argument("--part", action="append", choices=("vm", "kbuild"),
+                   help="run only this part (repeatable; default both): vm = boots, stops, probe cost; "
+                        "kbuild = cold full build, incremental build, one bisect step (~12 min). "
+                        "The other part's figures already in --out are kept")
+    s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j for kbuild (default 2)")
     s.add_argument("--boots", type=int, default=5, help="boots for the boot-time median (default 5)")
     s.add_argument("--stops", type=int, default=100, help="stops for the stop-cost median (default 100)")
     s.add_argument("--toggles", type=int, default=10, help="probe toggles (default 10)")
