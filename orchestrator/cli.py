@@ -118,17 +118,38 @@ def _dry_run(spec) -> int:  # type: ignore[no-untyped-def]
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     from .cache import cache_dir
-    from .images import is_cached
+    from .images import CUSTOM_REGISTRY, is_cached
     from .kernels import Catalog
 
     cat = Catalog.load()
     cache = cache_dir()
+    if args.debian:
+        from .debian import available
+
+        for d in available():
+            flags = [d.version, "with -dbg" if d.has_dbg else "no -dbg: not usable"]
+            if d.has_dbg and is_cached(d.spec(), cache):
+                flags.append("cached")
+            print(f"{d.abi:16} {d.release:34} {', '.join(flags)}")
+        return 0
     for k in cat.kernels:
         flags = []
         if k.default:
             flags.append("default")
         flags.append("cached" if is_cached(k, cache) else "not cached")
         print(f"{k.id:10} {k.release:32} {', '.join(flags)}")
+    reg_file = cache / "kernels" / CUSTOM_REGISTRY
+    try:
+        reg = json.loads(reg_file.read_text())
+    except (OSError, ValueError):
+        reg = {}
+    for kid, entry in sorted(reg.items()) if isinstance(reg, dict) else ():
+        try:
+            meta = json.loads((Path(entry["dir"]) / "meta.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # removed by hand: not listed
+        patches = ", ".join(Path(p).name for p in meta.get("patches", [])) or "no patches"
+        print(f"{kid} {meta.get('release', '?')}  built from {meta.get('source', '?')} ({patches})")
     return 0
 
 
@@ -552,7 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("kernels", help="list the known kernels and which are cached")
+    s = sub.add_parser("kernels", help="list the known kernels (catalog and built here) and which are cached")
+    s.add_argument("--debian", action="store_true",
+                   help="list instead the Debian cloud-amd64 kernels apt knows (any with -dbg works as "
+                        "--kernel ABI and as a `bisect --debian` endpoint)")
     s.set_defaults(func=cmd_kernels)
 
     s = sub.add_parser("images", help="fetch and prepare kernels and initramfs (cached)")

@@ -12,6 +12,7 @@ then not be the first bad one.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .errors import InfraError, UsageError
 from .kernels import KernelSpec
 
 FLAVOUR = "cloud-amd64"
+APT_UPDATE_TIMEOUT_S = 600.0
 #: linux-image-<abi>-<flavour>[-dbg]; abi is 6.1.0-47 (old scheme) or 6.12.117+deb12 (new)
 _IMAGE_PKG = re.compile(r"^linux-image-(?P<abi>\d+\.\d+\.\d+(?:-\d+|\+deb\d+))-(?P<flavour>[a-z0-9-]+?)"
                         r"(?P<dbg>-dbg)?$")
@@ -217,9 +219,16 @@ def _apt(args: Iterable[str], what: str) -> str:
 def available(flavour: str = FLAVOUR) -> list[DebianKernel]:
     """Every ``linux-image-<abi>-<flavour>`` apt knows, oldest first (apt's lists, no download)."""
     procs.which("apt-cache", "apt")
-    names = [n for n in _apt(["pkgnames", "linux-image-"], "apt-cache pkgnames").split()
-             if (m := _IMAGE_PKG.match(n)) and m.group("flavour") == flavour]
-    if not names:
-        raise InfraError(f"apt knows no linux-image-*-{flavour} package: run apt-get update")
-    return kernels_from(parse_show(_apt(["show", "--no-all-versions", *sorted(names)], "apt-cache show")),
+
+    def names() -> list[str]:
+        return [n for n in _apt(["pkgnames", "linux-image-"], "apt-cache pkgnames").split()
+                if (m := _IMAGE_PKG.match(n)) and m.group("flavour") == flavour]
+
+    found = names()
+    if not found and os.geteuid() == 0:  # a fresh machine may have no package lists yet
+        procs.run(["apt-get", "update", "-q"], timeout=APT_UPDATE_TIMEOUT_S, what="apt-get update")
+        found = names()
+    if not found:
+        raise InfraError(f"apt knows no linux-image-*-{flavour} package (apt-get update as root)")
+    return kernels_from(parse_show(_apt(["show", "--no-all-versions", *sorted(found)], "apt-cache show")),
                         flavour)
