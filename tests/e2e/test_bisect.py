@@ -9,6 +9,7 @@ commit.  Slow (kernel builds, ccache helps): never part of `make test`.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import cli
+from orchestrator.bisect import worktree_path
 from orchestrator.cache import cache_dir
-from orchestrator.kbuild import default_source
+from orchestrator.kbuild import default_source, registered, unregister, work_dir
 from orchestrator.kernels import images_dir
 
 pytestmark = pytest.mark.slow
@@ -64,8 +66,14 @@ def test_bisect_finds_the_bug_patch(tmp_path: Path, capsys: pytest.CaptureFixtur
     print(f"history made in {time.monotonic() - started:.0f} s")
 
     logf = tmp_path / "bisect.jsonl"
-    status = cli.main(["bisect", "--source", str(repo), "--good", good, "--bad", bad, "--scenario", SCENARIO,
-                       "--runs", "2", "--log", str(logf), "--artifacts", str(tmp_path / "artifacts")])
+    before = registered(cache_dir())
+    try:
+        status = cli.main(["bisect", "--source", str(repo), "--good", good, "--bad", bad,
+                           "--scenario", SCENARIO, "--runs", "2", "--log", str(logf),
+                           "--artifacts", str(tmp_path / "artifacts")])
+    finally:  # this history is thrown away: so are its build dir (~2.3 GB) and the kernels it made
+        shutil.rmtree(work_dir(worktree_path(cache_dir() / "bisect", repo), cache_dir()), ignore_errors=True)
+        unregister(sorted(registered(cache_dir()) - before), cache_dir())
     out = capsys.readouterr().out
     print(out)
     print(f"bisect wall time {time.monotonic() - started:.0f} s")
