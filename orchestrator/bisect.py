@@ -30,7 +30,7 @@ from typing import Any
 from . import procs
 from .bisect_logic import Decision, LinearBisect, Policy, Verdict, culprit_confidence, decide
 from .debian import DebianKernel, DebianRange
-from .errors import UsageError
+from .errors import InfraError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,13 @@ _DEFAULT_POLICY = Policy()
 
 
 class BisectError(UsageError):
-    """An endpoint that does not hold, an aborted bisect, a bad revision (exit 2)."""
+    """An endpoint that does not hold, a bad revision (exit 2)."""
 
     blame = "usage"
+
+
+class BisectAborted(InfraError):
+    """Infrastructure errors outnumbered the verdicts at some revision: the bisect cannot be trusted."""
 
 
 @dataclass
@@ -197,6 +201,9 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
         for sha, want, name in ((good_sha, Decision.GOOD, "good"), (bad_sha, Decision.BAD, "bad")):
             _git(wt, "checkout", "--quiet", "--detach", sha)
             v = judge(sha, wt)
+            if v.decision is Decision.ABORT:
+                raise BisectAborted(f"bisect aborted at the {name} endpoint {sha[:12]}: {v.reason} "
+                                    f"(log: {log_path})")
             if v.decision is not want:
                 raise BisectError(f"the {name} endpoint {sha[:12]} came out {v.decision.value}: {v.reason}")
         _, out = _git(wt, "bisect", "start", bad_sha, good_sha)
@@ -214,7 +221,7 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
             sha = head.strip()
             v = judge(sha, wt)
             if v.decision is Decision.ABORT:
-                raise BisectError(f"bisect aborted at {sha[:12]}: {v.reason} (log: {log_path})")
+                raise BisectAborted(f"bisect aborted at {sha[:12]}: {v.reason} (log: {log_path})")
             rc, out = _git(wt, "bisect", v.decision.value, check=False)
             if rc != 0 and not (_FIRST_BAD.search(out) or _ONLY_SKIPPED in out):
                 raise BisectError(f"git bisect {v.decision.value} failed at {sha[:12]}: "
@@ -245,7 +252,7 @@ def run_debian_bisect(rng: DebianRange, step: Callable[[DebianKernel], list[str]
         k = seq[i]
         v = judge_one(k.release, k.label, lambda: step(k))
         if v.decision is Decision.ABORT:
-            raise BisectError(f"bisect aborted at {k.release}: {v.reason} (log: {log_path})")
+            raise BisectAborted(f"bisect aborted at {k.release}: {v.reason} (log: {log_path})")
         return v
 
     for end, want, name in ((0, Decision.GOOD, "good"), (len(seq) - 1, Decision.BAD, "bad")):

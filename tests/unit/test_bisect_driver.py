@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.bisect import (
+    BisectAborted,
     BisectError,
     _exclusive,
     debian_report,
@@ -157,8 +158,15 @@ def test_infra_errors_abort(history, tmp_path: Path) -> None:  # type: ignore[no
             return [INFRA] * 3
         return [FAIL] * 3 if _buggy(wt) else [PASS] * 3
 
-    with pytest.raises(BisectError, match=r"aborted .* infrastructure errors"):
+    with pytest.raises(BisectAborted, match=r"aborted .* infrastructure errors"):
         _run(repo, shas, step, tmp_path)
+
+
+def test_infra_errors_at_an_endpoint_abort_as_infra(history, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    repo, shas = history
+    with pytest.raises(BisectAborted, match=r"aborted at the good endpoint") as err:
+        _run(repo, shas, lambda sha, wt: [INFRA, INFRA, PASS], tmp_path)
+    assert err.value.blame == "infra"  # the host is to blame, not the user's endpoints
 
 
 def test_bad_revisions_are_usage_errors(history, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -255,5 +263,5 @@ def test_debian_bisect_endpoint_and_abort(debian_range, tmp_path: Path) -> None:
     def broken(k: DebianKernel) -> list[str]:
         return [INFRA] * 3 if k.abi == "6.1.0-53" else step(k)
 
-    with pytest.raises(BisectError, match=r"aborted at 6\.1\.0-53"):
+    with pytest.raises(BisectAborted, match=r"aborted at 6\.1\.0-53"):
         run_debian_bisect(debian_range, broken, log_path=tmp_path / "b.jsonl")
