@@ -72,7 +72,9 @@ def test_bisect_finds_the_bug_patch(tmp_path: Path, capsys: pytest.CaptureFixtur
                            "--scenario", SCENARIO, "--runs", "2", "--log", str(logf),
                            "--artifacts", str(tmp_path / "artifacts")])
     finally:  # this history is thrown away: so are its build dir (~2.3 GB) and the kernels it made
-        shutil.rmtree(work_dir(worktree_path(cache_dir() / "bisect", repo), cache_dir()), ignore_errors=True)
+        wt = worktree_path(cache_dir() / "bisect", repo)
+        shutil.rmtree(work_dir(wt, cache_dir()), ignore_errors=True)
+        wt.with_name(wt.name + ".lock").unlink(missing_ok=True)
         unregister(sorted(registered(cache_dir()) - before), cache_dir())
     out = capsys.readouterr().out
     print(out)
