@@ -1,4 +1,7 @@
-"""A short real nightly: 2 kernels x 2 scenarios through the real CLI (a few minutes of TCG)."""
+"""A short real nightly: 2 kernels x 2 scenarios through the real CLI, 2 VMs at a time (under a minute).
+
+TCG ``thread=single`` runs each VM on one host thread, so ``-j 2`` fits this 2-core machine.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +23,12 @@ SCENARIOS = ("ftrace-function", "kprobe-ftrace")
 def test_short_nightly(tmp_path: Path) -> None:
     out = tmp_path / "night"
     res = subprocess.run([*POKELAB, "nightly", "--kernels", ",".join(KERNELS), "--scenarios",
-                          ",".join(SCENARIOS), "--repeat", "1", "--out", str(out),
+                          ",".join(SCENARIOS), "--repeat", "1", "-j", "2", "--out", str(out),
                           "--kcidb", str(tmp_path / "kcidb.json")],
                          capture_output=True, text=True, timeout=1500, check=False)
     assert "Traceback" not in res.stderr, res.stderr
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "4 cell(s), 2 at a time" in res.stdout + res.stderr
 
     suites = ET.parse(out / "junit.xml").getroot()
     cases = suites.findall("./testsuite/testcase")
