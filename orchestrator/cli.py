@@ -65,8 +65,12 @@ def _add_kernel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vmlinux", type=Path, metavar="P", help="its debug vmlinux (build-id must match)")
 
 
-def _add_vm_args(p: argparse.ArgumentParser) -> None:
-    _add_kernel_args(p)
+def _add_vm_args(p: argparse.ArgumentParser, choose_kernel: bool = True) -> None:
+    """VM options; ``choose_kernel=False`` for commands that pick each kernel themselves (bisect)."""
+    if choose_kernel:
+        _add_kernel_args(p)
+    else:
+        p.set_defaults(kernel=None, bzimage=None, vmlinux=None, dry_run=False)
     g = p.add_argument_group("virtual machine")
     g.add_argument("--smp", type=int, default=4, metavar="N", help="vCPUs (default 4)")
     g.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM (default 1024)")
@@ -79,7 +83,8 @@ def _add_vm_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ssh-port", type=int, metavar="PORT", help="SSH port on 127.0.0.1 (default: a free one)")
     g.add_argument("--artifacts", type=Path, metavar="DIR",
                    help="artifact dir (default: artifacts/<time>-<command>-<pid>, or $POKELAB_ARTIFACTS)")
-    g.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
+    if choose_kernel:
+        g.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
 
 
 def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str, Path] | None = None,
@@ -669,13 +674,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(6.1.0-47), release, package version (6.1.170-3) or catalog id (6.1)")
     s.add_argument("--scenario", required=True, help="a name from `pokelab scenarios`")
     s.add_argument("--runs", type=int, default=3, metavar="N",
-                   help="scenario runs per revision (default 3; good needs N clean, bad 2 failing)")
+                   help="scenario runs per revision (default 3; good needs min(N, 3) clean runs and no "
+                        "failure, bad needs 2 failing runs)")
     s.add_argument("--log", type=Path, metavar="FILE",
                    help="JSON-lines bisect log (default: --replay's file, else under the artifacts)")
     s.add_argument("--replay", type=Path, metavar="FILE",
                    help="resume from a bisect log: logged revisions are not run again")
     s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j with --source (default 2)")
-    _add_vm_args(s)
+    _add_vm_args(s, choose_kernel=False)
     s.set_defaults(func=cmd_bisect)
     return p
 
@@ -704,9 +710,6 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     from .scenario import guest_files, run_scenario
     from .scenarios_table import BY_NAME
 
-    for opt in ("kernel", "bzimage", "vmlinux", "dry_run"):
-        if getattr(args, opt):
-            raise UsageError(f"--{opt.replace('_', '-')} does not apply to bisect (it chooses each kernel)")
     if args.debian is not None:
         for opt in ("source", "good", "bad"):
             if getattr(args, opt) is not None:
