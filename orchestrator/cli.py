@@ -449,6 +449,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from .cache import cache_dir
+    from .debian import spec_for
     from .images import is_cached
     from .kernels import Catalog
     from .nightly import (
@@ -477,8 +478,14 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         raise UsageError("--repeat must be at least 1")
     cat = Catalog.load()
     known = {k.id for k in cat.kernels}
-    for k in kernels or []:
-        if k not in known:
+    for k in kernels or []:  # catalog ids, kernels built here, Debian ABIs (as --kernel takes)
+        if k in known:
+            continue
+        if k.startswith("custom-"):
+            from .images import custom_kernel
+
+            custom_kernel(k, cache_dir())  # a usage error if it was never built here
+        elif spec_for(k) is None:
             raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)")
     for s in scenarios or []:
         if s not in BY_NAME:
@@ -539,8 +546,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def _add_nightly_parsers(sub: Any) -> None:
     """The nightly matrix and the merge of its shards (orchestrator/nightly.py, docs/nightly.md)."""
     s = sub.add_parser("nightly", help="run the kernel x scenario matrix; write JUnit, JSON and HTML reports")
-    s.add_argument("--kernels", metavar="A,B", help="kernel ids (default: every catalog kernel cached or "
-                                                    "fetchable)")
+    s.add_argument("--kernels", metavar="A,B",
+                   help="kernel ids as --kernel takes them: catalog, custom-*, Debian ABIs "
+                        "(default: every catalog kernel cached or fetchable)")
     s.add_argument("--scenarios", metavar="A,B", help="scenario names (default: all)")
     s.add_argument("--repeat", type=int, metavar="N", help="cycles of each scenario's steps")
     s.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based, deterministic)")

@@ -261,9 +261,17 @@ def test_nightly_dry_run_shards(capsys: pytest.CaptureFixture[str]) -> None:
     assert sorted(cells) == sorted(want)
 
 
+def test_nightly_takes_kernel_ids_as_kernel_does(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["nightly", "--out", str(tmp_path), "--dry-run", "--kernels", "6.1,6.1.0-50",
+                 "--scenarios", "ftrace-function"]) == 0
+    cells = [tuple(line.split()) for line in capsys.readouterr().out.splitlines() if line]
+    assert cells == [("6.1", "ftrace-function"), ("6.1.0-50", "ftrace-function")]
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--shard", "3/2"], "--shard"),
     (["--kernels", "9.9"], "unknown kernel"),
+    (["--kernels", "6.1,custom-0000deadbeef"], "unknown kernel 'custom-0000deadbeef'"),
     (["--scenarios", "nope"], "unknown scenario"),
     (["-j", "0"], "-j"),
     (["--known-issues", "/nonexistent.toml"], "--known-issues"),
