@@ -128,6 +128,8 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
     cat = Catalog.load()
     cache = cache_dir()
+    if args.remove:
+        return _remove_kernels(args.remove, cat, cache)
     if args.debian:
         from .debian import available
 
@@ -155,6 +157,41 @@ def cmd_kernels(args: argparse.Namespace) -> int:
             continue  # removed by hand: not listed
         patches = ", ".join(Path(p).name for p in meta.get("patches", [])) or "no patches"
         print(f"{kid} {meta.get('release', '?')}  built from {meta.get('source', '?')} ({patches})")
+    return 0
+
+
+def _remove_kernels(names: list[str], cat: Any, cache: Path) -> int:
+    """``pokelab kernels --remove``: built kernels (``custom-*``, or ``built`` for all) and fetched ones."""
+    import functools
+
+    from .images import remove_kernel, tree_size
+    from .kbuild import registered, unregister
+
+    built = registered(cache)
+    plan: list[tuple[str, Callable[[], int]]] = []
+    for name in dict.fromkeys(names):
+        if name == "built":
+            ids = sorted(built)
+        elif name.startswith("custom-"):
+            if name not in built:
+                raise UsageError(f"no kernel '{name}' was built here (see: pokelab kernels)")
+            ids = [name]
+        else:
+            spec = cat.lookup(name)
+            plan.append((spec.release, functools.partial(remove_kernel, spec, cache)))
+            continue
+        for kid in ids:
+            def drop(kid: str = kid) -> int:
+                size = tree_size(cache / "kernels" / kid)
+                unregister([kid], cache)
+                return size
+            plan.append((kid, drop))
+    total = 0
+    for what, remove in plan:
+        freed = remove()
+        total += freed
+        print(f"removed {what} ({freed / 1e6:.0f} MB)")
+    print(f"freed {total / 1e6:.0f} MB; a removed Debian kernel is fetched again when next used")
     return 0
 
 
@@ -590,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--debian", action="store_true",
                    help="list instead the Debian cloud-amd64 kernels apt knows (any with -dbg works as "
                         "--kernel ABI and as a `bisect --debian` endpoint)")
+    s.add_argument("--remove", nargs="+", metavar="ID",
+                   help="free cache space: delete kernels built here (custom-<id>, or 'built' for all of "
+                        "them) or fetched Debian kernels (id or ABI; fetched again when next used)")
     s.set_defaults(func=cmd_kernels)
 
     s = sub.add_parser("images", help="fetch and prepare kernels and initramfs (cached)")

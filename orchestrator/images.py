@@ -441,6 +441,38 @@ __all__ = [
 ]
 
 
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (0 if it does not exist)."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            total += st.st_size
+    return total
+
+
+def remove_kernel(spec: KernelSpec, cache: Path) -> int:
+    """Delete a fetched Debian kernel (its dir and its cached .debs); the bytes freed.
+
+    It is fetched again when next asked for.  Taken under the kernel's own lock,
+    so a run preparing it at the same moment is not cut short.
+    """
+    kernels = cache / "kernels"
+    kdir = kernels / spec.release
+    with file_lock(kernels / f".{spec.release}.lock"):
+        freed = tree_size(kdir)
+        shutil.rmtree(kdir, ignore_errors=True)
+        for pkg in (spec.image_pkg, spec.dbg_pkg):
+            for deb in (cache / "debs").glob(f"{pkg}_*.deb"):
+                if _deb_package(deb) == pkg:
+                    freed += deb.stat().st_size
+                    deb.unlink()
+    return freed
+
+
 def is_cached(spec: KernelSpec, cache: Path) -> bool:
     """Whether ``ensure_kernel`` would find this kernel ready, with nothing to fetch."""
     return (cache / "kernels" / spec.release / STAMP).is_file()
