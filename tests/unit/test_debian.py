@@ -55,6 +55,7 @@ def test_kernels_oldest_first_with_and_without_dbg(kernels: list[DebianKernel]) 
     ("6.12.117-1~deb12u1", "6.12.117-1", -1),  # ~ sorts before anything
     ("6.12.115-2~deb12u1", "6.12.117-1~deb12u1", -1),
     ("1:0.1", "2.0", 1),  # the epoch first
+    ("1:2:3-1", "1:2:4-1", -1),  # the epoch ends at the first colon
     ("1.0", "1.0", 0),
     ("1.0a", "1.0", 1),
     ("1.0+b1", "1.0", 1),
