@@ -124,10 +124,11 @@ class _Judge:
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, key: str, label: str, run: Callable[[], list[str]]) -> Verdict:
-        if key in self.replay:
-            v = decide(self.replay[key], self.policy)
+        logged = decide(self.replay[key], self.policy) if key in self.replay else None
+        if logged is not None and logged.decision is not Decision.ABORT:
+            v = logged
             self.say(f"{label}: {v.decision.value} ({v.reason}) [from the log]")
-        else:
+        else:  # not logged, or logged as aborted on a host problem: that is what a resume retries
             started = time.monotonic()
             outcomes = run()
             self.steps_run += 1

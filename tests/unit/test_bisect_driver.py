@@ -265,3 +265,19 @@ def test_debian_bisect_endpoint_and_abort(debian_range, tmp_path: Path) -> None:
 
     with pytest.raises(BisectAborted, match=r"aborted at 6\.1\.0-53"):
         run_debian_bisect(debian_range, broken, log_path=tmp_path / "b.jsonl")
+
+
+def test_resume_retries_the_revision_that_aborted(debian_range, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    logf = tmp_path / "b.jsonl"
+    step, _ = _by_abi("6.1.0-54")
+
+    def host_broke(k: DebianKernel) -> list[str]:
+        return [INFRA] * 3 if k.abi == "6.1.0-53" else step(k)
+
+    with pytest.raises(BisectAborted):
+        run_debian_bisect(debian_range, host_broke, log_path=logf)
+    again, seen = _by_abi("6.1.0-54")
+    res = run_debian_bisect(debian_range, again, log_path=logf, replay=read_log(logf))
+    assert res.culprit is not None and res.culprit.abi == "6.1.0-54"
+    assert "6.1.0-53" in seen  # run again: the host is fixed
+    assert "6.1.0-47" not in seen and "6.1.0-56" not in seen  # judged before the abort: from the log
