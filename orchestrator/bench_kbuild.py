@@ -26,19 +26,17 @@ the copy and the build dir stay for a look, until the next run).
 from __future__ import annotations
 
 import difflib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import kbuild, procs
+from . import images, kbuild, procs
 from .errors import InfraError, UsageError
 
 log = logging.getLogger(__name__)
@@ -74,20 +72,6 @@ def replace_file(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
-def _only_one(lock: Path) -> Iterator[None]:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another kbuild benchmark is running ({lock} is locked)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _make_s(res: kbuild.BuildResult) -> float | None:
     try:
         value = json.loads((res.kernel_dir / "meta.json").read_text()).get("make_s")
@@ -114,7 +98,7 @@ def run_kbuild_bench(artifacts: Path, jobs: int = 2, runs: int = STEP_RUNS,
     extra = {GUEST_PATH: ensure_loadgen(cache)}
     figures: dict[str, Any] = {"kernel_build_jobs": jobs,
                                "kbuild_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with _only_one(bench_dir / ".lock"):
+    with images.exclusive_lock(bench_dir / ".lock", "a kbuild benchmark"):
         source = kbuild.default_source(cache)
         original = (source / MARKED_FILE).read_text()
         copy = bench_dir / source.name

@@ -14,23 +14,22 @@ of running those revisions again.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import procs
 from .bisect_logic import Decision, LinearBisect, Policy, Verdict, culprit_confidence, decide
+from .cache import path_key
 from .debian import DebianKernel, DebianRange
 from .errors import InfraError, UsageError
+from .images import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -146,31 +145,9 @@ class _Judge:
         return culprit_confidence(list(self.verdicts.values()))
 
 
-@contextmanager
-def _exclusive(lock: Path, what: str) -> Iterator[None]:
-    """Hold ``lock`` for the block, or fail at once if another process holds it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise BisectError(f"{what} is already running ({holder}; lock {lock})") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.truncate(0)
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def worktree_path(work: Path, repo: Path) -> Path:
     """The scratch worktree of ``repo`` (its ``.lock`` sibling guards it)."""
-    return work / ("wt-" + re.sub(r"[^A-Za-z0-9]+", "-", str(repo.resolve())).strip("-")[-60:])
+    return work / ("wt-" + path_key(repo.resolve()))
 
 
 def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_path: Path,
@@ -196,7 +173,7 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
     # one stable path per source repo: kbuild keys its scratch copy and O= dir on the source path,
     # so the next bisect of the same repo builds incrementally
     wt_path = worktree_path(work, repo)
-    with _exclusive(wt_path.with_name(wt_path.name + ".lock"), f"a bisect of {repo}"), \
+    with exclusive_lock(wt_path.with_name(wt_path.name + ".lock"), f"a bisect of {repo}", BisectError), \
             _Worktree(repo, wt_path, good_sha) as wt:
         # both endpoints first: the bisect means nothing unless they hold
         for sha, want, name in ((good_sha, Decision.GOOD, "good"), (bad_sha, Decision.BAD, "bad")):

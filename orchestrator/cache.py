@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import InfraError
@@ -17,3 +18,8 @@ def cache_dir() -> Path:
     except OSError as exc:
         raise InfraError(f"cannot create cache dir {path}: {exc.strerror}") from exc
     return path.resolve()
+
+
+def path_key(path: Path) -> str:
+    """A directory name for ``path``: its alphanumeric runs joined by '-', the last 60 characters."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(path)).strip("-")[-60:]

@@ -123,7 +123,7 @@ def _dry_run(spec) -> int:  # type: ignore[no-untyped-def]
 
 def cmd_kernels(args: argparse.Namespace) -> int:
     from .cache import cache_dir
-    from .images import CUSTOM_REGISTRY, is_cached
+    from .images import custom_registry, is_cached
     from .kernels import Catalog
 
     cat = Catalog.load()
@@ -145,12 +145,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
             flags.append("default")
         flags.append("cached" if is_cached(k, cache) else "not cached")
         print(f"{k.id:10} {k.release:32} {', '.join(flags)}")
-    reg_file = cache / "kernels" / CUSTOM_REGISTRY
-    try:
-        reg = json.loads(reg_file.read_text())
-    except (OSError, ValueError):
-        reg = {}
-    for kid, entry in sorted(reg.items()) if isinstance(reg, dict) else ():
+    for kid, entry in sorted(custom_registry(cache).items()):
         try:
             meta = json.loads((Path(entry["dir"]) / "meta.json").read_text())
         except (OSError, ValueError, KeyError, TypeError):

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from . import buildid
 from .errors import InfraError, UsageError
@@ -87,6 +88,27 @@ def file_lock(path: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str, error: type[UsageError] = UsageError) -> Iterator[None]:
+    """Like :func:`file_lock`, but fail at once (``error``, naming the holder's pid) if it is held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise error(f"{what} is already running ({holder}; lock {path})") from None
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.truncate(0)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
@@ -293,13 +315,18 @@ def artifacts_from_paths(
 CUSTOM_REGISTRY = "custom.json"
 
 
+def custom_registry(cache: Path) -> dict[str, Any]:
+    """The kernels built here, ``{id: {"dir", "release", "build_id"}}`` ({} if none or unreadable)."""
+    try:
+        reg = json.loads((cache / "kernels" / CUSTOM_REGISTRY).read_text())
+    except (OSError, ValueError):
+        return {}
+    return reg if isinstance(reg, dict) else {}
+
+
 def custom_kernel(kernel_id: str, cache: Path) -> KernelArtifacts:
     """A kernel registered by ``pokelab build-kernel`` (``--kernel custom-<build-id>``)."""
-    reg_file = cache / "kernels" / CUSTOM_REGISTRY
-    try:
-        reg = json.loads(reg_file.read_text())
-    except (OSError, ValueError):
-        reg = {}
+    reg = custom_registry(cache)
     entry = reg.get(kernel_id)
     if not isinstance(entry, dict):
         known = ", ".join(sorted(reg)) or "none: run pokelab build-kernel"

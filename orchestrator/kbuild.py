@@ -25,11 +25,14 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import extmod, images, procs
+from .cache import path_key
 from .errors import InfraError, UsageError
 
 log = logging.getLogger(__name__)
@@ -234,8 +237,7 @@ def _make(tree: Path, out: Path, args: Sequence[str], logfile: Path, what: str, 
 
 def work_dir(source: Path, cache: Path) -> Path:
     """``kbuild/<key>/``: the scratch copy, O= dir and log of one (resolved) source path."""
-    key = re.sub(r"[^A-Za-z0-9]+", "-", str(source)).strip("-")[-60:]
-    return cache / "kbuild" / key
+    return cache / "kbuild" / path_key(source)
 
 
 def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: Sequence[Path] = (),
@@ -329,24 +331,27 @@ def register(outdir: Path, cache: Path, info: dict[str, object], seconds: float,
     meta = {"id": kid, "release": arts.release, "build_id": arts.build_id, "build_dir": str(outdir),
             "build_s": round(seconds, 1), **info}
     (kdir / "meta.json").write_text(json.dumps(meta, indent=1))
-    with images.file_lock(kernels / ".custom.lock"):
-        reg_file = kernels / images.CUSTOM_REGISTRY
-        reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+    with _registry(cache) as reg:
         reg[kid] = {"dir": str(kdir), "release": arts.release, "build_id": arts.build_id}
+    return BuildResult(kid, kdir, arts.build_id, arts.release, seconds, outdir)
+
+
+@contextmanager
+def _registry(cache: Path) -> Iterator[dict[str, Any]]:
+    """``kernels/custom.json`` to change in the block, under its lock; written back atomically."""
+    kernels = cache / "kernels"
+    with images.file_lock(kernels / ".custom.lock"):
+        reg = images.custom_registry(cache)
+        yield reg
+        reg_file = kernels / images.CUSTOM_REGISTRY
         tmp = reg_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(reg, indent=1))
         tmp.replace(reg_file)
-    return BuildResult(kid, kdir, arts.build_id, arts.release, seconds, outdir)
 
 
 def registered(cache: Path) -> set[str]:
     """The ids in ``kernels/custom.json``."""
-    reg_file = cache / "kernels" / images.CUSTOM_REGISTRY
-    try:
-        reg = json.loads(reg_file.read_text())
-    except (OSError, ValueError):
-        return set()
-    return set(reg) if isinstance(reg, dict) else set()
+    return set(images.custom_registry(cache))
 
 
 def unregister(kernel_ids: Sequence[str], cache: Path) -> None:
@@ -354,13 +359,7 @@ def unregister(kernel_ids: Sequence[str], cache: Path) -> None:
     for kid in kernel_ids:
         if not re.fullmatch(r"custom-[0-9a-f]+", kid):
             raise ValueError(f"not a built kernel id: {kid!r}")
-    kernels = cache / "kernels"
-    with images.file_lock(kernels / ".custom.lock"):
-        reg_file = kernels / images.CUSTOM_REGISTRY
-        reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+    with _registry(cache) as reg:
         for kid in kernel_ids:
             reg.pop(kid, None)
-            shutil.rmtree(kernels / kid, ignore_errors=True)  # where register() puts it
-        tmp = reg_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(reg, indent=1))
-        tmp.replace(reg_file)
+            shutil.rmtree(cache / "kernels" / kid, ignore_errors=True)  # where register() puts it

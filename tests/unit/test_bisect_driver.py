@@ -12,7 +12,6 @@ import pytest
 from orchestrator.bisect import (
     BisectAborted,
     BisectError,
-    _exclusive,
     debian_report,
     read_log,
     run_bisect,
@@ -21,6 +20,7 @@ from orchestrator.bisect import (
 )
 from orchestrator.bisect_logic import BUILD_FAIL, FAIL, INFRA, PASS, Decision
 from orchestrator.debian import DebianKernel, kernels_from, parse_show, select_range
+from orchestrator.images import exclusive_lock
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -180,7 +180,7 @@ def test_bad_revisions_are_usage_errors(history, tmp_path: Path) -> None:  # typ
 def test_a_second_bisect_of_the_same_source_fails_at_once(history, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     repo, shas = history
     wt = worktree_path(tmp_path / "work", repo)
-    with _exclusive(wt.with_name(wt.name + ".lock"), "a test holder"):
+    with exclusive_lock(wt.with_name(wt.name + ".lock"), "a test holder"):
         with pytest.raises(BisectError, match="already running"):
             _run(repo, shas, lambda sha, wt: [PASS] * 3, tmp_path)
     res = _run(repo, shas, lambda sha, wt: [FAIL] * 3 if _buggy(wt) else [PASS] * 3, tmp_path)
