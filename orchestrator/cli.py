@@ -481,13 +481,12 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from .cache import cache_dir
-    from .debian import spec_for
+    from .debian import fetchable
     from .images import is_cached
     from .kernels import Catalog
     from .nightly import (
         annotate,
         exit_status,
-        fetchable,
         matrix,
         new_summary,
         parse_list,
@@ -509,16 +508,16 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     if args.repeat is not None and args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     cat = Catalog.load()
-    known = {k.id for k in cat.kernels}
     for k in kernels or []:  # catalog ids, kernels built here, Debian ABIs (as --kernel takes)
-        if k in known:
-            continue
         if k.startswith("custom-"):
             from .images import custom_kernel
 
             custom_kernel(k, cache_dir())  # a usage error if it was never built here
-        elif spec_for(k) is None:
-            raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)")
+        else:
+            try:
+                cat.lookup(k)
+            except UsageError:
+                raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)") from None
     for s in scenarios or []:
         if s not in BY_NAME:
             raise UsageError(f"unknown scenario '{s}' (see: pokelab scenarios)")

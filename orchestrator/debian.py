@@ -232,3 +232,12 @@ def available(flavour: str = FLAVOUR) -> list[DebianKernel]:
         raise InfraError(f"apt knows no linux-image-*-{flavour} package (apt-get update as root)")
     return kernels_from(parse_show(_apt(["show", "--no-all-versions", *sorted(found)], "apt-cache show")),
                         flavour)
+
+
+def fetchable(image_pkg: str, dbg_pkg: str) -> bool:
+    """apt knows both packages (so ``pokelab images`` can fetch them)."""
+    try:
+        got = parse_show(_apt(["show", "--no-all-versions", image_pkg, dbg_pkg], "apt-cache show"))
+    except InfraError:
+        return False
+    return image_pkg in got and dbg_pkg in got

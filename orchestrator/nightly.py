@@ -25,7 +25,6 @@ import html
 import json
 import os
 import re
-import subprocess
 import threading
 import tomllib
 import xml.etree.ElementTree as ET
@@ -638,13 +637,3 @@ def write_reports(summary: dict[str, Any], out_dir: Path, kcidb_path: Path | Non
     (out_dir / "index.html").write_text(html_report(summary))
     if kcidb_path is not None:
         kcidb_path.write_text(json.dumps(kcidb(summary, artifacts_url), indent=1) + "\n")
-
-
-def fetchable(image_pkg: str, dbg_pkg: str) -> bool:
-    """apt knows both packages (so ``pokelab images`` can fetch them)."""
-    try:
-        res = subprocess.run(["apt-cache", "show", "--no-all-versions", image_pkg, dbg_pkg],
-                             capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return res.returncode == 0 and res.stdout.count("Package:") >= 2

@@ -120,7 +120,7 @@ def stop_for_gdb(run: Run) -> str:
     status = vm.qmp.cmd("query-status") or {}
     if status.get("running"):
         vm.qmp.cmd("stop")
-    return f"gdb {run.kernel.vmlinux} -ex 'target remote {vm.gdb_address}'"
+    return vm.gdb_command(run.kernel.vmlinux)
 
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .scenario import FinalState, Load, Scenario, Step
+from . import kmod
+from .scenario import FinalState, Load, Scenario, Step, module_guest_path
 
 T = "{tracing}"
 FTRACE = ("CONFIG_FUNCTION_TRACER", "CONFIG_DYNAMIC_FTRACE", "symbol:{function}",
@@ -14,11 +15,10 @@ TRACE_HITS = "sleep 0.3; grep -c -m 50 '{function}' " + T + "/trace || true"
 
 #: our module (images/modules/pokelab_ops, built on the host by kmod.py, put in the initramfs)
 OPS = "/sys/kernel/debug/pokelab_ops"
-OPS_REQUIRES = ("CONFIG_DYNAMIC_FTRACE", "CONFIG_DEBUG_FS", "symbol:{function}", "module:pokelab_ops")
-INSMOD = Step("insmod", f"insmod /lib/modules/$(uname -r)/extra/pokelab_ops.ko && test -w {OPS}/control",
-              site="nop")
-RMMOD = Step("rmmod", "rmmod pokelab_ops")
-MODULE_GONE = FinalState(site="nop", checks=(("grep -c '^pokelab_ops ' /proc/modules; true", r"^0\s*$"),))
+OPS_REQUIRES = ("CONFIG_DYNAMIC_FTRACE", "CONFIG_DEBUG_FS", "symbol:{function}", f"module:{kmod.NAME}")
+INSMOD = Step("insmod", f"insmod {module_guest_path('$(uname -r)')} && test -w {OPS}/control", site="nop")
+RMMOD = Step("rmmod", f"rmmod {kmod.NAME}")
+MODULE_GONE = FinalState(site="nop", checks=((f"grep -c '^{kmod.NAME} ' /proc/modules; true", r"^0\s*$"),))
 
 
 def ops_register(n: int, name: str, site: str = "call") -> Step:

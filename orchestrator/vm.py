@@ -201,12 +201,16 @@ class Vm:
         assert self.config is not None
         return f"127.0.0.1:{self.config.gdb_port}"
 
+    def gdb_command(self, vmlinux: Path) -> str:
+        """The line that attaches a GDB to this guest."""
+        return f"gdb {vmlinux} -ex 'target remote {self.gdb_address}'"
+
     def connect_hint(self, vmlinux: Path | None) -> str:
         assert self.config is not None
         lines = [f"ssh -i {self.spec.ssh_key} -p {self.config.ssh_port} -o StrictHostKeyChecking=no "
                  f"-o UserKnownHostsFile=/dev/null root@127.0.0.1"]
         if vmlinux is not None:
-            lines.append(f"gdb {vmlinux} -ex 'target remote {self.gdb_address}'")
+            lines.append(self.gdb_command(vmlinux))
         lines.append(f"console: socat - UNIX-CONNECT:{self.config.serial_socket}  (log: "
                      f"{self.spec.artifacts / 'console.log'})")
         return "\n".join(lines)
