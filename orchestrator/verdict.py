@@ -97,3 +97,16 @@ def run_rate(verdicts: Sequence[str]) -> dict[str, Any]:
     overall = (failures or others or ["PASS" if verdicts else "INCONCLUSIVE"])[0]
     return {"runs": len(verdicts), "failures": len(failures),
             "rate": round(len(failures) / len(verdicts), 4) if verdicts else 0.0, "verdict": overall}
+
+
+#: ``pokelab repro --bisect-exit-codes``: what ``git bisect run`` understands.  0 good, 1 bad,
+#: 125 "cannot test this revision" for every verdict that proves nothing about the kernel.
+BISECT_EXIT_CODES: dict[str, int] = {
+    "PASS": 0,
+    "FAIL": 1,
+    "CRASH": 1,
+    "BOOT_FAIL": 125,
+    "INFRA": 125,
+    "INCONCLUSIVE": 125,
+    "UNSUPPORTED": 125,
+}
