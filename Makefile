@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 export POKELAB_CACHE ?= $(HOME)/.cache/pokelab
 
 APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-utils zstd \
-                python3-venv binutils iproute2 procps ca-certificates gcc libc6-dev lz4 make
+                python3-venv binutils iproute2 procps ca-certificates gcc libc6-dev lz4 make \
+                debootstrap bubblewrap
 # what a kernel build needs (pokelab build-kernel, bisect; make bench, e2e-patched, e2e-bisect)
 E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc patch
 

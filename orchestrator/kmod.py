@@ -1,10 +1,13 @@
 """The guest's ftrace_ops module: images/modules/pokelab_ops, built out of tree on the host.
 
-It is built against Debian's ``linux-headers-<release>`` (installed with
-apt-get when missing), or for a kernel made by ``pokelab build-kernel``
-(``custom-*``) against the module build files kept with it
-(``kernels/custom-<id>/build``, see extmod.py), and cached by the hash of its
-source and the kernel::
+A Debian kernel's module is built in a build root of the Debian suite whose
+compiler built the kernel (``host/buildroot.py``: debootstrap, the headers'
+.debs unpacked beside it, ``make`` under bwrap), on any host: the host's own
+compiler and apt configuration are never used.  A kernel made by ``pokelab
+build-kernel`` (``custom-*``) was built with the host's compiler, so its
+module is built on the host against the module build files kept with it
+(``kernels/custom-<id>/build``, see extmod.py).  Either is cached by the hash
+of its source, the kernel and the way it was built::
 
     <cache>/modules/<release>[-<build-id12>]/<source-hash>/pokelab_ops.ko
 
@@ -15,22 +18,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import procs
 from .errors import InfraError, Unsupported
-from .images import KernelArtifacts
+from .host import buildroot
+from .images import Apt, KernelArtifacts
 from .kernels import images_dir
 
 log = logging.getLogger(__name__)
 
 NAME = "pokelab_ops"
-HEADERS_INSTALL_TIMEOUT = 600.0
 BUILD_TIMEOUT = 300.0
+#: how a Debian kernel's module is built (part of its cache key): host/buildroot.py
+BUILDROOT = "debian-buildroot-1"
 
 
 def is_custom(kernel_id: str) -> bool:
@@ -42,9 +47,9 @@ def source_dir() -> Path:
     return images_dir() / "modules" / NAME
 
 
-def source_hash(files: dict[str, bytes], release: str) -> str:
-    """16 hex digits over the release and every source file (name and content).  Pure."""
-    h = hashlib.sha256(f"release\0{release}\0".encode())
+def source_hash(files: dict[str, bytes], release: str, how: str = BUILDROOT) -> str:
+    """16 hex digits over the release, the way it is built and every source file (name and content).  Pure."""
+    h = hashlib.sha256(f"release\0{release}\0how\0{how}\0".encode())
     for name in sorted(files):
         h.update(f"{name}\0{len(files[name])}\0".encode())
         h.update(files[name])
@@ -56,44 +61,10 @@ def module_path(cache: Path, release: str, digest: str) -> Path:
     return cache / "modules" / release / digest / f"{NAME}.ko"
 
 
-def headers_package(release: str) -> str:
-    return f"linux-headers-{release}"
-
-
-def headers_dir(release: str) -> Path:
-    return Path("/usr/src") / headers_package(release)
-
-
 def _source_files() -> dict[str, bytes]:
     src = source_dir()
     return {p.name: p.read_bytes() for p in sorted(src.iterdir())
             if p.is_file() and p.name in (f"{NAME}.c", "Kbuild")}
-
-
-def ensure_headers(release: str) -> Path:
-    """``/usr/src/linux-headers-<release>``, installed with apt-get if missing."""
-    kdir = headers_dir(release)
-    if (kdir / "Makefile").is_file():
-        return kdir
-    if os.geteuid() != 0:
-        raise InfraError(f"{headers_package(release)} is not installed and installing it needs root "
-                         f"(apt-get install {headers_package(release)})")
-    apt = procs.which("apt-get", "apt")
-    t = time.monotonic()
-    env_cmd = ["env", "DEBIAN_FRONTEND=noninteractive", apt, "install", "-y", "-q",
-               "--no-install-recommends", headers_package(release)]
-    try:
-        procs.run(env_cmd, timeout=HEADERS_INSTALL_TIMEOUT,
-                  what=f"installing {headers_package(release)}")
-    except InfraError:
-        # the package lists may be stale: refresh once and retry
-        procs.run([apt, "update", "-q"], timeout=HEADERS_INSTALL_TIMEOUT, what="apt-get update")
-        procs.run(env_cmd, timeout=HEADERS_INSTALL_TIMEOUT,
-                  what=f"installing {headers_package(release)}")
-    log.info("installed %s in %.1f s", headers_package(release), time.monotonic() - t)
-    if not (kdir / "Makefile").is_file():
-        raise InfraError(f"{headers_package(release)} installed but {kdir}/Makefile is missing")
-    return kdir
 
 
 def custom_build_dir(kernel: KernelArtifacts) -> Path:
@@ -108,22 +79,57 @@ def custom_build_dir(kernel: KernelArtifacts) -> Path:
     return kdir
 
 
+def _download(cache: Path) -> Callable[[Sequence[str]], list[Path]]:
+    """The .deb downloader for the headers (apt, into ``<cache>/debs``)."""
+    return Apt(cache / "debs").debs
+
+
+def _warnings(stderr: bytes) -> list[str]:
+    """The compiler's and modpost's warning lines of a module build.  Pure."""
+    return [ln for ln in stderr.decode(errors="replace").splitlines() if "warning:" in ln.lower()]
+
+
+def _build_debian(kernel: KernelArtifacts, cache: Path, build: Path) -> bytes:
+    """Build in ``build`` with the kernel's own suite's compiler (host/buildroot.py); make's stderr."""
+    controls, debs = buildroot.fetch_headers(kernel.release, _download(cache))
+    plan = buildroot.plan(kernel.release, controls)
+    t = time.monotonic()
+    root = buildroot.ensure_root(plan, cache)
+    headers = buildroot.ensure_headers(plan, debs, cache)
+    log.info("%s build root and headers for %s ready in %.1f s", plan.suite, kernel.release,
+             time.monotonic() - t)
+    t = time.monotonic()
+    stderr = buildroot.build(plan, root, headers, build, timeout=BUILD_TIMEOUT)
+    log.info("make modules in the %s build root (gcc-%d) took %.1f s", plan.suite, plan.compiler,
+             time.monotonic() - t)
+    return stderr
+
+
+def _build_host(kdir: Path, kernel: KernelArtifacts, build: Path) -> bytes:
+    make = procs.which("make", "make")
+    return procs.run([make, "-C", str(kdir), f"M={build}", "modules"], timeout=BUILD_TIMEOUT,
+                     what=f"building {NAME}.ko for {kernel.release}").stderr
+
+
 def ensure_module(kernel: KernelArtifacts, cache: Path) -> Path:
-    """Path of ``pokelab_ops.ko`` built for ``kernel`` (built once per source and release)."""
+    """Path of ``pokelab_ops.ko`` built for ``kernel`` (built once per source, release and way of building).
+
+    InfraError if the build fails or warns (a warning here hides an API change: the module
+    must build cleanly for every supported kernel); Unsupported for a ``custom`` kernel.
+    """
     files = _source_files()
     if f"{NAME}.c" not in files:
         raise InfraError(f"module source {source_dir() / (NAME + '.c')} is missing")
+    kdir: Path | None = None
     if is_custom(kernel.id):
         # builds share release strings (patched or not): the build-id tells them apart
-        key = f"{kernel.release}-{kernel.build_id[:12]}"
+        key, how = f"{kernel.release}-{kernel.build_id[:12]}", "host"
         kdir = custom_build_dir(kernel)
     else:
-        key, kdir = kernel.release, None
-    out = module_path(cache, key, source_hash(files, key))
+        key, how = kernel.release, BUILDROOT
+    out = module_path(cache, key, source_hash(files, key, how))
     if out.is_file():
         return out
-    kdir = kdir or ensure_headers(kernel.release)
-    make = procs.which("make", "make")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pokelab-kmod-", dir=out.parent) as tmp:
         build = Path(tmp)
@@ -131,10 +137,14 @@ def ensure_module(kernel: KernelArtifacts, cache: Path) -> Path:
             (build / name).write_bytes(data)
         t = time.monotonic()
         try:
-            procs.run([make, "-C", str(kdir), f"M={build}", "modules"], timeout=BUILD_TIMEOUT,
-                      what=f"building {NAME}.ko for {kernel.release}")
+            stderr = _build_host(kdir, kernel, build) if kdir else _build_debian(kernel, cache, build)
         except InfraError as exc:
-            raise InfraError(f"building {NAME}.ko for {kernel.release} failed", exc.tail) from None
+            raise InfraError(f"building {NAME}.ko for {kernel.release} failed: {exc.title}",
+                             exc.tail) from None
+        warnings = _warnings(stderr)
+        if warnings:
+            raise InfraError(f"building {NAME}.ko for {kernel.release}: {len(warnings)} warning(s)",
+                             "\n".join(warnings[-5:]))
         log.info("built %s.ko for %s in %.1f s", NAME, kernel.release, time.monotonic() - t)
         ko = build / f"{NAME}.ko"
         if not ko.is_file():

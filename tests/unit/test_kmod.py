@@ -27,12 +27,24 @@ def test_source_hash_depends_on_release_names_and_content() -> None:
     assert h != kmod.source_hash({**files, "pokelab_ops.c": b"int y;"}, "6.1.0-56-cloud-amd64")
     assert h != kmod.source_hash({"x.c": files["pokelab_ops.c"], "Kbuild": files["Kbuild"]},
                                  "6.1.0-56-cloud-amd64")
+    # a module built another way (the host's compiler for a kernel built here) is another module
+    assert h == kmod.source_hash(files, "6.1.0-56-cloud-amd64", kmod.BUILDROOT)
+    assert h != kmod.source_hash(files, "6.1.0-56-cloud-amd64", "host")
+
+
+def test_warnings_are_found_in_make_stderr() -> None:
+    # make's stderr of a build in a root without `as` (captured): gcc warned before it failed
+    stderr = (b"/usr/src/linux-headers-7.3.4+deb13-common/arch/x86/include/asm/ibt.h:77:1: warning: "
+              b"'nocf_check' attribute ignored. Use '-fcf-protection' option to enable it [-Wattributes]\n"
+              b"   77 | extern __noendbr bool is_endbr(u32 *val);\n"
+              b"make: Leaving directory '/usr/src/linux-headers-7.3.4+deb13-cloud-amd64'\n")
+    assert len(kmod._warnings(stderr)) == 1
+    assert kmod._warnings(b"  CC [M]  pokelab_ops.o\n  MODPOST Module.symvers\n") == []
 
 
 def test_paths() -> None:
     assert kmod.module_path(Path("/c"), "6.1.0-56-cloud-amd64", "abcd") == \
         Path("/c/modules/6.1.0-56-cloud-amd64/abcd/pokelab_ops.ko")
-    assert kmod.headers_dir("6.1.0-56-cloud-amd64") == Path("/usr/src/linux-headers-6.1.0-56-cloud-amd64")
     assert module_guest_path("6.1.0-56-cloud-amd64") == \
         "/lib/modules/6.1.0-56-cloud-amd64/extra/pokelab_ops.ko"
 

@@ -21,7 +21,15 @@
  *
  * Alone on FUNC, its fentry site goes NOP <-> "call pokelab_direct_tramp".
  * Before 6.6 the ops API is register_ftrace_direct_multi(ops, addr); since
- * 6.6 the same function is register_ftrace_direct(ops, addr).
+ * 6.6 (da8bdfbd4223 "ftrace: Rename _ftrace_direct_multi APIs to
+ * _ftrace_direct APIs") the same function is register_ftrace_direct(ops, addr)
+ * and unregister_ftrace_direct(ops, addr, free_filters).
+ *
+ * Read against include/linux/ftrace.h of 6.1, 6.12 and 7.3 (Debian's
+ * linux-headers-7.3.4+deb13-common): ftrace_func_t (ip, parent_ip, op, fregs),
+ * FTRACE_OPS_FL_SAVE_REGS, ftrace_set_filter/ftrace_free_filter and the
+ * direct API above are unchanged through 7.3; it builds without a warning
+ * for all three (orchestrator/kmod.py fails a build that warns).
  */
 #include <linux/module.h>
 #include <linux/ftrace.h>
