@@ -95,11 +95,11 @@ def _build_debian(kernel: KernelArtifacts, cache: Path, build: Path) -> bytes:
     plan = buildroot.plan(kernel.release, controls)
     t = time.monotonic()
     root = buildroot.ensure_root(plan, cache)
-    headers = buildroot.ensure_headers(plan, debs, cache)
+    unpacked = buildroot.ensure_unpacked(plan, debs, cache)
     log.info("%s build root and headers for %s ready in %.1f s", plan.suite, kernel.release,
              time.monotonic() - t)
     t = time.monotonic()
-    stderr = buildroot.build(plan, root, headers, build, timeout=BUILD_TIMEOUT)
+    stderr = buildroot.build(plan, root, unpacked, build, timeout=BUILD_TIMEOUT)
     log.info("make modules in the %s build root (gcc-%d) took %.1f s", plan.suite, plan.compiler,
              time.monotonic() - t)
     return stderr

@@ -21,14 +21,15 @@ So every Debian kernel's module is built the same way on every host:
 
        <cache>/buildroots/<suite>-<root_key>/root/      (+ meta.json, .complete)
 
-3. The headers: ``dpkg -x`` of the closure into their own directory, cached
-   by the packages' exact versions (:attr:`Plan.headers_key`), so two ABIs
-   whose ``linux-kbuild-6.1`` differ never share one::
+3. The headers: ``dpkg -x`` of each package of the closure into its own
+   directory, cached by package and exact version (:func:`unpacked_dir`), so
+   the flavours of one ABI share its ``-common`` tree and its kbuild, and two
+   ABIs whose ``linux-kbuild-6.1`` differ never share one::
 
-       <cache>/buildroots/headers/<release>-<headers_key>/usr/{src,lib}/...
+       <cache>/buildroots/debs/<package>_<version>/usr/{src,lib}/...
 
-4. The build: ``bwrap`` with the root read-only as ``/``, the headers'
-   ``/usr/src/*`` and ``/usr/lib/linux-kbuild-*`` bound read-only over it,
+4. The build: ``bwrap`` with the root read-only as ``/``, the packages'
+   ``/usr/src/linux-headers-*`` and ``/usr/lib/linux-kbuild-*`` bound read-only over it,
    the module directory as ``/build``, no network, killed with its parent
    (:func:`bwrap_argv`).
 
@@ -108,17 +109,16 @@ class Plan:
         text = "\0".join((self.suite, self.mirror, *self.include))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    @property
-    def headers_key(self) -> str:
-        """12 hex digits over the unpacked packages and their exact versions."""
-        text = "\0".join(f"{name}={version}" for name, version in self.unpack)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
     def root_dir(self, cache: Path) -> Path:
         return cache / "buildroots" / f"{self.suite}-{self.root_key}"
 
-    def headers_dir(self, cache: Path) -> Path:
-        return cache / "buildroots" / "headers" / f"{self.release}-{self.headers_key}"
+    def unpacked_dirs(self, cache: Path) -> list[Path]:
+        return [unpacked_dir(cache, name, version) for name, version in self.unpack]
+
+
+def unpacked_dir(cache: Path, package: str, version: str) -> Path:
+    """Where ``dpkg -x`` puts one package of the headers (an epoch's ':' spelled as in .deb names).  Pure."""
+    return cache / "buildroots" / "debs" / f"{package}_{version.replace(':', '%3a')}"
 
 
 def headers_package(release: str) -> str:
@@ -204,31 +204,32 @@ def debootstrap_argv(p: Plan, target: Path, debootstrap: str = "debootstrap") ->
             p.suite, str(target), p.mirror]
 
 
-def headers_mounts(headers: Path) -> list[str]:
-    """The directories of an unpacked headers tree to bind into the root, relative to ``/``.
+def mounts(dirs: Sequence[Path]) -> list[tuple[Path, str]]:
+    """What to bind into the root from the unpacked packages: (source, path in the root), by path.
 
-    ``usr/src/linux-headers-*`` and ``usr/lib/linux-kbuild-*`` (the -common and flavour trees
-    link to ``../../lib/linux-kbuild-<abi>/scripts``).
+    Each package's ``usr/src/linux-headers-*`` and ``usr/lib/linux-kbuild-*`` (the -common and
+    flavour trees link to ``../../lib/linux-kbuild-<abi>/scripts``).
     """
     out = []
-    for parent, prefix in (("usr/src", "linux-headers-"), ("usr/lib", "linux-kbuild-")):
-        base = headers / parent
-        if base.is_dir():
-            out += sorted(f"{parent}/{d.name}" for d in base.iterdir()
-                          if d.name.startswith(prefix) and d.is_dir() and not d.is_symlink())
-    return out
+    for d in dirs:
+        for parent, prefix in (("usr/src", "linux-headers-"), ("usr/lib", "linux-kbuild-")):
+            base = d / parent
+            if base.is_dir():
+                out += [(e, f"/{parent}/{e.name}") for e in base.iterdir()
+                        if e.name.startswith(prefix) and e.is_dir() and not e.is_symlink()]
+    return sorted(out, key=lambda m: m[1])
 
 
-def bwrap_argv(root: Path, headers: Path, mounts: Sequence[str], build: Path, release: str,
+def bwrap_argv(root: Path, binds: Sequence[tuple[Path, str]], build: Path, release: str,
                bwrap: str = "bwrap") -> list[str]:
     """The sandboxed ``make -C /usr/src/linux-headers-<release> M=/build modules``.  Pure.
 
-    The root and headers are read-only; only ``build`` (as ``/build``) and a tmpfs ``/tmp``
-    are writable; no network, a clean environment, killed with its parent.
+    The root and the ``binds`` are read-only; only ``build`` (as ``/build``) and a tmpfs
+    ``/tmp`` are writable; no network, a clean environment, killed with its parent.
     """
     argv = [bwrap, "--ro-bind", str(root), "/"]
-    for m in mounts:
-        argv += ["--ro-bind", str(headers / m), f"/{m}"]
+    for src, dest in binds:
+        argv += ["--ro-bind", str(src), dest]
     argv += ["--bind", str(build), "/build", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
              "--unshare-all", "--die-with-parent", "--clearenv",
              "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin", "--setenv", "HOME", "/build",
@@ -310,39 +311,40 @@ def ensure_root(p: Plan, cache: Path) -> Path:
     return top / "root"
 
 
-def ensure_headers(p: Plan, debs: Mapping[str, Path], cache: Path) -> Path:
-    """The unpacked headers of ``p`` (``dpkg -x`` of each package in ``p.unpack``), made once."""
-    out = p.headers_dir(cache)
-    if (out / STAMP).is_file():
-        return out
-    with file_lock(out.with_name(out.name + ".lock")):
-        if (out / STAMP).is_file():
-            return out
-        dpkg_deb = procs.which("dpkg-deb", "dpkg")
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, _version in p.unpack:
+def ensure_unpacked(p: Plan, debs: Mapping[str, Path], cache: Path) -> list[Path]:
+    """``dpkg -x`` of each package in ``p.unpack`` into its own directory, once per version."""
+    dpkg_deb = procs.which("dpkg-deb", "dpkg")
+    out = []
+    for name, version in p.unpack:
+        d = unpacked_dir(cache, name, version)
+        out.append(d)
+        if (d / STAMP).is_file():
+            continue
+        with file_lock(d.with_name(d.name + ".lock")):
+            if (d / STAMP).is_file():
+                continue
+            tmp = d.with_name(d.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
             procs.run([dpkg_deb, "-x", str(debs[name]), str(tmp)], timeout=UNPACK_TIMEOUT_S,
                       what=f"unpacking {debs[name].name}")
-        meta = {"release": p.release, "packages": dict(p.unpack)}
-        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
-        (tmp / STAMP).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+            (tmp / STAMP).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+            shutil.rmtree(d, ignore_errors=True)
+            tmp.rename(d)
     return out
 
 
-def build(p: Plan, root: Path, headers: Path, module_dir: Path, timeout: float = BUILD_TIMEOUT_S) -> bytes:
+def build(p: Plan, root: Path, unpacked: Sequence[Path], module_dir: Path,
+          timeout: float = BUILD_TIMEOUT_S) -> bytes:
     """``make modules`` of the sources in ``module_dir`` in the root, against the headers (in place).
 
     Returns make's stderr (the caller judges its warnings); InfraError with its tail on failure.
     """
     bwrap = procs.which("bwrap", "bubblewrap")
-    mounts = headers_mounts(headers)
-    if f"usr/src/{headers_package(p.release)}" not in mounts:
-        raise InfraError(f"{headers} has no usr/src/{headers_package(p.release)}")
-    for m in mounts:  # bwrap cannot make mount points inside a read-only root
-        (root / m).mkdir(parents=True, exist_ok=True)
-    return procs.run(bwrap_argv(root, headers, mounts, module_dir, p.release, bwrap), timeout=timeout,
+    binds = mounts(unpacked)
+    if f"/usr/src/{headers_package(p.release)}" not in [dest for _, dest in binds]:
+        raise InfraError(f"the unpacked headers have no /usr/src/{headers_package(p.release)}")
+    for _, dest in binds:  # bwrap cannot make mount points inside a read-only root
+        (root / dest.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return procs.run(bwrap_argv(root, binds, module_dir, p.release, bwrap), timeout=timeout,
                      what=f"make modules in the {p.suite} build root").stderr

@@ -66,10 +66,12 @@ def test_plan_7_x_trixie_one_root_for_every_flavour() -> None:
     assert (cloud.suite, cloud.compiler) == ("trixie", 14)
     assert cloud.include == ("binutils", "gcc-14-for-host", "libc6", "libelf1t64", "libssl3t64", "make",
                              "pahole", "zlib1g")
-    assert cloud.root_key == rt.root_key and cloud.headers_key != rt.headers_key
+    assert cloud.root_key == rt.root_key
     assert cloud.root_dir(Path("/c")) == Path(f"/c/buildroots/trixie-{cloud.root_key}")
-    assert cloud.headers_dir(Path("/c")) == \
-        Path(f"/c/buildroots/headers/7.3.4+deb13-cloud-amd64-{cloud.headers_key}")
+    # the flavours share the ABI's -common tree and kbuild, unpacked once each
+    shared = set(cloud.unpacked_dirs(Path("/c"))) & set(rt.unpacked_dirs(Path("/c")))
+    assert shared == {Path("/c/buildroots/debs/linux-headers-7.3.4+deb13-common_7.3.4-1~bpo13+1"),
+                      Path("/c/buildroots/debs/linux-kbuild-7.3.4+deb13_7.3.4-1~bpo13+1")}
     assert br.plan("6.1.0-56-cloud-amd64", _controls()).root_key != cloud.root_key
 
 
@@ -84,7 +86,10 @@ def test_keys_follow_versions_and_packages() -> None:
     kb = c["linux-kbuild-6.1"]
     newer = {**c, "linux-kbuild-6.1": br.Control(kb.package, "6.1.193-1", kb.depends)}
     q = br.plan("6.1.0-56-cloud-amd64", newer)
-    assert q.root_key == p.root_key and q.headers_key != p.headers_key
+    assert q.root_key == p.root_key
+    assert br.unpacked_dir(Path("/c"), "linux-kbuild-6.1", "6.1.193-1") in q.unpacked_dirs(Path("/c"))
+    assert br.unpacked_dir(Path("/c"), "linux-kbuild-6.1", "6.1.192-3") in p.unpacked_dirs(Path("/c"))
+    assert br.unpacked_dir(Path("/c"), "x", "1:2.0-1").name == "x_1%3a2.0-1"
     assert br.plan("6.1.0-56-cloud-amd64", c, mirror="http://example.invalid/debian").root_key != p.root_key
 
 
@@ -107,24 +112,27 @@ def test_commands() -> None:
         "debootstrap", "--variant=minbase",
         "--include=binutils,gcc-14-for-host,libc6,libelf1t64,libssl3t64,make,pahole,zlib1g",
         "trixie", "/c/r", br.MIRROR]
-    mounts = ["usr/src/linux-headers-7.3.4+deb13-cloud-amd64", "usr/lib/linux-kbuild-7.3.4+deb13"]
-    argv = br.bwrap_argv(Path("/r"), Path("/h"), mounts, Path("/b"), p.release)
-    assert argv[:4] == ["bwrap", "--ro-bind", "/r", "/"]
-    assert argv[4:10] == ["--ro-bind", "/h/usr/src/linux-headers-7.3.4+deb13-cloud-amd64",
-                          "/usr/src/linux-headers-7.3.4+deb13-cloud-amd64",
-                          "--ro-bind", "/h/usr/lib/linux-kbuild-7.3.4+deb13",
-                          "/usr/lib/linux-kbuild-7.3.4+deb13"]
-    assert argv[10:13] == ["--bind", "/b", "/build"]
+    binds = [(Path("/h/usr/src/linux-headers-7.3.4+deb13-cloud-amd64"),
+              "/usr/src/linux-headers-7.3.4+deb13-cloud-amd64")]
+    argv = br.bwrap_argv(Path("/r"), binds, Path("/b"), p.release)
+    assert argv[:7] == ["bwrap", "--ro-bind", "/r", "/", "--ro-bind",
+                        "/h/usr/src/linux-headers-7.3.4+deb13-cloud-amd64",
+                        "/usr/src/linux-headers-7.3.4+deb13-cloud-amd64"]
+    assert argv[7:10] == ["--bind", "/b", "/build"]
     assert "--unshare-all" in argv and "--die-with-parent" in argv
     assert argv[-5:] == ["make", "-C", "/usr/src/linux-headers-7.3.4+deb13-cloud-amd64", "M=/build",
                          "modules"]
 
 
-def test_headers_mounts(tmp_path: Path) -> None:
-    for d in ("usr/src/linux-headers-7.3.4+deb13-common", "usr/src/linux-headers-7.3.4+deb13-cloud-amd64",
-              "usr/lib/linux-kbuild-7.3.4+deb13", "usr/lib/modules/7.3.4+deb13-cloud-amd64",
-              "usr/share/doc/x"):
+def test_mounts(tmp_path: Path) -> None:
+    for d in ("common/usr/src/linux-headers-7.3.4+deb13-common", "common/usr/share/doc/x",
+              "flavour/usr/src/linux-headers-7.3.4+deb13-cloud-amd64",
+              "flavour/usr/lib/modules/7.3.4+deb13-cloud-amd64", "kbuild/usr/lib/linux-kbuild-7.3.4+deb13"):
         (tmp_path / d).mkdir(parents=True)
-    assert br.headers_mounts(tmp_path) == ["usr/src/linux-headers-7.3.4+deb13-cloud-amd64",
-                                           "usr/src/linux-headers-7.3.4+deb13-common",
-                                           "usr/lib/linux-kbuild-7.3.4+deb13"]
+    dirs = [tmp_path / d for d in ("common", "flavour", "kbuild")]
+    assert br.mounts(dirs) == [
+        (tmp_path / "kbuild/usr/lib/linux-kbuild-7.3.4+deb13", "/usr/lib/linux-kbuild-7.3.4+deb13"),
+        (tmp_path / "flavour/usr/src/linux-headers-7.3.4+deb13-cloud-amd64",
+         "/usr/src/linux-headers-7.3.4+deb13-cloud-amd64"),
+        (tmp_path / "common/usr/src/linux-headers-7.3.4+deb13-common",
+         "/usr/src/linux-headers-7.3.4+deb13-common")]
