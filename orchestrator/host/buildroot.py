@@ -19,7 +19,7 @@ So every Debian kernel's module is built the same way on every host:
    the suite that ships that compiler (:data:`COMPILER_SUITE`), cached by
    the suite, mirror and package set (:attr:`Plan.root_key`)::
 
-       <cache>/buildroots/<suite>-<root_key>/root/      (+ meta.json, .complete)
+       <cache>/buildroots/<suite>-<root_key>/root/      (+ meta.json, .complete; lock in .locks/)
 
 3. The headers: ``dpkg -x`` of each package of the closure into its own
    directory, cached by package and exact version (:func:`unpacked_dir`), so
@@ -271,12 +271,17 @@ def fetch_headers(release: str, download: Callable[[Sequence[str]], list[Path]]
     return controls, debs
 
 
+def _lock(path: Path) -> Path:
+    """The lock file of a cached directory: ``.locks/<name>.lock`` beside it."""
+    return path.parent / ".locks" / f"{path.name}.lock"
+
+
 def ensure_root(p: Plan, cache: Path) -> Path:
     """The root of ``p`` (``<cache>/buildroots/<suite>-<key>/root``), made with debootstrap once."""
     top = p.root_dir(cache)
     if (top / STAMP).is_file():
         return top / "root"
-    with file_lock(top.with_name(top.name + ".lock")):
+    with file_lock(_lock(top)):
         if (top / STAMP).is_file():
             return top / "root"
         if os.geteuid() != 0:
@@ -320,7 +325,7 @@ def ensure_unpacked(p: Plan, debs: Mapping[str, Path], cache: Path) -> list[Path
         out.append(d)
         if (d / STAMP).is_file():
             continue
-        with file_lock(d.with_name(d.name + ".lock")):
+        with file_lock(_lock(d)):
             if (d / STAMP).is_file():
                 continue
             tmp = d.with_name(d.name + ".tmp")
