@@ -33,8 +33,12 @@ So every Debian kernel's module is built the same way on every host:
    the module directory as ``/build``, no network, killed with its parent
    (:func:`bwrap_argv`).
 
-debootstrap needs root; bwrap runs as any user.  Every process goes through
+debootstrap needs root; bwrap does not.  Every process goes through
 :mod:`orchestrator.procs` with a deadline.
+
+Measured on a Debian 12 host (2 busy cores): a root takes 67-155 s cold and
+345-395 MB (bookworm 345, trixie 360, sid 395); a 7.x ABI's headers are 94 MB
+unpacked (-common 83, each flavour 8-11, kbuild 3); ``make`` of our module 4-8 s.
 """
 
 from __future__ import annotations
