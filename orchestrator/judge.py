@@ -8,12 +8,18 @@ ac0ee0a9560c "Teach text_poke_bp() to patch Jcc.d32 instructions" and
 db7adcfd1cec "Introduce int3_emulate_jcc()"; both backported to 6.1.y and
 5.15.y, so 6.1.y has the Jcc case), a 6.6-6.15 era full alternative.c
 (``bp_desc`` a static struct since efd608fa7403, ``raw_atomic_inc_not_zero``),
-and the 6.16 rename series (Ingo Molnar / Nikolay Borisov, 2025-03/04; blame
-shows 27b765aaed0f introducing ``text_poke_array``): ``smp_text_poke_int3_handler``,
-``struct smp_text_poke_loc``, ``static struct smp_text_poke_array { vec[]; int
-nr_entries; } text_poke_array`` with per-CPU ``text_poke_array_refs`` (a 2025
-patch first made ``bp_desc.refs`` a per-CPU ``bp_refs``: read the trapping
-CPU's).  The emulation code is identical in all of them.  Not read directly: a
+and the 6.16 series (Ingo Molnar's 2025 x86/alternatives series, merged for
+6.16; hashes as in the list that holds c8976ade0c1b): 5236b6a0fe92 renamed the
+handler ``smp_text_poke_int3_handler``, a81d43c46e6e the struct
+``smp_text_poke_loc``, 6e7dc03aeeb5 + 0494b16b9cae made ``static struct
+smp_text_poke_array { struct smp_text_poke_loc vec[TEXT_POKE_ARRAY_MAX]; int
+nr_entries; } text_poke_array`` (vec inline), 4334336e769b made the refs per
+CPU (``bp_refs``, renamed ``text_poke_array_refs`` by 28fb79092d9f: read the
+trapping CPU's), e8d7b8c2bbcd + 23a76739d6af made
+``smp_text_poke_batch_finish(void)`` the batch.  Checked against Debian's
+7.3.4 DWARF (vec[256] @0, nr_entries @4096; ``smp_text_poke_single`` calls
+``smp_text_poke_batch_add``, i.e. carries the 2aebf5ee43bf fix).  The
+emulation code is identical in all of them.  Not read directly: a
 6.1.y or 6.12.y tag tree (the torvalds/linux snapshot is too large to fetch;
 the stored alternative.c is 2.6-era), so 6.1.y/6.12.y are inferred from the
 stable backports above plus KERNEL-FACTS.md.
@@ -66,6 +72,23 @@ What the judge checks is exactly that, plus the 2019 rule (Linus, LKML
 2019-05-06): the target emulated must be the target of the instruction being
 written, so the descriptor's ``site + len + disp`` is cross-checked against
 capstone's decode of ``text``.
+
+The descriptor's own invariants (``check_vector``, and per trap)
+----------------------------------------------------------------
+* The vector is sorted by site, no duplicates: the handler finds its entry
+  with ``__inline_bsearch`` (``patch_cmp`` on ``_stext + rel_addr``), and
+  ``smp_text_poke_batch_add()`` flushes early when a new address is lower
+  (``text_poke_addr_ordered()``).  c8976ade0c1b (6.16-rc1) let
+  ``smp_text_poke_single()`` add without that check; an unsorted vector made
+  the bsearch miss live sites ("Oops: int3"); 2aebf5ee43bf (6.16-rc3) fixed it.
+* ``nr_entries`` is within the array (``TEXT_POKE_ARRAY_MAX``, the DWARF bound
+  of ``text_poke_array.vec``; ``TP_VEC_MAX`` of ``tp_vec`` before 6.16).
+* A "declined live site": the handler returned 0 for an int3 at an address the
+  descriptor holds while the batch is live (refs held, or 6.16+'s
+  ``smp_text_poke_batch_finish()`` running: it sets every CPU's
+  ``text_poke_array_refs`` to 1 before the first int3 and drops them only
+  after the last sync).  ``exc_int3`` then finds no other owner and the CPU
+  dies with "Oops: int3"; the probe sees the return before that.
 """
 
 from __future__ import annotations
@@ -74,7 +97,15 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from .decode import CC_NAMES, DecodeError, Insn, Symbolizer, decode, describe, format_bytes
-from .trapdata import KERNEL_CS, KERNEL_SPACE_START, U64_MASK, Layout, TextPokeLoc, TrapRecord
+from .trapdata import (
+    KERNEL_CS,
+    KERNEL_SPACE_START,
+    U64_MASK,
+    BatchRecord,
+    Layout,
+    TextPokeLoc,
+    TrapRecord,
+)
 
 INT3, RET, CALL, JMP32, JMP8 = 0xCC, 0xC3, 0xE8, 0xE9, 0xEB
 KNOWN_OPCODES = frozenset({INT3, RET, CALL, JMP32, JMP8, *range(0x70, 0x80)})
@@ -182,14 +213,15 @@ def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None) 
     seen = Judgement("not-text-poke", "skipped", "", actual_ip=post.ip, actual_sp=post.sp)
     if pre.cs != KERNEL_CS or pre.sp < KERNEL_SPACE_START:
         return replace(seen, reason="no pt_regs in rdi")
-    if rec.desc.refs == 0:
-        return replace(seen, reason="bp_desc.refs == 0: no text_poke batch in flight")
+    if rec.desc.refs == 0 and not rec.desc.in_batch:
+        return replace(seen, reason="refs == 0: no text_poke batch in flight")
     if rec.desc.vec == 0:
-        return replace(seen, reason="bp_desc.vec == NULL")
+        return replace(seen, reason="descriptor vec == NULL")
     e = rec.entry
     ip1 = (pre.ip - 1) & U64_MASK
     if e is None or e.site != ip1:
         return replace(seen, reason=f"no text_poke_loc matches ip-1 = {ip1:#x}")
+    desc_probs = _desc_problems(rec)
 
     site, sp0 = e.site, pre.sp
     where = describe(site, symbolize)
@@ -207,7 +239,7 @@ def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None) 
 
     if e.opcode == INT3:
         j = replace(j, expected_ip=pre.ip, expected_sp=sp0)
-        int3_probs: list[str] = []
+        int3_probs: list[str] = list(desc_probs)
         if rec.ret != 0:
             int3_probs.append(
                 f"handler returned {rec.ret} for an explicit INT3 entry (must not consume it)"
@@ -218,11 +250,11 @@ def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None) 
 
     if w is None:
         reason = f"text being written [{format_bytes(e.written)}] does not decode"
-        return _finish(j, [reason], "", where)
+        return _finish(j, [*desc_probs, reason], "", where)
     pad = e.written[w.length : e.len]
     if w.length != e.len and not (w.kind in ("ret", "jmp") and pad == b"\xcc" * len(pad)):
         reason = f"entry len {e.len} but the text being written `{w}` is {w.length} bytes"
-        return _finish(j, [reason], "", where)
+        return _finish(j, [*desc_probs, reason], "", where)
 
     next_ip = (site + e.len) & U64_MASK
     probs: list[str] = []
@@ -258,9 +290,13 @@ def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None) 
             note += f" (j{CC_NAMES[e.opcode & 0xF]} {state}, flags {pre.flags:#x})"
     j = replace(j, expected_ip=exp_ip, expected_sp=exp_sp, expected_push=exp_push)
 
+    probs[:0] = desc_probs
     if rec.ret == 0:
         # Regs are untouched then; the CPU will die with "Oops: int3" (c8976ade0c1b class).
-        probs.insert(0, f"handler did not handle a live text_poke site (returned 0 for `{w}`)")
+        why = (" with this CPU's refs == 0 while the batch runs (refs not held)"
+               if rec.desc.refs == 0 else "")
+        probs.insert(0, f"declined live site: the handler returned 0 for `{w}`, an entry of the "
+                        f"live text_poke vector{why}; the CPU dies with \"Oops: int3\"")
         return _finish(j, probs, "", where)
     if rec.ret != 1:
         probs.append(f"handler returned {rec.ret}, expected 1")
@@ -284,6 +320,46 @@ def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None) 
                 f"expected site+len = {exp_push:#x} ({_rel(exp_push, site)})"
             )
     return _finish(j, probs, f"`{w}` emulated correctly at {where}{note}", where)
+
+
+def _desc_problems(rec: TrapRecord) -> list[str]:
+    """Descriptor invariants visible at one trap (see the module docstring)."""
+    d = rec.desc
+    if d.vec_max is not None and d.nr_entries > d.vec_max:
+        return [f"nr_entries {d.nr_entries} exceeds the array ({d.vec_max} entries)"]
+    return []
+
+
+def check_vector(batch: BatchRecord, symbolize: Symbolizer | None = None) -> list[str]:
+    """The vector a batch writes must be sorted by site, without duplicates, within its array.
+
+    Returns the problems found, each a sentence naming the entries (empty: all
+    invariants hold).  Only the first out-of-order pair and the first duplicate
+    are named, with a count of the others.
+    """
+    probs: list[str] = []
+    n = len(batch.entries)
+    if batch.vec_max is not None and n > batch.vec_max:
+        probs.append(f"nr_entries {n} exceeds the array ({batch.vec_max} entries)")
+    inversions = [i for i in range(1, n) if batch.entries[i].site < batch.entries[i - 1].site]
+    dups = [i for i in range(1, n) if batch.entries[i].site == batch.entries[i - 1].site]
+    if inversions:
+        i = inversions[0]
+        a, b = batch.entries[i - 1], batch.entries[i]
+        more = f" (and {len(inversions) - 1} more)" if len(inversions) > 1 else ""
+        probs.append(
+            f"unsorted text_poke vector: entry {i} at {describe(b.site, symbolize)} follows entry "
+            f"{i - 1} at {describe(a.site, symbolize)}{more}; the int3 handler's bsearch can miss "
+            "live sites (the c8976ade0c1b bug, fixed by 2aebf5ee43bf)"
+        )
+    if dups:
+        i = dups[0]
+        more = f" (and {len(dups) - 1} more)" if len(dups) > 1 else ""
+        probs.append(
+            f"duplicate site {describe(batch.entries[i].site, symbolize)} in entries {i - 1} "
+            f"and {i} of the text_poke vector{more}"
+        )
+    return probs
 
 
 def _finish(j: Judgement, probs: list[str], ok_reason: str, where: str) -> Judgement:

@@ -24,7 +24,7 @@ from typing import Any
 from . import decode
 from .buildid import elf_build_id, notes_build_id
 from .errors import InfraError, Unsupported, UsageError
-from .judge import check_final_text, judge
+from .judge import check_final_text, check_vector, judge
 from .mi import MiError, MiSession, gdb_argv
 from .symbols import KernelSymbolizer
 from .trapdata import (
@@ -32,6 +32,7 @@ from .trapdata import (
     Layout,
     LayoutError,
     RecordError,
+    parse_batch_record,
     parse_layout,
     parse_text_poke_loc,
     parse_trap_record,
@@ -104,6 +105,7 @@ class Counts:
     false_flags: int = 0
     errors: int = 0
     bad_records: int = 0
+    batch_violations: int = 0  # batches whose vector broke an invariant (also in violations)
     opcodes: dict[str, int] = field(default_factory=dict)
 
 
@@ -278,16 +280,30 @@ class Probe:
         if layout is None:
             return
         try:
-            blob = bytes.fromhex(str(obj["entries"]))
-            locs = [parse_text_poke_loc(blob[i:i + layout.loc_size], layout)
-                    for i in range(0, len(blob) - layout.loc_size + 1, layout.loc_size)]
-        except (KeyError, ValueError, RecordError, LayoutError):
+            batch = parse_batch_record(obj, layout)
+        except (RecordError, LayoutError):
             with self._lock:
                 self.counts.bad_records += 1
             return
+        problems = check_vector(batch, self.sym)
         with self._lock:
             self.batches += 1
-            for e in locs:
+            if problems:
+                # a broken vector is the kernel's doing: no injection touches the order
+                c = self.counts
+                c.violations += 1
+                c.batch_violations += 1
+                c.false_flags += 1
+                entry = {"t": obj.get("t"), "kind": "batch", "verdict": "violation",
+                         "symbol": f"the text_poke vector ({len(batch.entries)} entries)",
+                         "reason": "; ".join(problems), "nr_entries": len(batch.entries),
+                         "sites": [f"{e.site:#x}" for e in batch.entries[:64]]}
+                if len(self.violations) < 200:
+                    self.violations.append(entry)
+                self._trap_log.write(json.dumps(entry) + "\n")
+                self._trap_log.flush()
+                self.violation_seen.set()
+            for e in batch.entries:
                 st = self.sites.get(e.site)
                 if st is None:
                     self.sites[e.site] = SiteState(e.written, self.sym(e.site) or "?", 0)
@@ -484,6 +500,7 @@ class Probe:
                 "not_text_poke": c.other,
                 "traps_judged": c.judged,
                 "violations": c.violations,
+                "batch_violations": c.batch_violations,
                 "skipped": c.skipped,
                 "injected": c.injected,
                 "injected_flagged": c.injected_flagged,

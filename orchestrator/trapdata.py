@@ -6,7 +6,9 @@ memory as read)::
 
     {"cpu": 1, "regs_ptr": 18446683600570137416,
      "pre": "<struct pt_regs at handler entry, hex>",
-     "desc": {"vec": int, "nr_entries": int, "refs": int},
+     "desc": {"vec": int, "nr_entries": int, "refs": int,
+              "vec_max": int (optional: the array bound, TEXT_POKE_ARRAY_MAX / TP_VEC_MAX),
+              "in_batch": bool (optional, 6.16+: smp_text_poke_batch_finish() was running)},
      "entry": "<matching struct text_poke_loc, hex>" | null, "entry_index": int | null,
      "post": "<the same struct pt_regs when the handler returns, hex>",
      "stack_word": "<8 bytes at post.sp, hex>",
@@ -23,7 +25,13 @@ The layout record comes once, from DWARF::
      "regs": {"ip": 128, "cs": 136, "flags": 144, "sp": 152, "ss": 160, "size": 168}}
 
 The same field names hold for 6.1's ``struct text_poke_loc`` and 6.16's
-``struct smp_text_poke_loc`` (only the struct was renamed).
+``struct smp_text_poke_loc`` (only the struct was renamed, a81d43c46e6e).
+
+A batch record (``POKELAB-BATCH``) is the whole vector as the batch starts
+(``text_poke_bp_batch(tp, nr)`` in 6.0-6.15, ``smp_text_poke_batch_finish()``
+in 6.16+)::
+
+    {"n": int, "entries": "<n struct text_poke_loc, hex>", "vec_max": int | null, "t": float}
 """
 
 from __future__ import annotations
@@ -154,13 +162,28 @@ class TextPokeLoc:
 class PatchDesc:
     """``struct bp_patching_desc`` (6.0-6.15: vec, nr_entries, atomic_t refs).
 
-    For 6.16+ ``vec`` is ``text_poke_array.vec`` and ``refs`` the trapping CPU's
-    ``text_poke_array_refs``.
+    For 6.16+ ``vec`` is ``&text_poke_array.vec[0]`` (an inline array) and
+    ``refs`` the trapping CPU's per-CPU ``atomic_t text_poke_array_refs``.
+    ``vec_max`` is the array bound (``TEXT_POKE_ARRAY_MAX``; ``TP_VEC_MAX`` of
+    ``tp_vec`` before 6.16), None if unknown.  ``in_batch`` is None when not
+    tracked (6.0-6.15), else whether ``smp_text_poke_batch_finish()`` was
+    running when the trap was taken.
     """
 
     vec: int
     nr_entries: int
     refs: int
+    vec_max: int | None = None
+    in_batch: bool | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """The vector one batch writes, read as the batch starts (see the module docstring)."""
+
+    entries: tuple[TextPokeLoc, ...]
+    vec_max: int | None
+    t: float
 
 
 @dataclass(frozen=True)
@@ -296,10 +319,15 @@ def parse_trap_record(obj: Mapping[str, object], layout: Layout) -> TrapRecord:
     desc_raw = obj.get("desc")
     if not isinstance(desc_raw, Mapping):
         raise RecordError("desc: expected an object")
+    vec_max_raw, in_batch_raw = desc_raw.get("vec_max"), desc_raw.get("in_batch")
+    if in_batch_raw is not None and not isinstance(in_batch_raw, bool):
+        raise RecordError(f"desc.in_batch: expected a boolean, got {in_batch_raw!r}")
     desc = PatchDesc(
         vec=_int(desc_raw.get("vec"), "desc.vec") & U64_MASK,
         nr_entries=_int(desc_raw.get("nr_entries"), "desc.nr_entries"),
         refs=_int(desc_raw.get("refs"), "desc.refs"),
+        vec_max=None if vec_max_raw is None else _int(vec_max_raw, "desc.vec_max"),
+        in_batch=in_batch_raw,
     )
     entry_raw = obj.get("entry")
     entry = None if entry_raw is None else parse_text_poke_loc(_hex(entry_raw, "entry"), layout)
@@ -330,5 +358,24 @@ def parse_trap_record(obj: Mapping[str, object], layout: Layout) -> TrapRecord:
         else parse_word(pre_stack_raw, "pre_stack_word"),
         ret=ret,
         injected=injected_raw,
+        t=float(t_raw),
+    )
+
+
+def parse_batch_record(obj: Mapping[str, object], layout: Layout) -> BatchRecord:
+    """Parse one ``POKELAB-BATCH`` record: ``n`` entries of ``layout.loc_size`` bytes each."""
+    n = _int(obj.get("n"), "n")
+    blob = _hex(obj.get("entries"), "entries")
+    if n <= 0 or len(blob) != n * layout.loc_size:
+        raise RecordError(f"batch: {len(blob)} bytes for n = {n} entries of {layout.loc_size}")
+    size = layout.loc_size
+    entries = tuple(parse_text_poke_loc(blob[i * size : (i + 1) * size], layout) for i in range(n))
+    vec_max_raw = obj.get("vec_max")
+    t_raw = obj.get("t", 0.0)
+    if isinstance(t_raw, bool) or not isinstance(t_raw, (int, float)):
+        raise RecordError(f"t: expected a number, got {t_raw!r}")
+    return BatchRecord(
+        entries=entries,
+        vec_max=None if vec_max_raw is None else _int(vec_max_raw, "vec_max"),
         t=float(t_raw),
     )

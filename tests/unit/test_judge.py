@@ -208,7 +208,7 @@ def test_call_not_handled() -> None:
     # c8976ade0c1b class: a live entry, but the handler returned 0 (bsearch missed).
     j = run(record(CALL_ENTRY, SITE + 1, SP, CALLER_RET, ret=0))
     assert j.verdict == "violation"
-    assert j.reason.startswith("handler did not handle a live text_poke site")
+    assert j.reason.startswith("declined live site: the handler returned 0")
 
 
 def test_call_opcode_but_text_is_jmp() -> None:

@@ -22,6 +22,7 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "mi"
 CAPTURED = {
     "probe-6.1-pass.mi.log": (80, 0, 0),
     "probe-6.12-pass.mi.log": (96, 0, 0),
+    "probe-7.3-pass.mi.log": (133, 0, 0),
     "probe-6.1-wrong-target.mi.log": (73, 15, 15),
     "probe-6.1-wrong-return.mi.log": (92, 18, 18),
     "probe-6.1-skip-call.mi.log": (100, 26, 26),
