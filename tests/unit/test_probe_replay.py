@@ -26,6 +26,7 @@ CAPTURED = {
     "probe-6.1-wrong-target.mi.log": (73, 15, 15),
     "probe-6.1-wrong-return.mi.log": (92, 18, 18),
     "probe-6.1-skip-call.mi.log": (100, 26, 26),
+    "probe-7.3-wrong-target.mi.log": (191, 10, 10),
 }
 
 
