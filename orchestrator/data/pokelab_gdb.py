@@ -398,7 +398,7 @@ class _Batch(gdb.Breakpoint):
             frame = gdb.newest_frame()
             vec, nr = _STATE["reader"].batch_vector(frame)
             size = _STATE["info"]["loc_size"]
-            if _STATE["info"].get("vec_inline"):
+            if _STATE["info"].get("batch_exits"):  # only if its end is seen too
                 _STATE["in_batch"] = _STATE.get("in_batch", 0) + 1
             if 0 < nr <= 65536 and vec >= KERNEL_MIN:
                 _STATE["batches"] += 1
@@ -489,7 +489,7 @@ def _on_entry():
     pre = _read(regs_ptr, rsz)
     rec["desc"] = desc = st["reader"].read(cpu)
     vec, nr, refs = desc["vec"], desc["nr_entries"], desc["refs"]
-    if info.get("vec_inline"):
+    if info.get("batch_exits"):
         desc["in_batch"] = st.get("in_batch", 0) > 0
     vec_max = info.get("vec_max") or 65536
     if info.get("vec_max"):
