@@ -136,6 +136,9 @@ class Probe:
         self.batches = 0
         self.unchecked_sites = 0
         self.stats: dict[str, Any] = {}
+        #: GDB thread -> Linux CPU whose per-CPU refs are read (6.16+), from POKELAB-CPU lines
+        self.cpu_map: dict[int, int] = {}
+        self.cpu_map_notes: list[str] = []
         self._ops_report: dict[str, Any] | None = None
         #: set by the MI reader thread when a violation is ingested; the main thread polls it
         #: (``--gdb`` stops there; MI commands must not be sent from the reader thread)
@@ -266,6 +269,14 @@ class Probe:
         elif tag == "POKELAB-SETUP":
             with self._lock:
                 self.setup_info = obj
+        elif tag == "POKELAB-CPU":
+            with self._lock:
+                self.cpu_map[int(obj.get("thread", 0))] = int(obj.get("cpu", -1))
+                if obj.get("note"):
+                    self.cpu_map_notes.append(f"thread {obj.get('thread')}: {obj['note']}")
+            if obj.get("note"):
+                log.warning("vCPU/CPU mapping corrected: thread %s -> cpu %s (%s)",
+                            obj.get("thread"), obj.get("cpu"), obj["note"])
         elif tag == "POKELAB-STATS":
             with self._lock:
                 self.stats = obj
@@ -517,5 +528,7 @@ class Probe:
                 "trap_cost_ms_median": statistics.median(costs) if costs else None,
                 "handler": self.setup_info.get("handler"),
                 "descriptor": self.setup_info.get("desc"),
+                "cpu_map": {str(t): c for t, c in sorted(self.cpu_map.items())},
+                "cpu_map_notes": list(self.cpu_map_notes),
                 "trap_log": str(self.trap_log_path),
             }

@@ -79,6 +79,7 @@ def test_vcpu_to_cpu_mapping_checked_against_gs_base_and_cpu_number() -> None:
 def test_pass_run_judged_as_live(tmp_path: Path) -> None:
     s = replay(PASS, tmp_path).summary()
     assert s["descriptor"] == "text_poke_array"
+    assert s["cpu_map"] == {"1": 0, "2": 1, "3": 2, "4": 3} and s["cpu_map_notes"] == []
     assert (s["traps_judged"], s["violations"], s["batch_violations"]) == (133, 0, 0)
     assert s["batches"] == 65
     assert s["recorder_errors"] == 0 and s["bad_records"] == 0
