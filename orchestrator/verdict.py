@@ -40,8 +40,11 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
            failed_checks: Sequence[str] = ()) -> Outcome:
     """The verdict of one probed run.
 
-    Order matters: a crash outranks everything (the console says who is to blame);
-    a violation or a text mismatch is a FAIL; a run whose recorder lost or
+    Order matters: an emulation violation the probe saw is a FAIL even when the
+    kernel crashed afterwards (the crash is named as a further reason: the 2025
+    int3 oops, c8976ade0c1b, follows a declined live site, and the violation is
+    the finding); otherwise a crash outranks everything (the console says who is
+    to blame); a text mismatch is a FAIL; a run whose recorder lost or
     garbled records cannot vouch for every emulation (INFRA); too few judged
     traps prove nothing (INCONCLUSIVE).  ``failed_checks`` are a scenario's own
     expectations that did not hold (site text, tracer output): each one is a FAIL.
@@ -49,11 +52,6 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
     and nothing else.
     """
     reasons: list[str] = []
-    if crashes:
-        why = "; ".join(crashes[:3])
-        if inject:
-            why += f" (with --inject {inject}: the corruption may have caused it)"
-        return Outcome("CRASH", (why,))
     violations = int(summary.get("violations", 0))
     mismatches = int(summary.get("text_mismatches", 0))
     if violations:
@@ -61,6 +59,13 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
         if inject:
             reasons.append(f"{summary.get('injected_flagged', 0)} of {summary.get('injected', 0)} "
                            f"injected traps flagged, {summary.get('false_flags', 0)} other(s) flagged")
+    if crashes:
+        why = "; ".join(crashes[:3])
+        if inject:
+            why += f" (with --inject {inject}: the corruption may have caused it)"
+        if not violations:
+            return Outcome("CRASH", (why,))
+        return Outcome("FAIL", (*reasons, f"then the kernel crashed: {why}"))
     if mismatches:
         reasons.append(f"{mismatches} site(s) hold other text than the last one written")
     reasons.extend(failed_checks)

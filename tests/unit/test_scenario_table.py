@@ -134,6 +134,17 @@ def test_failed_checks_make_a_fail_but_a_crash_still_wins() -> None:
     out = decide(summary, crashes=[], failed_checks=["site holds x"])
     assert out.verdict == "FAIL" and out.reasons == ("site holds x",)
     assert decide(summary, crashes=["Oops: int3"], failed_checks=["x"]).verdict == "CRASH"
+
+
+def test_a_violation_seen_before_an_oops_is_the_finding() -> None:
+    out = decide({"traps_judged": 5, "violations": 2}, crashes=["Oops: int3 in ttwu_do_activate"])
+    assert out.verdict == "FAIL"
+    assert out.reasons[0] == "2 emulation violation(s)"
+    assert out.reasons[-1] == "then the kernel crashed: Oops: int3 in ttwu_do_activate"
+
+
+def test_too_few_traps_at_the_floor_is_inconclusive() -> None:
+    summary = {"traps_judged": 5, "violations": 0}
     assert decide(summary, crashes=[], floor_count=0, min_judged=1).verdict == "INCONCLUSIVE"
 
 
