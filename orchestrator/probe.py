@@ -202,19 +202,17 @@ class Probe:
 
     # -- run control --------------------------------------------------------------
     def resume(self) -> None:
+        """Let the guest run; returns once GDB reported ``*running`` (MiSession.exec_continue)."""
         assert self._mi is not None
-        self._mi.command("-exec-continue")
+        self._mi.exec_continue()
         self._running = True
 
     def pause(self) -> None:
+        """Stop the guest; returns once GDB reported ``*stopped`` (MiSession.exec_interrupt)."""
         assert self._mi is not None
         if not self._running:
             return
-        start = self._mi.async_count
-        self._mi.command("-exec-interrupt")
-        got = self._mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start)
-        if got is None:
-            raise InfraError(f"the guest did not stop within {self.timeout:.0f} s of an interrupt")
+        self._mi.exec_interrupt()
         self._running = False
 
     @contextmanager
@@ -494,9 +492,7 @@ class Probe:
 
     def pause_quietly(self, mi: MiSession) -> None:
         try:
-            start = mi.async_count
-            mi.command("-exec-interrupt", timeout=5.0)
-            mi.wait_async(lambda r: r.get("message") == "stopped", 5.0, start)
+            mi.exec_interrupt(timeout=5.0, resend_s=1.0)
         except InfraError:
             pass
         self._running = False
