@@ -176,6 +176,7 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
                        "read": tc.bytes_read} for tc in probe.text_checks if not tc.ok]
         summary["text_mismatches"] = len(mismatched)
         out["text_mismatch_examples"] = mismatched[:5]
+        out["text_freed_examples"] = probe.freed_sites[:5]
         summary["lost"] = int(stats.get("lost", 0))
         summary["recorder"] = stats
         out.update(summary)

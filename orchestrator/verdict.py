@@ -80,9 +80,11 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
         return Outcome("INCONCLUSIVE", (f"--inject {inject}: no trap was eligible for injection",))
     checked = int(summary.get("text_checks", 0))
     unchecked = int(summary.get("text_unchecked", 0))
+    freed = int(summary.get("text_freed", 0))
+    notes = ([f"{unchecked} more patched sites not read back"] if unchecked else []) + (
+        [f"{freed} not checked: text freed"] if freed else [])
     return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, {checked} site read-backs matched"
-                            + (f" ({unchecked} more patched sites not read back)" if unchecked
-                               else ""),))
+                            + (f" ({'; '.join(notes)})" if notes else ""),))
 
 
 #: the verdicts that count as a reproduction in ``pokelab repro --runs`` (syz-crush style)

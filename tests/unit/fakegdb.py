@@ -13,6 +13,9 @@ an ``-exec-interrupt`` that arrives in between is answered ``^done`` and lost
   ``^error,msg="Unable to read memory."`` (GDB's answer for unmapped guest memory)
 * ``expressions``: {expression: value}; others ``^error`` "No symbol ... in current context."
 * ``console``: {CLI command: [console lines it prints]}
+* ``phases``: [{"memory"/"expressions"/"console" entries}, ...]: while stopped for the
+  N-th time (1-based), phase N-1 (or the last one) is laid over the tables above: the
+  guest changed while it ran (a module unloaded, an ftrace_ops unregistered)
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class FakeGdb:
         self.script = script
         self.state = "stopped"
         self.drops = int(script.get("drop_interrupts", 0))
+        self.stops = 0
         self.lock = threading.Lock()
         self.running_rec = captured("*running")
         self.stopped_rec = captured('*stopped,reason="signal-received"')
@@ -69,7 +73,14 @@ class FakeGdb:
             if self.state != "running":
                 return
             self.state = "stopped"
+            self.stops += 1
         self.out('~"\\nThread 2 received signal SIGINT, Interrupt.\\n"', self.stopped_rec)
+
+    def table(self, key: str) -> dict:  # type: ignore[type-arg]
+        """``script[key]`` with the current phase's entries laid over it."""
+        phases = self.script.get("phases") or [{}]
+        phase = phases[min(max(self.stops - 1, 0), len(phases) - 1)]
+        return {**self.script.get(key, {}), **phase.get(key, {})}
 
     def handle(self, line: str) -> bool:
         m = re.match(r"^(\d*)(-\S+)\s*(.*)$", line)
@@ -101,7 +112,7 @@ class FakeGdb:
         if cmd == "-data-read-memory-bytes":
             addr_s, _, length_s = rest.partition(" ")
             addr, length = int(addr_s, 0), int(length_s)
-            for base_s, hexdata in self.script.get("memory", {}).items():
+            for base_s, hexdata in self.table("memory").items():
                 base, data = int(base_s, 16), bytes.fromhex(hexdata)
                 if base <= addr and addr + length <= base + len(data):
                     chunk = data[addr - base:addr - base + length].hex()
@@ -112,7 +123,7 @@ class FakeGdb:
             return True
         if cmd == "-data-evaluate-expression":
             expr = json.loads(rest) if rest.startswith('"') else rest
-            value = self.script.get("expressions", {}).get(expr)
+            value = self.table("expressions").get(expr)
             if value is None:
                 self.out(f'{tok}^error,msg="No symbol \\"{expr.split()[0]}\\" in current context."', "(gdb)")
             else:
@@ -120,7 +131,7 @@ class FakeGdb:
             return True
         if cmd == "-interpreter-exec":
             cli = json.loads(rest.split(" ", 1)[1])
-            for text in self.script.get("console", {}).get(cli, []):
+            for text in self.table("console").get(cli, []):
                 self.out("~" + json.dumps(text + "\n"))
             self.out(f"{tok}^done", "(gdb)")
             return True
