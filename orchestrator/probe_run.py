@@ -97,6 +97,8 @@ class BodyResult:
     floor_what: str = "traps judged"
     #: scenario checks that failed (each one makes the run FAIL)
     failed_checks: list[str] = field(default_factory=list)
+    #: scenario checks that could not be made, with the reason (INCONCLUSIVE, never FAIL)
+    unknown_checks: list[str] = field(default_factory=list)
 
 
 Body = Callable[[Run], BodyResult]
@@ -182,7 +184,8 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         out.update(summary)
         outcome = decide(summary, crashes=_crash_titles(vm), min_judged=min_judged,
                          inject=inject, load_ok=res.load_ok, floor_count=res.floor_count,
-                         floor_what=res.floor_what, failed_checks=res.failed_checks)
+                         floor_what=res.floor_what, failed_checks=res.failed_checks,
+                         unknown_checks=res.unknown_checks)
         out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
         if inject and outcome.verdict == "FAIL":
             ok = summary["injected_flagged"] == summary["injected"] and summary["false_flags"] == 0
