@@ -129,6 +129,14 @@ MAX_MODULES = 1024
 _GDB_STRING = re.compile(r'^"((?:[^"\\]|\\.)*)"')
 
 
+def region_name(name: str, site: int, region: TextRegion | None) -> str:
+    """A site's name: the symbolizer's, else its offset in a module's text (``mod.text+0x50``).  Pure."""
+    if name not in ("", "?") or region is None or not region.kind.startswith("module"):
+        return name
+    part = "init.text" if region.kind == "module-init" else "text"
+    return f"{region.owner}.{part}+{site - region.start:#x}"
+
+
 def freed_reason(site: int, live: list[TextRegion], was: TextRegion | None,
                  seen_trampolines: list[TextRegion], modules_known: bool) -> str | None:
     """Why the text at ``site`` is gone (not to be read back), or None if it may be read.  Pure.
@@ -519,15 +527,21 @@ class Probe:
                     if modules is None:
                         modules = self.module_texts() or []
                         live += modules
-                    why = freed_reason(site, live, self._site_region.get(site),
-                                       list(self._trampolines.values()), self._module_fields is not None)
+                    was = self._site_region.get(site)
+                    why = freed_reason(site, live, was, list(self._trampolines.values()),
+                                       self._module_fields is not None)
                     if why is not None:
-                        freed.append({"site": f"{site:#x}", "name": name, "reason": why})
+                        freed.append({"site": f"{site:#x}", "name": region_name(name, site, was),
+                                      "reason": why})
                         self._site_region.pop(site, None)
                         continue
                     region = next((r for r in live if site in r), None)
                     if region is not None:
                         self._site_region[site] = region
+                        name = region_name(name, site, region)
+                        with self._lock:
+                            if site in self.sites:
+                                self.sites[site].name = name
                 try:
                     now = self.read_memory(site, len(written))
                 except MiError as exc:

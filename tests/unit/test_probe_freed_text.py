@@ -166,3 +166,13 @@ def test_freed_text_is_not_a_mismatch_and_is_said() -> None:
     assert out.verdict == "PASS"
     assert out.reasons == ("40 trap(s) judged, 0 violations, 12 site read-backs matched "
                            "(2 not checked: text freed)",)
+
+
+def test_module_sites_are_named_by_the_module() -> None:
+    from orchestrator.probe import region_name
+
+    mod = TextRegion("module", "pokelab_ops", 0x1000, 0x2000)
+    assert region_name("?", 0x1050, mod) == "pokelab_ops.text+0x50"
+    assert region_name("control_write+0x0", 0x1050, mod) == "control_write+0x0"
+    assert region_name("?", 0x1050, None) == "?"
+    assert region_name("?", 0x3010, TextRegion("module-init", "m", 0x3000, 0x3100)) == "m.init.text+0x10"
