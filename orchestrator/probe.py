@@ -527,21 +527,10 @@ class Probe:
                     if modules is None:
                         modules = self.module_texts() or []
                         live += modules
-                    was = self._site_region.get(site)
-                    why = freed_reason(site, live, was, list(self._trampolines.values()),
-                                       self._module_fields is not None)
+                    region, name, why = self._locate(site, name, live)
                     if why is not None:
-                        freed.append({"site": f"{site:#x}", "name": region_name(name, site, was),
-                                      "reason": why})
-                        self._site_region.pop(site, None)
+                        freed.append({"site": f"{site:#x}", "name": name, "reason": why})
                         continue
-                    region = next((r for r in live if site in r), None)
-                    if region is not None:
-                        self._site_region[site] = region
-                        name = region_name(name, site, region)
-                        with self._lock:
-                            if site in self.sites:
-                                self.sites[site].name = name
                 try:
                     now = self.read_memory(site, len(written))
                 except MiError as exc:
@@ -561,6 +550,24 @@ class Probe:
             self.freed_sites.extend(freed)
             self.unchecked_sites += len(quiet) - min(len(quiet), self.MAX_UNTRAPPED_READBACKS)
         return checks
+
+    def _locate(self, site: int, name: str,
+                live: list[TextRegion]) -> tuple[TextRegion | None, str, str | None]:
+        """For a site outside the core text: (the live region holding it, its name, why its text is
+        gone or None).  Remembers the region for the next check, when it may be gone."""
+        was = self._site_region.get(site)
+        why = freed_reason(site, live, was, list(self._trampolines.values()), self._module_fields is not None)
+        if why is not None:
+            self._site_region.pop(site, None)
+            return None, region_name(name, site, was), why
+        region = next((r for r in live if site in r), None)
+        if region is not None:
+            self._site_region[site] = region
+            name = region_name(name, site, region)
+            with self._lock:
+                if site in self.sites:
+                    self.sites[site].name = name
+        return region, name, None
 
     def core_text(self) -> tuple[int, int]:
         """[_stext, _etext): the kernel image's own text, which never goes away (System.map, else GDB)."""
