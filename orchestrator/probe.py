@@ -235,7 +235,9 @@ class Probe:
             mi.command(f"-target-select remote {self.address}", timeout=self.timeout)
         except MiError as exc:
             raise InfraError(f"GDB could not attach to {self.address}: {exc.title}") from None
-        mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start)
+        if mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start) is None:
+            raise InfraError(f"GDB did not report *stopped within {self.timeout:.0f} s of attaching "
+                             f"to {self.address}")
         self._check_build_id()
         mi.console(f"source {GDB_SCRIPT}")
         args = {"inject": self.inject, "inject_every": self.inject_every,
