@@ -13,7 +13,7 @@ APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-uti
 # what a kernel build needs (pokelab build-kernel, bisect; make bench, e2e-patched, e2e-bisect)
 E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc patch
 
-.PHONY: all setup apt venv images demo test unit vm lint types bench clean help
+.PHONY: all setup apt kbuild-deps venv images demo test unit vm lint types bench clean help
 
 help:
 	@echo "make demo   - boot the default kernel, run a guest command over SSH, then probe it"
@@ -34,6 +34,10 @@ endef
 
 apt:
 	$(call apt-install,$(APT_PACKAGES))
+
+# what `pokelab build-kernel` and `pokelab bisect --source` need beyond `make setup`
+kbuild-deps:
+	$(call apt-install,$(E2E_PACKAGES))
 
 venv: $(VENV)/.stamp
 

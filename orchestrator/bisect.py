@@ -78,8 +78,14 @@ def read_log(path: Path) -> dict[str, list[str]]:
     """Outcomes per revision from a bisect log (later lines win)."""
     if not path.is_file():
         raise UsageError(f"--replay {path}: no such file")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"--replay {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--replay {path}: a binary file, not a bisect log") from None
     got: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

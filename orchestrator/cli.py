@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from . import __version__
+from .cli_paths import input_dir, input_file, input_file_or_dir, output_dir, output_file
 from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported, UsageError
 from .verdict import EXIT_CODES as verdict_exit_codes
 
@@ -61,8 +62,9 @@ def _add_kernel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel (default: the catalog's default kernel)")
     g.add_argument("--kernel", metavar="ID",
                    help="a kernel id from `pokelab kernels`, or any Debian cloud-amd64 ABI (6.1.0-50)")
-    g.add_argument("--bzimage", type=Path, metavar="P", help="your own kernel image (with --vmlinux)")
-    g.add_argument("--vmlinux", type=Path, metavar="P", help="its debug vmlinux (build-id must match)")
+    g.add_argument("--bzimage", type=input_file(), metavar="P", help="your own kernel image (with --vmlinux)")
+    g.add_argument("--vmlinux", type=input_file(), metavar="P",
+                   help="its debug vmlinux (build-id must match)")
 
 
 def _add_vm_args(p: argparse.ArgumentParser, choose_kernel: bool = True) -> None:
@@ -81,7 +83,7 @@ def _add_vm_args(p: argparse.ArgumentParser, choose_kernel: bool = True) -> None
     g.add_argument("--gdb-port", type=int, metavar="PORT",
                    help="gdbstub port on 127.0.0.1 (default: a free one)")
     g.add_argument("--ssh-port", type=int, metavar="PORT", help="SSH port on 127.0.0.1 (default: a free one)")
-    g.add_argument("--artifacts", type=Path, metavar="DIR",
+    g.add_argument("--artifacts", type=output_dir(), metavar="DIR",
                    help="artifact dir (default: artifacts/<time>-<command>-<pid>, or $POKELAB_ARTIFACTS)")
     if choose_kernel:
         g.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
@@ -257,8 +259,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     if args.toggles < 1:
         raise UsageError("--toggles must be at least 1")
-    if args.json is not None and not args.json.resolve().parent.is_dir():
-        raise UsageError(f"--json {args.json}: directory does not exist")
     extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
     spec, kernel = _vm_from_args(args, "probe", extra)
     if args.dry_run:
@@ -366,10 +366,6 @@ def cmd_repro(args: argparse.Namespace) -> int:
     sc = BY_NAME.get(args.scenario)
     if sc is None:
         raise UsageError(f"unknown scenario '{args.scenario}' (see: pokelab scenarios)")
-    if args.json is not None and not args.json.resolve().parent.is_dir():
-        raise UsageError(f"--json {args.json}: directory does not exist")
-    if args.workload is not None and not args.workload.is_file():
-        raise UsageError(f"--workload {args.workload}: no such file")
     sc = with_options(sc, repeat=args.repeat, function=args.function)
     extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
     spec, kernel = _vm_from_args(args, f"repro-{sc.name}", extra,
@@ -584,13 +580,9 @@ def _add_nightly_parsers(sub: Any) -> None:
     s.add_argument("--repeat", type=int, metavar="N", help="cycles of each scenario's steps")
     s.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based, deterministic)")
     s.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="parallel VMs (default 1)")
-    s.add_argument("--out", type=Path, default=Path("nightly"), metavar="DIR", help="default ./nightly")
-    s.add_argument("--previous", type=Path, metavar="SUMMARY", help="a previous summary.json to compare with")
-    s.add_argument("--known-issues", type=Path, metavar="FILE", help="known flakes (TOML or JSON, "
-                                                                      "docs/nightly.md)")
-    s.add_argument("--kcidb", type=Path, metavar="FILE", help="also write KCIDB-style JSON here")
-    s.add_argument("--artifacts-url", metavar="URL",
-                   help="where OUT is published: KCIDB output_files URLs are made from it")
+    s.add_argument("--out", type=output_dir(), default="nightly", metavar="DIR",
+                   help="default ./nightly")
+    _add_report_args(s)
     s.add_argument("--smp", type=int, default=4, metavar="N", help="vCPUs (default 4)")
     s.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM (default 1024)")
     s.add_argument("--accel", default="auto", choices=("auto", "tcg", "kvm"))
@@ -599,14 +591,23 @@ def _add_nightly_parsers(sub: Any) -> None:
     s.set_defaults(func=cmd_nightly)
 
     s = sub.add_parser("merge", help="join nightly shard summaries into one summary, JUnit and HTML")
-    s.add_argument("out", type=Path, metavar="OUT", help="output dir")
-    s.add_argument("summaries", type=Path, nargs="+", metavar="SUMMARY", help="shard summary.json files")
-    s.add_argument("--previous", type=Path, metavar="SUMMARY", help="a previous summary.json to compare with")
-    s.add_argument("--known-issues", type=Path, metavar="FILE", help="known flakes (TOML or JSON)")
-    s.add_argument("--kcidb", type=Path, metavar="FILE", help="also write KCIDB-style JSON here")
+    s.add_argument("out", type=output_dir(), metavar="OUT", help="output dir")
+    s.add_argument("summaries", type=input_file(text=True), nargs="+", metavar="SUMMARY",
+                   help="shard summary.json files")
+    _add_report_args(s)
+    s.set_defaults(func=cmd_merge)
+
+
+def _add_report_args(s: Any) -> None:
+    """The report options nightly and merge share."""
+    s.add_argument("--previous", type=input_file(text=True), metavar="SUMMARY",
+                   help="a previous summary.json to compare with")
+    s.add_argument("--known-issues", type=input_file(text=True), metavar="FILE",
+                   help="known flakes (TOML or JSON, docs/nightly.md)")
+    s.add_argument("--kcidb", type=output_file("create"), metavar="FILE",
+                   help="also write KCIDB-style JSON here")
     s.add_argument("--artifacts-url", metavar="URL",
                    help="where OUT is published: KCIDB output_files URLs are made from it")
-    s.set_defaults(func=cmd_merge)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -653,11 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inject at every K-th eligible trap (default 2)")
     s.add_argument("--min-judged", type=int, default=1, metavar="N",
                    help="fewer traps judged at the traced function's own site is INCONCLUSIVE (default 1)")
-    s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON summary here too")
+    s.add_argument("--json", type=output_file(), metavar="FILE", help="write the JSON summary here too")
     s.set_defaults(func=cmd_probe)
 
     s = sub.add_parser("bench", help="measure boot time, probe cost and kernel builds; write flat JSON")
-    s.add_argument("--out", type=Path, default=Path("bench/latest.json"), help="default bench/latest.json")
+    s.add_argument("--out", type=output_file("create"), default="bench/latest.json",
+                   help="default bench/latest.json")
     s.add_argument("--part", action="append", choices=("vm", "kbuild"),
                    help="run only this part (repeatable; default both): vm = boots, stops, probe cost; "
                         "kbuild = cold full build, incremental build, one bisect step (~12 min). "
@@ -676,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vm_args(s)
     s.add_argument("--inject", choices=("wrong-target", "wrong-return", "skip-call"),
                    help="corrupt the emulation at chosen CALL traps (self-test: must end FAIL)")
-    s.add_argument("--workload", type=Path, metavar="FILE",
+    s.add_argument("--workload", type=input_file(), metavar="FILE",
                    help="a static binary or script to copy in and run pinned as the load")
     s.add_argument("--repeat", type=int, metavar="N", help="cycles of the scenario's steps")
     s.add_argument("--runs", type=int, metavar="N",
@@ -687,17 +689,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at the first violation leave the guest stopped and print the gdb command; "
                         "Ctrl-C ends it")
     s.add_argument("--function", help="trace this function instead (the real symbol)")
-    s.add_argument("--json", type=Path, metavar="FILE", help="write the JSON verdict here too")
+    s.add_argument("--json", type=output_file(), metavar="FILE", help="write the JSON verdict here too")
     s.set_defaults(func=cmd_repro)
 
     s = sub.add_parser("build-kernel", help="build a guest kernel from source (+patches) and register it")
-    s.add_argument("--source", type=Path, metavar="DIR",
+    s.add_argument("--source", type=input_dir(), metavar="DIR",
                    help="kernel tree, plain or git (default: Debian's linux-source-6.1, unpacked once)")
-    s.add_argument("--patches", type=Path, nargs="+", default=[], metavar="DIR|FILE",
+    s.add_argument("--patches", type=input_file_or_dir(text=True), nargs="+", default=[], metavar="DIR|FILE",
                    help="patches applied with patch -p1 to a scratch copy, in order (a dir: its *.patch)")
-    s.add_argument("--config-fragment", type=Path, nargs="+", default=[], metavar="FILE",
+    s.add_argument("--config-fragment", type=input_file(text=True), nargs="+", default=[], metavar="FILE",
                    help="config fragments merged on allnoconfig (default: images/config/*.config)")
-    s.add_argument("--out", type=Path, metavar="DIR", help="make O= dir (default: under the cache)")
+    s.add_argument("--out", type=output_dir(), metavar="DIR", help="make O= dir (default: under the cache)")
     s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j (default 2)")
     s.set_defaults(func=cmd_build_kernel)
 
@@ -707,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Bisect a git kernel tree (--source, --good, --bad: build, boot, run, "
                                    "judge each revision) or Debian's prebuilt cloud-amd64 kernels "
                                    "(--debian A..B: fetch, boot, run, judge; no builds).")
-    s.add_argument("--source", type=Path, metavar="DIR",
+    s.add_argument("--source", type=input_dir(), metavar="DIR",
                    help="a git kernel checkout (bisected in a scratch worktree; yours is not touched)")
     s.add_argument("--good", metavar="REV", help="with --source: a revision the scenario passes on")
     s.add_argument("--bad", metavar="REV", help="with --source: a revision the scenario fails on")
@@ -718,9 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=int, default=3, metavar="N",
                    help="scenario runs per revision (default 3; good needs min(N, 3) clean runs and no "
                         "failure, bad needs 2 failing runs)")
-    s.add_argument("--log", type=Path, metavar="FILE",
+    s.add_argument("--log", type=output_file("create"), metavar="FILE",
                    help="JSON-lines bisect log (default: --replay's file, else under the artifacts)")
-    s.add_argument("--replay", type=Path, metavar="FILE",
+    s.add_argument("--replay", type=input_file(text=True), metavar="FILE",
                    help="resume from a bisect log: logged revisions are not run again")
     s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j with --source (default 2)")
     _add_vm_args(s, choose_kernel=False)

@@ -235,6 +235,26 @@ def _make(tree: Path, out: Path, args: Sequence[str], logfile: Path, what: str, 
         raise BuildError(f"{what} failed: {first} (log: {logfile})", tail) from None
 
 
+#: what a kernel build runs: (program, Debian package); the Makefile's E2E_PACKAGES
+#: (`make kbuild-deps`) installs them all, with libelf-dev and dwarves
+BUILD_TOOLS = (("ccache", "ccache"), ("patch", "patch"), ("flex", "flex"), ("bison", "bison"),
+               ("bc", "bc"), ("make", "make"), ("gcc", "gcc"))
+
+
+def check_build_tools(which: Callable[[str], str | None] = shutil.which) -> None:
+    """InfraError naming every missing build tool and the one command that installs them."""
+    missing = [(tool, pkg) for tool, pkg in BUILD_TOOLS if which(tool) is None]
+    if missing:
+        pkgs = " ".join(dict.fromkeys(pkg for _t, pkg in missing))
+        raise InfraError(f"kernel builds need {', '.join(t for t, _p in missing)}: "
+                         f"apt-get install {pkgs} (or `make kbuild-deps`: every kernel-build package)")
+
+
+def _check_tree(src: Path) -> None:
+    if not (src / "Makefile").is_file() or not (src / "arch" / "x86").is_dir():
+        raise UsageError(f"{src} is not a kernel source tree")
+
+
 def work_dir(source: Path, cache: Path) -> Path:
     """``kbuild/<key>/``: the scratch copy, O= dir and log of one (resolved) source path."""
     return cache / "kbuild" / path_key(source)
@@ -251,18 +271,17 @@ def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: S
     from .cache import cache_dir
 
     cache = cache or cache_dir()
-    procs.which("ccache", "ccache")
-    procs.which("patch", "patch")
-    procs.which("flex", "flex")
-    procs.which("bison", "bison")
-    src = (source or default_source(cache)).resolve()
-    if not (src / "Makefile").is_file() or not (src / "arch" / "x86").is_dir():
-        raise UsageError(f"{src} is not a kernel source tree")
+    # the user's input first (cheap, their mistake), then the host's tools, then slow work
+    if source is not None:
+        _check_tree(source.resolve())
     patch_files = expand_patches(patches)
     frags = [f.resolve() for f in (fragments or default_fragments())]
     for f in frags:
         if not f.is_file():
             raise UsageError(f"config fragment {f} does not exist")
+    check_build_tools()
+    src = (source or default_source(cache)).resolve()
+    _check_tree(src)
     work = work_dir(src, cache)
     work.mkdir(parents=True, exist_ok=True)
     tree, state_file, logfile = work / "tree", work / "state.json", work / "build.log"

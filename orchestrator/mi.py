@@ -9,6 +9,12 @@ their own result record with a deadline; async records (``*stopped``,
 ``*running``, ``=...``) go to a list that callers wait on by predicate; console
 stream lines go to hooks (the probe's trap records arrive that way).  Every line
 in and out goes to a transcript file.
+
+Run control never loses a stop or an interrupt: :meth:`MiSession.exec_continue`
+returns only once GDB reported ``*running`` (an ``-exec-interrupt`` sent between
+``^running`` and ``*running`` was seen dropped: the guest ran on, issue 12), and
+:meth:`MiSession.exec_interrupt` waits for ``*stopped``, re-sending the interrupt
+until its deadline.  Every wait is bounded and its error names what it waited for.
 """
 
 from __future__ import annotations
@@ -37,9 +43,20 @@ class MiError(InfraError):
     """GDB answered ^error to a command."""
 
 
+class MiTimeout(InfraError):
+    """A bounded wait on GDB expired; the title names the command and the record waited for."""
+
+
+#: re-send ``-exec-interrupt`` this often (s) while no ``*stopped`` came, at most
+INTERRUPT_RESEND_S = 5.0
+
+
 class MiSession:
     def __init__(self, argv: Sequence[str], transcript: Path, timeout: float) -> None:
         self.timeout = timeout
+        #: "running" or "stopped" as GDB last reported it (``*running``/``*stopped``); None before either
+        self.state: str | None = None
+        self._last_stop: Record | None = None
         self._tokens = itertools.count(1)
         self._cond = threading.Condition()
         self._results: dict[int, Record] = {}
@@ -93,6 +110,10 @@ class MiSession:
                 self._cond.notify_all()
         elif kind == "notify" or (kind == "result" and rec.get("token") is None):
             with self._cond:
+                if kind == "notify" and rec.get("message") in ("running", "stopped"):
+                    self.state = rec["message"]
+                    if self.state == "stopped":
+                        self._last_stop = rec
                 self.async_records.append(rec)
                 self._cond.notify_all()
         elif kind == "console":
@@ -130,7 +151,7 @@ class MiSession:
             while token not in self._results:
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise InfraError(f"GDB did not answer {what or token} within "
+                    raise MiTimeout(f"GDB did not answer {what or token} within "
                                      f"{(self.timeout if timeout is None else timeout):.0f} s")
                 if self._eof:
                     raise InfraError(f"GDB exited before answering {what or token}")
@@ -169,6 +190,66 @@ class MiSession:
                 if left <= 0 or self._eof:
                     return None
                 self._cond.wait(min(left, 0.5))
+
+    # -- run control ----------------------------------------------------------
+    def exec_continue(self, timeout: float | None = None) -> None:
+        """``-exec-continue``, then wait until GDB reports ``*running`` (or a ``*stopped`` after it).
+
+        ``^running`` alone does not mean the target runs: an ``-exec-interrupt``
+        sent before ``*running`` can reach the gdbstub before the resume and be
+        lost.  MiTimeout names the record that did not come.
+        """
+        limit = self.timeout if timeout is None else timeout
+        with self._cond:
+            start = len(self.async_records)
+        self.command("-exec-continue", limit)
+        got = self.wait_async(lambda r: r.get("type") == "notify"
+                              and r.get("message") in ("running", "stopped"), limit, start)
+        if got is None:
+            raise self._expired("*running after -exec-continue", limit)
+
+    def exec_interrupt(self, timeout: float | None = None,
+                       resend_s: float = INTERRUPT_RESEND_S) -> Record:
+        """Stop the target: ``-exec-interrupt`` until ``*stopped`` comes, re-sent every ``resend_s``.
+
+        Returns the ``*stopped`` record (at once if GDB already reported the
+        target stopped).  MiTimeout after ``timeout`` s, saying how often the
+        interrupt was sent; MiError if GDB refuses it while not stopped.
+        """
+        limit = self.timeout if timeout is None else timeout
+        end = time.monotonic() + limit
+        sent = 0
+        with self._cond:
+            start = len(self.async_records)
+            if self.state == "stopped" and self._last_stop is not None:
+                return self._last_stop
+
+        def stopped(r: Record) -> bool:
+            return r.get("type") == "notify" and r.get("message") == "stopped"
+
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise self._expired(f"*stopped after -exec-interrupt (sent {sent} time(s))", limit)
+            try:
+                self.command("-exec-interrupt", left)
+                sent += 1
+            except MiError:
+                got = self.wait_async(stopped, 0.0, start)
+                if got is not None:
+                    return got[1]  # it stopped on its own meanwhile
+                raise
+            got = self.wait_async(stopped, min(resend_s, max(0.0, end - time.monotonic())), start)
+            if got is not None:
+                return got[1]
+            if sent == 1:
+                log.warning("no *stopped within %.1f s of -exec-interrupt: sending it again", resend_s)
+
+    def _expired(self, what: str, limit: float) -> InfraError:
+        if self._eof:
+            return InfraError(f"GDB exited while waiting for {what}")
+        return MiTimeout(f"GDB did not report {what} within {limit:.1f} s "
+                         f"(GDB last reported the target {self.state or 'in no state yet'})")
 
     @property
     def async_count(self) -> int:

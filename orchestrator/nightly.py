@@ -116,6 +116,8 @@ def load_known_issues(path: Path) -> list[dict[str, Any]]:
     """
     text = path.read_text()
     data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of issues, not {type(data).__name__}")
     issues = data.get("issue", data.get("issues", []))
     if not isinstance(issues, list):
         raise ValueError(f"{path}: expected a list of issues")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import statistics
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,69 @@ class TextCheck:
     bytes_read: str
 
 
+@dataclass(frozen=True)
+class TextRegion:
+    """Kernel text that can go away: a module's text (core or init) or an ftrace trampoline."""
+
+    #: "module", "module-init" or "trampoline"
+    kind: str
+    #: who owns it, for reasons: the module's name, or the trampoline's name (ops(...).trampoline)
+    owner: str
+    start: int
+    end: int
+
+    def __contains__(self, addr: object) -> bool:
+        return isinstance(addr, int) and self.start <= addr < self.end
+
+    def __str__(self) -> str:
+        what = {"module": "module", "module-init": "the init text of module"}.get(self.kind)
+        return f"{what} {self.owner}" if what else self.owner
+
+
+#: ``struct module``'s text, newest layout first: (kind, base field, size field).
+#: 6.4+ (ac3b43283923 "module: replace module_layout with module_memory"): mem[MOD_TEXT],
+#: mem[MOD_INIT_TEXT] (enum mod_mem_type: MOD_TEXT = 0, MOD_INIT_TEXT = 4); before:
+#: core_layout and init_layout (struct module_layout, kernel/module/main.c in 6.1).
+MODULE_TEXT_FIELDS: tuple[tuple[tuple[str, str, str], ...], ...] = (
+    (("module", "mem[0].base", "mem[0].size"), ("module-init", "mem[4].base", "mem[4].size")),
+    (("module", "core_layout.base", "core_layout.text_size"),
+     ("module-init", "init_layout.base", "init_layout.text_size")),
+)
+
+#: the most modules walked in the kernel's ``modules`` list (a longer walk means a bad read)
+MAX_MODULES = 1024
+
+_GDB_STRING = re.compile(r'^"((?:[^"\\]|\\.)*)"')
+
+
+def region_name(name: str, site: int, region: TextRegion | None) -> str:
+    """A site's name: the symbolizer's, else its offset in a module's text (``mod.text+0x50``).  Pure."""
+    if name not in ("", "?") or region is None or not region.kind.startswith("module"):
+        return name
+    part = "init.text" if region.kind == "module-init" else "text"
+    return f"{region.owner}.{part}+{site - region.start:#x}"
+
+
+def freed_reason(site: int, live: list[TextRegion], was: TextRegion | None,
+                 seen_trampolines: list[TextRegion], modules_known: bool) -> str | None:
+    """Why the text at ``site`` is gone (not to be read back), or None if it may be read.  Pure.
+
+    ``live``: the module texts and trampolines that exist now; ``was``: the region the
+    site lay in when it was last seen live; ``seen_trampolines``: every trampoline seen
+    in this run; ``modules_known``: ``live`` holds the module list (the walk worked).
+    """
+    if any(site in r for r in live):
+        return None
+    if was is not None and (was.kind == "trampoline" or modules_known):
+        return f"{was} " + {"trampoline": "was freed (its ftrace_ops unregistered)",
+                            "module": "was unloaded: its text was freed",
+                            "module-init": "was freed when the module's init ended"}.get(was.kind, "is gone")
+    for r in seen_trampolines:
+        if site in r:
+            return f"{r} was freed (its ftrace_ops unregistered)"
+    return None
+
+
 @dataclass
 class Counts:
     seen: int = 0  # stops at the handler that we recorded in full
@@ -135,6 +199,14 @@ class Probe:
         self.violations: list[dict[str, Any]] = []
         self.batches = 0
         self.unchecked_sites = 0
+        #: sites not read back because their text is gone: {"site", "name", "reason"}
+        self.freed_sites: list[dict[str, str]] = []
+        #: the region each site outside the core text lay in when last seen live
+        self._site_region: dict[int, TextRegion] = {}
+        #: every trampoline seen in this run, by start address
+        self._trampolines: dict[int, TextRegion] = {}
+        self._core_text: tuple[int, int] | None = None
+        self._module_fields: tuple[tuple[str, str, str], ...] | None = None
         self.stats: dict[str, Any] = {}
         #: GDB thread -> Linux CPU whose per-CPU refs are read (6.16+), from POKELAB-CPU lines
         self.cpu_map: dict[int, int] = {}
@@ -163,7 +235,9 @@ class Probe:
             mi.command(f"-target-select remote {self.address}", timeout=self.timeout)
         except MiError as exc:
             raise InfraError(f"GDB could not attach to {self.address}: {exc.title}") from None
-        mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start)
+        if mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start) is None:
+            raise InfraError(f"GDB did not report *stopped within {self.timeout:.0f} s of attaching "
+                             f"to {self.address}")
         self._check_build_id()
         mi.console(f"source {GDB_SCRIPT}")
         args = {"inject": self.inject, "inject_every": self.inject_every,
@@ -202,19 +276,17 @@ class Probe:
 
     # -- run control --------------------------------------------------------------
     def resume(self) -> None:
+        """Let the guest run; returns once GDB reported ``*running`` (MiSession.exec_continue)."""
         assert self._mi is not None
-        self._mi.command("-exec-continue")
+        self._mi.exec_continue()
         self._running = True
 
     def pause(self) -> None:
+        """Stop the guest; returns once GDB reported ``*stopped`` (MiSession.exec_interrupt)."""
         assert self._mi is not None
         if not self._running:
             return
-        start = self._mi.async_count
-        self._mi.command("-exec-interrupt")
-        got = self._mi.wait_async(lambda r: r.get("message") == "stopped", self.timeout, start)
-        if got is None:
-            raise InfraError(f"the guest did not stop within {self.timeout:.0f} s of an interrupt")
+        self._mi.exec_interrupt()
         self._running = False
 
     @contextmanager
@@ -440,17 +512,122 @@ class Probe:
         checks: list[TextCheck] = []
         if not chosen:
             return checks
+        freed: list[dict[str, str]] = []
         with self.paused():
-            self.refresh_ops()
+            live = [TextRegion("trampoline", self.sym(o["trampoline"]) or f"{o['trampoline']:#x}",
+                               o["trampoline"], o["trampoline"] + (o.get("trampoline_size") or 0x100))
+                    for o in self.refresh_ops() if o.get("trampoline")]
+            live = [replace(r, owner=r.owner.removesuffix("+0x0")) for r in live]
+            self._trampolines.update((r.start, r) for r in live)
+            core = self.core_text()
+            modules: list[TextRegion] | None = None
             for site in chosen:
                 written, name, _ = todo[site]
-                now = self.read_memory(site, len(written))
+                in_core = core[0] <= site < core[1]
+                region = None
+                if not in_core:
+                    if modules is None:
+                        modules = self.module_texts() or []
+                        live += modules
+                    region, name, why = self._locate(site, name, live)
+                    if why is not None:
+                        freed.append({"site": f"{site:#x}", "name": name, "reason": why})
+                        continue
+                try:
+                    now = self.read_memory(site, len(written))
+                except MiError as exc:
+                    if in_core or region is not None:
+                        raise  # the kernel's own text, or a live module's, must read
+                    freed.append({"site": f"{site:#x}", "name": name, "reason":
+                                  f"unreadable ({exc.title}), outside the kernel's text "
+                                  f"[{core[0]:#x}, {core[1]:#x}) and in no loaded module or live "
+                                  "trampoline: its text was freed"})
+                    continue
                 ok, reason = check_final_text(now, written)
                 checks.append(TextCheck(site, name, ok, reason, now.hex()))
+        for f in freed:
+            log.info("not checked: %s %s: %s", f["site"], f["name"], f["reason"])
         with self._lock:
             self.text_checks.extend(checks)
+            self.freed_sites.extend(freed)
             self.unchecked_sites += len(quiet) - min(len(quiet), self.MAX_UNTRAPPED_READBACKS)
         return checks
+
+    def _locate(self, site: int, name: str,
+                live: list[TextRegion]) -> tuple[TextRegion | None, str, str | None]:
+        """For a site outside the core text: (the live region holding it, its name, why its text is
+        gone or None).  Remembers the region for the next check, when it may be gone."""
+        was = self._site_region.get(site)
+        why = freed_reason(site, live, was, list(self._trampolines.values()), self._module_fields is not None)
+        if why is not None:
+            self._site_region.pop(site, None)
+            return None, region_name(name, site, was), why
+        region = next((r for r in live if site in r), None)
+        if region is not None:
+            self._site_region[site] = region
+            name = region_name(name, site, region)
+            with self._lock:
+                if site in self.sites:
+                    self.sites[site].name = name
+        return region, name, None
+
+    def core_text(self) -> tuple[int, int]:
+        """[_stext, _etext): the kernel image's own text, which never goes away (System.map, else GDB)."""
+        if self._core_text is None:
+            ends = []
+            for name in ("_stext", "_etext"):
+                addr = self.sym.by_name.get(name)
+                if addr is None:
+                    try:
+                        addr = int(self.evaluate(f"(unsigned long)&{name}").split()[0], 0)
+                    except (MiError, ValueError, IndexError):
+                        raise InfraError(f"cannot find {name} in the vmlinux") from None
+                ends.append(addr)
+            self._core_text = (ends[0], ends[1])
+        return self._core_text
+
+    def module_texts(self) -> list[TextRegion] | None:
+        """The text of every loaded module, walked from the kernel's ``modules`` list
+        (``struct module``'s ``list``; kernel/module/main.c), guest stopped.
+
+        None if the walk cannot be made (no ``modules`` symbol, an unknown layout, a
+        list longer than MAX_MODULES): then no module text is known to be gone.
+        """
+        def num(expr: str) -> int:
+            return int(self.evaluate(expr).split()[0], 0)
+
+        try:
+            head = num("(unsigned long)&modules")
+            link = num("(unsigned long)&((struct module *)0)->list")
+            if self._module_fields is None:
+                for layout in MODULE_TEXT_FIELDS:
+                    try:  # an offset, no guest read: fails only if the field does not exist
+                        num(f"(unsigned long)&((struct module *)0)->{layout[0][1]}")
+                    except MiError:
+                        continue
+                    self._module_fields = layout
+                    break
+            fields = self._module_fields
+            if fields is None:
+                return None
+            out: list[TextRegion] = []
+            node = num("(unsigned long)modules.next")
+            for _ in range(MAX_MODULES + 1):
+                if node == head:
+                    return out
+                mod = f"((struct module *){node - link:#x})"
+                m = _GDB_STRING.match(self.evaluate(f"{mod}->name"))
+                name = m.group(1) if m else "?"
+                for kind, base_f, size_f in fields:
+                    base, size = num(f"(unsigned long){mod}->{base_f}"), num(f"{mod}->{size_f}")
+                    if base and size:
+                        out.append(TextRegion(kind, name, base, base + size))
+                node = num(f"(unsigned long){mod}->list.next")
+            log.warning("the module list is longer than %d entries: not walked", MAX_MODULES)
+            return None
+        except (MiError, ValueError, IndexError) as exc:
+            log.warning("cannot walk the module list: %s", exc)
+            return None
 
     def recorder_stats(self) -> dict[str, Any]:
         assert self._mi is not None
@@ -494,9 +671,7 @@ class Probe:
 
     def pause_quietly(self, mi: MiSession) -> None:
         try:
-            start = mi.async_count
-            mi.command("-exec-interrupt", timeout=5.0)
-            mi.wait_async(lambda r: r.get("message") == "stopped", 5.0, start)
+            mi.exec_interrupt(timeout=5.0, resend_s=1.0)
         except InfraError:
             pass
         self._running = False
@@ -524,6 +699,7 @@ class Probe:
                 "text_checks": len(self.text_checks),
                 "text_mismatches": sum(1 for t in self.text_checks if not t.ok),
                 "text_unchecked": self.unchecked_sites,
+                "text_freed": len(self.freed_sites),
                 "batches": self.batches,
                 "trap_cost_ms_median": statistics.median(costs) if costs else None,
                 "handler": self.setup_info.get("handler"),

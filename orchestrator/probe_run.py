@@ -97,6 +97,8 @@ class BodyResult:
     floor_what: str = "traps judged"
     #: scenario checks that failed (each one makes the run FAIL)
     failed_checks: list[str] = field(default_factory=list)
+    #: scenario checks that could not be made, with the reason (INCONCLUSIVE, never FAIL)
+    unknown_checks: list[str] = field(default_factory=list)
 
 
 Body = Callable[[Run], BodyResult]
@@ -176,12 +178,14 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
                        "read": tc.bytes_read} for tc in probe.text_checks if not tc.ok]
         summary["text_mismatches"] = len(mismatched)
         out["text_mismatch_examples"] = mismatched[:5]
+        out["text_freed_examples"] = probe.freed_sites[:5]
         summary["lost"] = int(stats.get("lost", 0))
         summary["recorder"] = stats
         out.update(summary)
         outcome = decide(summary, crashes=_crash_titles(vm), min_judged=min_judged,
                          inject=inject, load_ok=res.load_ok, floor_count=res.floor_count,
-                         floor_what=res.floor_what, failed_checks=res.failed_checks)
+                         floor_what=res.floor_what, failed_checks=res.failed_checks,
+                         unknown_checks=res.unknown_checks)
         out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
         if inject and outcome.verdict == "FAIL":
             ok = summary["injected_flagged"] == summary["injected"] and summary["false_flags"] == 0

@@ -25,8 +25,15 @@ the watched function's fentry site holds a call while registered and the
 5-byte NOP after removal, the tracer or handler really ran (each ``evidence``
 command printed a count > 0), the load ran, and the console is clean.
 
-In guest commands ``{function}`` and ``{tracing}`` are replaced by the
-scenario's function and the tracefs mount point.
+No check depends on what the load is (``--workload`` replaces it): evidence is
+either system-wide (``/proc/schedstat``) or names ``{call}``, pokelab's own call
+of the watched function from vCPU 0 (:data:`CALLERS`).  A check that cannot be
+made is INCONCLUSIVE with its reason, never FAIL: evidence that printed no
+number, evidence 0 for a function pokelab has no caller for (``--function``),
+a user's workload that exited with an error.
+
+In guest commands ``{function}``, ``{tracing}`` and ``{call}`` are replaced by
+the scenario's function, the tracefs mount point and the function's caller.
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module")
 SITE_STATES = ("call", "nop")
 
 GuestAction = str | Callable[[Vm], str]
+
+#: Guest commands that call a function for a moment from vCPU 0, whatever the load is:
+#: ``{call}`` in an evidence command.  __do_sys_getpid: getpid(2) (kernel/sys.c).
+CALLERS = {"__do_sys_getpid": f"{loadgen.GUEST_PATH} getpid 0.2 > /dev/null 2>&1"}
 
 
 # --------------------------------------------------------------------------- requirements
@@ -194,7 +205,8 @@ class Step:
 
     ``site``: what the watched function's fentry site must hold afterwards
     ("call" or "nop").  ``evidence``: a guest command, run right after the
-    action, printing a count that must be > 0 over the run (the handler ran).
+    action, printing a count that must be > 0 over the run (the handler ran);
+    it must not depend on the load: system-wide counts, or ``{call}`` first.
     ``target``: with ``site="call"``, the symbol (looked up in the guest's
     ``/proc/kallsyms``: it may be a module's) the call must reach.
     """
@@ -238,7 +250,8 @@ class Scenario:
         return [parse_requirement(self.expand(r)) for r in self.requires]
 
     def expand(self, text: str) -> str:
-        return text.replace("{function}", self.function or "").replace("{tracing}", TRACING)
+        return (text.replace("{call}", CALLERS.get(self.function or "", "true"))
+                .replace("{function}", self.function or "").replace("{tracing}", TRACING))
 
     def floor_what(self) -> str:
         if self.floor_functions:
@@ -273,6 +286,8 @@ def validate(s: Scenario) -> list[str]:
             probs.append(f"{s.name}/{st.name}: site must be one of {SITE_STATES}")
         if st.site is not None and s.function is None:
             probs.append(f"{s.name}/{st.name}: a site expectation needs a function")
+        if st.evidence and "{call}" in st.evidence and s.function is None:
+            probs.append(f"{s.name}/{st.name}: evidence with {{call}} needs a function")
         if st.target is not None and (st.site != "call" or not _NAME_RE.match(st.target)):
             probs.append(f"{s.name}/{st.name}: a call target needs site='call' and a plain symbol name")
     if s.final_state.site is not None and s.final_state.site not in SITE_STATES:
@@ -309,7 +324,12 @@ class _ScenarioBody:
         self.workload = workload
         self.out = out
         self.failed: list[str] = []
+        #: checks that could not be made (INCONCLUSIVE), with the reason
+        self.unknown: list[str] = []
         self.evidence: dict[str, int] = {}
+        #: steps whose evidence printed no number at least once: why
+        self.evidence_missing: dict[str, str] = {}
+        self.evidence_steps: dict[str, Step] = {}
         self.step_log: list[dict[str, Any]] = []
         out["steps"] = self.step_log
         out["evidence"] = self.evidence
@@ -336,12 +356,26 @@ class _ScenarioBody:
         floor = self._floor(run)
         self.out["floor_traps"] = floor
         if floor is not None and floor >= sc.min_traps:
-            for name, n in self.evidence.items():
-                if n <= 0:
-                    self.failed.append(f"step '{name}': the tracer/handler recorded nothing "
-                                       f"(evidence count 0) though its sites trapped {floor} time(s)")
+            self._judge_evidence(floor)
         return BodyResult(load_ok=load_ok, floor_count=floor, floor_what=sc.floor_what(),
-                          failed_checks=self.failed)
+                          failed_checks=self.failed, unknown_checks=self.unknown)
+
+    def _judge_evidence(self, floor: int) -> None:
+        """Evidence 0 is a FAIL only when the handler had to run whatever the load was."""
+        fn = self.sc.function or ""
+        for name, n in self.evidence.items():
+            if n > 0:
+                continue
+            if name in self.evidence_missing:
+                self.unknown.append(f"step '{name}': its evidence could not be read "
+                                    f"({self.evidence_missing[name]})")
+            elif "{call}" in str(self.evidence_steps[name].evidence) and fn not in CALLERS:
+                self.unknown.append(f"step '{name}': the tracer/handler recorded nothing (evidence 0), "
+                                    f"and pokelab has no command that calls {fn}: whether it ran "
+                                    f"is unknown (the load may not call it)")
+            else:
+                self.failed.append(f"step '{name}': the tracer/handler recorded nothing "
+                                   f"(evidence count 0) though its sites trapped {floor} time(s)")
 
     # -- load ---------------------------------------------------------------------
     def _start_load(self, vm: Vm, cpus: list[int]) -> None:
@@ -349,21 +383,25 @@ class _ScenarioBody:
             vm.check(loadgen.start_command(self.sc.load.path, cpus))
             return
         vm.ssh.put_file(self.workload, WORKLOAD_GUEST_PATH)
-        parts = [f"taskset -c {c} {WORKLOAD_GUEST_PATH} > /tmp/workload.{c}.out 2>&1 & "
-                 f"echo $! >> /tmp/workload.pids;" for c in cpus]
-        vm.check("rm -f /tmp/workload.pids; " + " ".join(parts) + " true")
+        vm.check(workload_start_command(cpus))
 
     def _stop_load(self, vm: Vm, cpus: list[int]) -> tuple[bool, dict[str, Any]]:
         if self.workload is None:
             counts = loadgen.parse_counts(vm.check(loadgen.STOP_COMMAND))
             return (all(counts.get(c, 0) > 0 for c in cpus),
                     {"path": self.sc.load.path, "iterations": {str(k): v for k, v in sorted(counts.items())}})
-        res = vm.run("alive=0; for p in $(cat /tmp/workload.pids); do kill -0 $p 2>/dev/null && "
-                     "alive=$((alive+1)); kill -TERM $p 2>/dev/null; done; echo alive=$alive")
-        m = re.search(r"alive=(\d+)", res.stdout)
-        alive = int(m.group(1)) if m else 0
-        return alive == len(cpus), {"workload": str(self.workload), "still_running_at_end": alive,
-                                    "cpus": cpus}
+        states = parse_workload_states(vm.run(WORKLOAD_STOP_COMMAND).stdout)
+        alive = sum(1 for c in cpus if states.get(c) == "running")
+        for c in cpus:
+            state = states.get(c)
+            if state is None:
+                self.unknown.append(f"the workload's state on vCPU {c} is unknown (not started?)")
+            elif state not in ("running", "exit 0"):
+                self.unknown.append(f"the workload {state} on vCPU {c}: "
+                                    f"see /tmp/workload.{c}.out in the guest")
+        # a workload that ended with status 0 ran: a finite script is a fine load
+        return True, {"workload": str(self.workload), "still_running_at_end": alive, "cpus": cpus,
+                      "states": {str(c): states.get(c) for c in cpus}}
 
     # -- steps ----------------------------------------------------------------------
     def _step(self, run: Run, st: Step, rep: int) -> None:
@@ -380,11 +418,15 @@ class _ScenarioBody:
             st.action(vm)
         entry: dict[str, Any] = {"step": st.name, "cycle": rep, "s": round(time.monotonic() - t, 3)}
         if st.evidence:
-            text = vm.run(f"taskset -c 0 sh -c {shlex.quote(sc.expand(st.evidence))}").stdout
-            m = re.search(r"-?\d+", text)
+            res = vm.run(f"taskset -c 0 sh -c {shlex.quote(sc.expand(st.evidence))}")
+            m = re.search(r"-?\d+", res.stdout)
             n = int(m.group(0)) if m else 0
-            entry["evidence"] = n
+            if m is None:
+                why = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+                self.evidence_missing[st.name] = f"printed no count, exit {res.status}: {why[0][:120]}"
+            entry["evidence"] = n if m else None
             self.evidence[st.name] = self.evidence.get(st.name, 0) + n
+            self.evidence_steps[st.name] = st
         run.probe.check_sites()
         run.check_alive(f"running step '{st.name}'")
         if st.site:
@@ -436,6 +478,35 @@ class _ScenarioBody:
         if rng is None:
             return None
         return run.traps_in([(rng[0], rng[0] + 16)])
+
+
+def workload_start_command(cpus: list[int]) -> str:
+    """Start the user's workload pinned on each CPU; a waiter keeps its exit status.
+
+    Writes ``/tmp/workload.pids`` (``CPU PID`` lines) and, when a copy ends,
+    ``/tmp/workload.CPU.rc``.  Made executable first (a script copied as 0644 still runs).
+    """
+    w = WORKLOAD_GUEST_PATH
+    parts = [f"( taskset -c {c} {w} > /tmp/workload.{c}.out 2>&1 & p=$!; "
+             f"echo '{c} '$p >> /tmp/workload.pids; wait $p; echo $? > /tmp/workload.{c}.rc ) "
+             f"> /dev/null 2>&1 &" for c in cpus]
+    return f"rm -f /tmp/workload.pids /tmp/workload.*.rc; chmod +x {w}; " + " ".join(parts) + " true"
+
+
+#: each copy's state (``workload cpu=C running`` or ``workload cpu=C exit=N``), then TERM to those running
+WORKLOAD_STOP_COMMAND = (
+    "while read c p; do if kill -0 $p 2>/dev/null; then echo workload cpu=$c running; else "
+    "echo workload cpu=$c exit=$(cat /tmp/workload.$c.rc 2>/dev/null || "
+    "{ sleep 0.5; cat /tmp/workload.$c.rc 2>/dev/null; } || echo '?'); fi; done < /tmp/workload.pids; "
+    "while read c p; do kill -TERM $p 2>/dev/null; done < /tmp/workload.pids; true")
+
+
+def parse_workload_states(text: str) -> dict[int, str]:
+    """{cpu: "running" | "exit N" | "exit ?"} from WORKLOAD_STOP_COMMAND's output.  Pure."""
+    out: dict[int, str] = {}
+    for m in re.finditer(r"^workload cpu=(\d+) (running|exit=(\S+))\s*$", text, re.M):
+        out[int(m.group(1))] = "running" if m.group(2) == "running" else f"exit {m.group(3)}"
+    return out
 
 
 def _write(spec: VmSpec, out: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class Outcome:
 def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
            inject: str | None = None, load_ok: bool = True,
            floor_count: int | None = None, floor_what: str = "traps judged",
-           failed_checks: Sequence[str] = ()) -> Outcome:
+           failed_checks: Sequence[str] = (), unknown_checks: Sequence[str] = ()) -> Outcome:
     """The verdict of one probed run.
 
     Order matters: an emulation violation the probe saw is a FAIL even when the
@@ -47,7 +47,8 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
     to blame); a text mismatch is a FAIL; a run whose recorder lost or
     garbled records cannot vouch for every emulation (INFRA); too few judged
     traps prove nothing (INCONCLUSIVE).  ``failed_checks`` are a scenario's own
-    expectations that did not hold (site text, tracer output): each one is a FAIL.
+    expectations that did not hold (site text, tracer output): each one is a FAIL;
+    ``unknown_checks`` are checks that could not be made (why, each): INCONCLUSIVE.
     With an injection the run is expected to FAIL: every injected trap flagged
     and nothing else.
     """
@@ -81,13 +82,17 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
     counted = judged if floor_count is None else floor_count
     if counted < min_judged:
         return Outcome("INCONCLUSIVE", (f"{counted} {floor_what}, fewer than the floor of {min_judged}",))
+    if unknown_checks:
+        return Outcome("INCONCLUSIVE", tuple(unknown_checks))
     if inject and int(summary.get("injected", 0)) == 0:
         return Outcome("INCONCLUSIVE", (f"--inject {inject}: no trap was eligible for injection",))
     checked = int(summary.get("text_checks", 0))
     unchecked = int(summary.get("text_unchecked", 0))
+    freed = int(summary.get("text_freed", 0))
+    notes = ([f"{unchecked} more patched sites not read back"] if unchecked else []) + (
+        [f"{freed} not checked: text freed"] if freed else [])
     return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, {checked} site read-backs matched"
-                            + (f" ({unchecked} more patched sites not read back)" if unchecked
-                               else ""),))
+                            + (f" ({'; '.join(notes)})" if notes else ""),))
 
 
 #: the verdicts that count as a reproduction in ``pokelab repro --runs`` (syz-crush style)

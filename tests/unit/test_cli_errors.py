@@ -265,3 +265,148 @@ def test_main_entry_in_process(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bisect_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:
     res = pokelab("bisect", *args, artifacts=tmp_path)
     assert_one_line_error(res, "usage", needle)
+
+
+# --------------------------------------------------------------------------- every path argument
+#
+# Every path and file a subcommand takes is checked while the command line is parsed
+# (orchestrator/cli_paths.py): a missing file, a directory, a binary file where text
+# is read, a file that cannot be read, a place where nothing can be created: one line
+# ``pokelab: usage: argument OPT: PATH: why`` and exit 2, before anything runs.
+
+IN_BIN, IN_TEXT, IN_TEXT_OR_DIR, IN_DIR, OUT_DIR, OUT_FILE, OUT_FILE_CREATE = (
+    "input file", "input text file", "input text file or dir", "input dir", "output dir",
+    "output file (dir exists)", "output file (dir created)")
+
+VM_PATHS = [("--bzimage", IN_BIN), ("--vmlinux", IN_BIN), ("--artifacts", OUT_DIR)]
+
+#: (argv before the option, argv after it, option or "" for a positional, kind)
+PATH_ARGS: list[tuple[tuple[str, ...], tuple[str, ...], str, str]] = [
+    *[(("boot",), (), o, k) for o, k in VM_PATHS],
+    *[(("run-cmd",), ("--", "true"), o, k) for o, k in VM_PATHS],
+    *[(("probe",), (), o, k) for o, k in [*VM_PATHS, ("--json", OUT_FILE)]],
+    *[(("repro", "ftrace-function"), (), o, k)
+      for o, k in [*VM_PATHS, ("--workload", IN_BIN), ("--json", OUT_FILE)]],
+    (("bench",), (), "--out", OUT_FILE_CREATE),
+    (("build-kernel",), (), "--source", IN_DIR),
+    (("build-kernel",), (), "--patches", IN_TEXT_OR_DIR),
+    (("build-kernel",), (), "--config-fragment", IN_TEXT),
+    (("build-kernel",), (), "--out", OUT_DIR),
+    (("nightly",), (), "--out", OUT_DIR),
+    (("nightly",), (), "--previous", IN_TEXT),
+    (("nightly",), (), "--known-issues", IN_TEXT),
+    (("nightly",), (), "--kcidb", OUT_FILE_CREATE),
+    (("merge",), ("{summary}",), "", OUT_DIR),
+    (("merge", "{out}"), (), "", IN_TEXT),
+    (("merge", "{out}", "{summary}"), (), "--previous", IN_TEXT),
+    (("merge", "{out}", "{summary}"), (), "--known-issues", IN_TEXT),
+    (("merge", "{out}", "{summary}"), (), "--kcidb", OUT_FILE_CREATE),
+    (("bisect", "--scenario", "ftrace-function", "--debian", "6.1..6.12"), (), "--source", IN_DIR),
+    (("bisect", "--scenario", "ftrace-function", "--debian", "6.1..6.12"), (), "--log", OUT_FILE_CREATE),
+    (("bisect", "--scenario", "ftrace-function", "--debian", "6.1..6.12"), (), "--replay", IN_TEXT),
+    (("bisect", "--scenario", "ftrace-function", "--debian", "6.1..6.12"), (), "--artifacts", OUT_DIR),
+]
+
+#: kind: the bad inputs it must refuse (case name -> words expected in the line)
+CASES: dict[str, dict[str, str]] = {
+    IN_BIN: {"missing": "no such file", "directory": "is a directory", "unreadable": "cannot read"},
+    IN_TEXT: {"missing": "no such file", "directory": "is a directory", "binary": "a binary file",
+              "unreadable": "cannot read"},
+    IN_TEXT_OR_DIR: {"missing": "no such file or directory", "binary": "a binary file",
+                     "unreadable": "cannot read"},
+    IN_DIR: {"missing": "no such directory", "file": "not a directory", "through-a-file": "Not a directory"},
+    OUT_DIR: {"file": "not a directory", "uncreatable": "cannot be created under /proc",
+              "through-a-file": "Not a directory"},
+    OUT_FILE: {"directory": "is a directory", "uncreatable": "does not exist",
+               "unwritable-dir": "cannot write in /proc"},
+    OUT_FILE_CREATE: {"directory": "is a directory", "uncreatable": "cannot be created under /proc",
+                      "through-a-file": "Not a directory"},
+}
+
+
+def bad_path(case: str, tmp: Path) -> str:
+    """A path that is bad in the way ``case`` says (made under ``tmp``)."""
+    afile = tmp / "plain.txt"
+    afile.write_text("some text\n")
+    if case == "missing":
+        return str(tmp / "no-such-thing")
+    if case in ("directory",):
+        return str(tmp)
+    if case == "file":
+        return str(afile)
+    if case == "binary":
+        binary = tmp / "blob.bin"
+        binary.write_bytes(bytes(range(256)) * 64)  # NULs and bytes that are not UTF-8
+        return str(binary)
+    if case == "unreadable":
+        if os.geteuid() == 0:  # root reads any mode: reading this one's offset 0 fails (EIO)
+            return "/proc/self/mem"
+        locked = tmp / "locked.txt"
+        locked.write_text("secret\n")
+        locked.chmod(0)
+        return str(locked)
+    if case == "through-a-file":
+        return str(afile / "sub")
+    if case == "uncreatable":
+        return "/proc/pokelab-x/out.json"
+    if case == "unwritable-dir":
+        return "/proc/pokelab-out.json"
+    raise AssertionError(case)
+
+
+def _path_cases() -> list[tuple[tuple[str, ...], tuple[str, ...], str, str, str]]:
+    return [(before, after, opt, kind, case) for before, after, opt, kind in PATH_ARGS
+            for case in CASES[kind]]
+
+
+@pytest.mark.parametrize("before, after, opt, kind, case", _path_cases(),
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_every_path_argument_is_checked(before: tuple[str, ...], after: tuple[str, ...], opt: str,
+                                        kind: str, case: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    good_summary = tmp_path / "summary.json"
+    good_summary.write_text("{}\n")
+    fill = {"{summary}": str(good_summary), "{out}": str(tmp_path / "merged")}
+    bad = bad_path(case, tmp_path)
+    argv = [fill.get(a, a) for a in before] + ([opt] if opt else []) + [bad] + [fill.get(a, a) for a in after]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("pokelab: usage: argument "), err
+    assert bad in err and CASES[kind][case] in err, err
+    assert not (tmp_path / "merged").exists()
+
+
+def test_the_issue_s_inputs_through_the_real_cli(tmp_path: Path) -> None:
+    """Issue 12: a binary --replay and --artifacts under /proc ended with a traceback."""
+    blob = tmp_path / "replay.bin"
+    blob.write_bytes(os.urandom(4096) + b"\0")
+    res = pokelab("bisect", "--debian", "6.1..6.12", "--scenario", "ftrace-function",
+                  "--replay", str(blob), artifacts=tmp_path)
+    assert_one_line_error(res, "usage", "--replay", "a binary file")
+    res = pokelab("bisect", "--debian", "6.1..6.12", "--scenario", "ftrace-function",
+                  "--artifacts", "/proc/x", artifacts=tmp_path)
+    assert_one_line_error(res, "usage", "--artifacts", "/proc/x", "cannot be created")
+    res = pokelab("build-kernel", "--source", str(tmp_path / "no-tree"), artifacts=tmp_path)
+    assert_one_line_error(res, "usage", "--source", "no such directory")
+
+
+def test_build_kernel_checks_the_tree_before_the_tools(tmp_path: Path) -> None:
+    """A --source that is no kernel tree is the user's mistake, said first even with no ccache."""
+    (tmp_path / "bin").mkdir()
+    env = dict(os.environ, PATH=str(tmp_path / "bin"))
+    res = pokelab("build-kernel", "--source", str(tmp_path), env=env, artifacts=tmp_path)
+    assert_one_line_error(res, "usage", "is not a kernel source tree")
+
+
+def test_missing_build_tools_name_the_command_that_installs_them() -> None:
+    from orchestrator.errors import InfraError
+    from orchestrator.kbuild import check_build_tools
+
+    with pytest.raises(InfraError) as exc:
+        check_build_tools(lambda tool: None if tool in ("ccache", "flex") else f"/usr/bin/{tool}")
+    assert exc.value.title == ("kernel builds need ccache, flex: apt-get install ccache flex "
+                               "(or `make kbuild-deps`: every kernel-build package)")
+    check_build_tools(lambda tool: f"/usr/bin/{tool}")
