@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 NT_GNU_BUILD_ID = 3
 SHT_NOTE = 7
+SHT_NOBITS = 8
 PT_NOTE = 4
 
 # Magic prefixes of the payload formats the kernel's boot decompressor supports.
@@ -141,6 +142,7 @@ class _Section:
     offset: int
     size: int
     align: int
+    addr: int = 0
 
 
 def _sections(f: BinaryIO, elf: _Elf) -> list[_Section]:
@@ -151,14 +153,14 @@ def _sections(f: BinaryIO, elf: _Elf) -> list[_Section]:
     for i in range(elf.shnum):
         base = i * elf.shentsize
         if elf.is64:
-            name, typ, _fl, _addr, off, size, _link, _info, align, _es = struct.unpack_from(
+            name, typ, _fl, addr, off, size, _link, _info, align, _es = struct.unpack_from(
                 elf.le + "IIQQQQIIQQ", raw, base
             )
         else:
-            name, typ, _fl, _addr, off, size, _link, _info, align, _es = struct.unpack_from(
+            name, typ, _fl, addr, off, size, _link, _info, align, _es = struct.unpack_from(
                 elf.le + "IIIIIIIIII", raw, base
             )
-        out.append(_Section(name, typ, off, size, align))
+        out.append(_Section(name, typ, off, size, align, addr))
     return out
 
 
@@ -175,6 +177,21 @@ def section_names(f: BinaryIO) -> list[str]:
         end = table.find(b"\x00", sec.name_off)
         names.append(table[sec.name_off : end if end >= 0 else None].decode("ascii", "replace"))
     return names
+
+
+def read_at_address(f: BinaryIO, addr: int, size: int) -> bytes:
+    """``size`` bytes of the file's section content at link-time address ``addr`` (ParseError if none).
+
+    For a vmlinux (KASLR off) this is what the kernel holds at ``addr`` after
+    boot, for tables the kernel does not rewrite (or rewrites keeping meaning,
+    such as the boot-time sorts of ``__jump_table`` and ``.static_call_sites``).
+    """
+    elf = _elf_header(f)
+    for sec in _sections(f, elf):
+        inside = sec.addr <= addr and addr + size <= sec.addr + sec.size
+        if sec.type not in (SHT_NOBITS, 0) and sec.addr and inside:
+            return _read_at(f, sec.offset + addr - sec.addr, size)
+    raise ParseError(f"no section holds {size} bytes at {addr:#x}")
 
 
 def _notes(blob: bytes, le: str, align: int) -> list[tuple[str, int, bytes]]:

@@ -318,6 +318,11 @@ def _trap_summary(out: dict[str, Any]) -> list[str]:
                      + ", ".join(f"{v['name']} {k} x{v['traps']}" for k, v in top))
     if out.get("opcodes"):
         lines.append("  opcodes: " + ", ".join(f"{k} x{v}" for k, v in out["opcodes"].items()))
+    if out.get("users") or out.get("batch_users"):
+        lines.append("  users: " + (", ".join(f"{k} x{v}" for k, v in (out.get("users") or {}).items())
+                                    or "-")
+                     + "  (batches: " + (", ".join(f"{k} x{v}" for k, v in
+                                                   (out.get("batch_users") or {}).items()) or "-") + ")")
     targets = trap_targets(out.get("trap_log"))
     if targets:
         lines.append(f"  targets ({len(targets)}): " + ", ".join(f"{k} x{v}" for k, v in targets[:5]))

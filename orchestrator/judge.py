@@ -49,7 +49,14 @@ stable backports above plus KERNEL-FACTS.md.
     ``ftrace_nop_replace()`` = ``x86_nops[5]``), NOT as ``e9 00 00 00 00``.
   * ``emulate != NULL`` (static_call only; ftrace passes NULL) may make the
     descriptor differ from ``text``: e.g. ``xor5rax`` (``2e 2e 2e 31 c0``)
-    written while a CALL to ``__static_call_return0`` is emulated.
+    written while a CALL to ``__static_call_return0`` is emulated
+    (``__static_call_transform()``, arch/x86/kernel/static_call.c: ``case CALL:
+    if (func == &__static_call_return0) { emulate = code; code = &xor5rax; }``).
+    That is the only ``emulate`` use, so the call emulated for an xor5rax text
+    must go to ``__static_call_return0`` (checked when its address is known).
+    The other static-call forms are plain: CALL/JMP retargets, NOP5 (a NULL
+    call site, queued as JMP32 +0), and at a ``__SCT__`` trampoline JMP32 or
+    ``ret; int3 x4`` (RET padded to 5) or ``jmp __x86_return_thunk``.
 
 ``poke_int3_handler(regs)`` (returns int):
   * user mode, ``refs == 0`` (``try_get_desc`` fails), or no entry at
@@ -173,13 +180,15 @@ def _rel(addr: int, site: int) -> str:
     return f"site{d:+#x}" if abs(d) < 0x1000 else f"{addr:#x}"
 
 
-def _written_target(e: TextPokeLoc, w: Insn) -> tuple[int | None, str | None, str]:
+def _written_target(e: TextPokeLoc, w: Insn, return0: int | None) -> tuple[int | None, str | None, str]:
     """For a CALL/JMP/Jcc entry: (target implied by the written text, problem, note)."""
     shown = f"`{w}` [{format_bytes(e.written)}]"
     if e.opcode == CALL:
         if w.kind == "call" and w.target is not None:
             return w.target, None, ""
         if e.written in XOR5RAX:
+            if return0 is not None:
+                return return0, None, " (static_call xor5rax: a call to __static_call_return0)"
             return None, None, " (text is static_call xor5rax: call target from the descriptor)"
         return None, f"descriptor opcode 0xe8 (call) but the text being written is {shown}", ""
     if e.opcode in (JMP32, JMP8):
@@ -202,11 +211,14 @@ def _written_target(e: TextPokeLoc, w: Insn) -> tuple[int | None, str | None, st
     )
 
 
-def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None) -> Judgement:
+def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None,
+          return0: int | None = None) -> Judgement:
     """Judge one trap record against the kernel semantics in the module docstring.
 
     ``layout`` is accepted for the API (offsets were applied by the parser);
-    ``symbolize`` only improves the wording of reasons.
+    ``symbolize`` only improves the wording of reasons; ``return0`` is the
+    address of ``__static_call_return0`` (the call an xor5rax text stands for;
+    None: trust the descriptor's target for that form).
     """
     del layout
     pre, post = rec.pre, rec.post
@@ -269,7 +281,7 @@ def judge(rec: TrapRecord, layout: Layout, symbolize: Symbolizer | None = None) 
         if exp_ip is None:
             note = " (no pre_stack_word: judged sp only)"
     else:
-        target, problem, note = _written_target(e, w)
+        target, problem, note = _written_target(e, w, return0)
         desc_target = e.descriptor_target
         if problem:
             probs.append(problem)

@@ -10,6 +10,7 @@ Summary format (``summary.json``, ``format`` = ``pokelab-nightly/1``)::
      "planned": [[kernel_id, scenario], ...],      # the cells this run (or shard) owns
      "results": [{"kernel_id", "kernel", "scenario", "verdict", "reasons", "traps_seen",
                   "traps_judged", "violations", "floor_traps", "duration_s", "sites",
+                  "users": {text_poke user: judged traps}, "batch_users": {user: batches},
                   "crashes": [{"type", "title"}], "artifacts": dir relative to the summary,
                   "timeline": [{"site", "name", "points": [[t, cumulative], ...]}],
                   "change": null | "new-failure" | "still-failing" | "fixed",
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import crash
+from .census import USERS, add_counts, order_users
 from .probe import read_trap_log
 from .verdict import EXIT_CODES
 
@@ -58,7 +60,7 @@ FAILING = frozenset({"FAIL", "CRASH", "BOOT_FAIL"})
 ARTIFACT_FILES = ("console.log", "traps.jsonl", "mi.log", "qmp.jsonl", "verdict.json", "repro.sh")
 SUMMARY_KEYS = ("kernel_id", "kernel", "scenario", "verdict", "reasons", "traps_seen", "traps_judged",
                 "violations", "floor_traps", "text_mismatches", "sites", "opcodes", "accel", "smp",
-                "build_id")
+                "build_id", "users", "batch_users")
 MAX_POINTS = 120  # per site in the timeline plot
 MAX_SITES = 6
 
@@ -504,6 +506,40 @@ def svg_plot(timeline: list[dict[str, Any]], width: int = 420, height: int = 130
     return "".join(parts)
 
 
+#: one color per text_poke user (census.USERS), for the users chart
+_USER_COLORS = dict(zip(USERS, ("#0969da", "#8250df", "#1a7f37", "#bf8700", "#cf222e", "#57606a", "#afb8c1"),
+                        strict=True))
+
+
+def users_total(results: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """{text_poke user: judged traps} summed over the results that have a census."""
+    total: dict[str, int] = {}
+    for r in results:
+        add_counts(total, r.get("users"))
+    return order_users(total)
+
+
+def users_chart(counts: dict[str, int], width: int = 420, bar: int = 16) -> str:
+    """Inline SVG: one horizontal bar per text_poke user (judged traps), longest = ``width``."""
+    counts = order_users(counts)
+    if not counts:
+        return '<span class="muted">no census (no judged traps)</span>'
+    label_w, top = 90, max(counts.values())
+    scale = (width - label_w - 60) / max(top, 1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{(bar + 4) * len(counts)}"'
+             f' role="img" aria-label="judged traps by text_poke user">']
+    for i, (user, n) in enumerate(counts.items()):
+        y = i * (bar + 4)
+        w = max(1.0, n * scale)
+        parts.append(f'<text x="{label_w - 6}" y="{y + bar - 4}" font-size="11" text-anchor="end">'
+                     f'{html.escape(user)}</text>'
+                     f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar}" '
+                     f'fill="{_USER_COLORS.get(user, "#6e7781")}"/>'
+                     f'<text x="{label_w + w + 4:.1f}" y="{y + bar - 4}" font-size="11">{n}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1f2328}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
@@ -573,6 +609,10 @@ def html_report(summary: dict[str, Any]) -> str:
                                            for r in results)),
                ("known", "known issues", sum(bool(r.get("known_issue")) for r in results))) if n)
            + "</div>",
+           "<h2>Traps by text_poke user</h2>"
+           '<div class="muted">judged traps over the whole matrix, by who wrote the site '
+           "(the kernel's own tables: mcount_loc, __jump_table, static_call_sites; ftrace_ops "
+           "trampolines)</div>" + users_chart(users_total(results)),
            "<h2>Matrix</h2><table><tr><th>scenario</th>"
            + "".join(f"<th>{e(k)}</th>" for k in kernels) + "</tr>"]
     for s in scenarios:
@@ -613,6 +653,11 @@ def _cell_html(r: dict[str, Any]) -> str:
         ("traps", f"seen {r.get('traps_seen', 0)}, judged {r.get('traps_judged', 0)}, "
                   f"at the watched site {r.get('floor_traps', '-')}, violations {r.get('violations', 0)}"),
         ("sites", sites or '<span class="muted">-</span>'),
+        ("users", (", ".join(f"{e(u)}: {n}" for u, n in order_users(r.get("users") or {}).items())
+                   + (" &middot; batches " + ", ".join(f"{e(u)}: {n}" for u, n in
+                                                       order_users(r.get("batch_users") or {}).items())
+                      if r.get("batch_users") else ""))
+                  or '<span class="muted">-</span>'),
         ("crash titles", crashes or '<span class="muted">none</span>'),
         ("artifacts", links or '<span class="muted">none</span>'),
         ("kernel", f"<code>{e(str(r.get('kernel', '')))}</code> &middot; {r.get('duration_s', 0)} s"),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import census as census_mod
 from . import decode
 from .buildid import elf_build_id, notes_build_id
 from .errors import InfraError, Unsupported, UsageError
@@ -171,6 +172,9 @@ class Counts:
     bad_records: int = 0
     batch_violations: int = 0  # batches whose vector broke an invariant (also in violations)
     opcodes: dict[str, int] = field(default_factory=dict)
+    #: judged traps and batches by text_poke user (census.USERS)
+    users: dict[str, int] = field(default_factory=dict)
+    batch_users: dict[str, int] = field(default_factory=dict)
 
 
 class Probe:
@@ -178,13 +182,16 @@ class Probe:
 
     def __init__(self, vmlinux: Path, gdb_address: str, artifacts: Path,
                  symbolizer: KernelSymbolizer, timeout: float, *, inject: str | None = None,
-                 inject_every: int = 2, hardware: bool = False) -> None:
+                 inject_every: int = 2, hardware: bool = False,
+                 census: census_mod.Census | None = None) -> None:
         if inject is not None and inject not in INJECTIONS:
             raise UsageError(f"unknown injection '{inject}' (one of: {', '.join(INJECTIONS)})")
         self.vmlinux = vmlinux
         self.address = gdb_address
         self.artifacts = artifacts
         self.sym = symbolizer
+        #: who wrote each site (empty tables: every site is "unknown" unless named)
+        self.census = census or census_mod.Census(census_mod.KernelTables())
         self.timeout = timeout
         self.inject = inject
         self.inject_every = inject_every
@@ -212,6 +219,9 @@ class Probe:
         self.cpu_map: dict[int, int] = {}
         self.cpu_map_notes: list[str] = []
         self._ops_report: dict[str, Any] | None = None
+        self._replies: dict[str, dict[str, Any]] = {}
+        #: False while the batch recorder is off: a trap shows one write, not the last one
+        self._batches_on = True
         #: set by the MI reader thread when a violation is ingested; the main thread polls it
         #: (``--gdb`` stops there; MI commands must not be sent from the reader thread)
         self.violation_seen = threading.Event()
@@ -303,6 +313,36 @@ class Probe:
         chunks = (rec.get("payload") or {}).get("memory") or []
         return bytes.fromhex("".join(c["contents"] for c in chunks))[:length]
 
+    def _gdb_call(self, tag: str, call: str) -> dict[str, Any]:
+        """Run one recorder function in GDB and return its ``tag`` line (InfraError if none came)."""
+        assert self._mi is not None
+        with self._lock:
+            self._replies.pop(tag, None)
+        self._mi.console(call)
+        with self._lock:
+            reply = self._replies.pop(tag, None)
+        if reply is None:
+            raise InfraError(f"the GDB-side recorder did not answer {call.split('(')[0]}")
+        return reply
+
+    def read_many(self, spans: list[tuple[int, int]]) -> list[bytes | None]:
+        """The bytes at each (address, length), read inside GDB in one call (guest stopped)."""
+        out: list[bytes | None] = []
+        for i in range(0, len(spans), 512):
+            chunk = [[a, n] for a, n in spans[i:i + 512]]
+            reply = self._gdb_call("POKELAB-READ", f"python pokelab_read('{json.dumps(chunk)}')")
+            data = reply.get("data", [])
+            out.extend(bytes.fromhex(h) if isinstance(h, str) else None for h in data)
+        return out
+
+    def record_batches(self, on: bool) -> bool:
+        """Turn the batch recorder on/off (pausing the guest); False if this kernel has no batch hook."""
+        with self.paused():
+            hook = bool(self._gdb_call("POKELAB-BATCHES", f"python pokelab_batches({on})").get("hook"))
+        with self._lock:
+            self._batches_on = on
+        return hook
+
     def evaluate(self, expr: str) -> str:
         assert self._mi is not None
         rec = self._mi.command(f'-data-evaluate-expression "{expr}"')
@@ -352,6 +392,9 @@ class Probe:
         elif tag == "POKELAB-STATS":
             with self._lock:
                 self.stats = obj
+        elif tag in ("POKELAB-READ", "POKELAB-BATCHES"):
+            with self._lock:
+                self._replies[tag] = obj
         elif tag == "POKELAB-OPS":
             with self._lock:
                 self._ops_report = obj
@@ -369,8 +412,17 @@ class Probe:
                 self.counts.bad_records += 1
             return
         problems = check_vector(batch, self.sym)
+        users: dict[str, int] = {}
+        for e in batch.entries:
+            target = e.descriptor_target if e.opcode in (0xE8, 0xE9, 0xEB) else None
+            att = self.census.attribute(e.site, target)
+            if att.user == "unknown":  # names only when the tables did not decide (batches can be 36k long)
+                att = census_mod.by_name(self.sym(e.site), self.sym(target) if target else None)
+            users[att.user] = users.get(att.user, 0) + 1
         with self._lock:
             self.batches += 1
+            top = max(users, key=lambda k: users[k]) if users else "unknown"
+            self.counts.batch_users[top] = self.counts.batch_users.get(top, 0) + 1
             if problems:
                 # a broken vector is the kernel's doing: no injection touches the order
                 c = self.counts
@@ -405,7 +457,7 @@ class Probe:
                 self.counts.bad_records += 1
             log.warning("malformed trap record: %s", exc)
             return
-        j = judge(rec, layout, self.sym)
+        j = judge(rec, layout, self.sym, self.sym.by_name.get("__static_call_return0"))
         entry = {"t": obj.get("t"), "cpu": obj.get("cpu"), "kind": j.kind, "verdict": j.verdict,
                  "reason": j.reason, "injected": obj.get("injected"), "lookup": obj.get("lookup")}
         if j.kind == "judged" and rec.entry is not None:
@@ -432,6 +484,7 @@ class Probe:
             })
             if old:
                 entry["entry_before_injection"] = old
+            entry.update(self._attribute(entry).as_record())
         if "cost_ms" in obj:
             entry["cost_ms"] = obj["cost_ms"]
         with self._lock:
@@ -453,6 +506,8 @@ class Probe:
                     c.judged += 1
                     op = str(entry.get("opcode", "?"))
                     c.opcodes[op] = c.opcodes.get(op, 0) + 1
+                    user = str(entry.get("user", "unknown"))
+                    c.users[user] = c.users.get(user, 0) + 1
                 if j.verdict == "violation":
                     c.violations += 1
                     if injected:
@@ -476,6 +531,11 @@ class Probe:
             self._trap_log.write(json.dumps(entry) + "\n")
             self._trap_log.flush()
 
+    def _attribute(self, rec: dict[str, Any]) -> census_mod.Attribution:
+        """The census's user for one trap-log record (its ``site``, ``target`` and their names)."""
+        target = int(rec["target"], 16) if rec.get("target") else None
+        return self.census.attribute(int(rec["site"], 16), target, rec.get("symbol"), rec.get("target_name"))
+
     # -- checks while paused ------------------------------------------------------
     def refresh_ops(self) -> list[dict[str, Any]]:
         """Name the trampolines of registered ftrace_ops (guest must be stopped or will be)."""
@@ -494,6 +554,8 @@ class Probe:
                     owner = f"ops({func})"
                 self.sym.add_region(f"{owner}.trampoline", o["trampoline"],
                                     o.get("trampoline_size") or 0x100)
+                self.census.add_region(o["trampoline"], o.get("trampoline_size") or 0x100,
+                                       census_mod.ops_user(self.sym(o["func"])), f"{owner}.trampoline")
         return ops
 
     #: at most this many sites without traps are read back per check (an unfiltered
@@ -501,8 +563,16 @@ class Probe:
     MAX_UNTRAPPED_READBACKS = 256
 
     def check_sites(self) -> list[TextCheck]:
-        """Pause, read back every site patched since the last check, compare, resume."""
+        """Pause, read back every site patched since the last check, compare, resume.
+
+        With the batch recorder off nothing is compared (a site may have been
+        written again after its last trap, unseen): the sites count as unchecked.
+        """
         with self._lock:
+            if not self._batches_on:
+                self.unchecked_sites += len(self.dirty_sites)
+                self.dirty_sites.clear()
+                return []
             todo = {s: (self.sites[s].written, self.sites[s].name, self.sites[s].traps)
                     for s in self.dirty_sites}
             self.dirty_sites.clear()
@@ -629,6 +699,11 @@ class Probe:
             log.warning("cannot walk the module list: %s", exc)
             return None
 
+    def note_checks(self, checks: list[TextCheck]) -> None:
+        """Read-backs a scenario made itself (e.g. every site of a static call) count as text checks."""
+        with self._lock:
+            self.text_checks.extend(checks)
+
     def recorder_stats(self) -> dict[str, Any]:
         assert self._mi is not None
         self._mi.console("python pokelab_stats()")
@@ -651,7 +726,11 @@ class Probe:
             for key, name_key in (("target", "target_name"), ("emulated_ip", "emulated_name")):
                 if rec.get(key) and not rec.get(name_key):
                     rec[name_key] = self.sym(int(rec[key], 16))
+            if rec.get("site"):  # regions learned meanwhile (ops trampolines) may name the user
+                rec.update(self._attribute(rec).as_record())
             out.append(json.dumps(rec))
+        with self._lock:
+            self.counts.users = census_mod.count_users(json.loads(line) for line in out)
         self.trap_log_path.write_text("\n".join(out) + ("\n" if out else ""))
 
     def close(self) -> None:
@@ -694,6 +773,8 @@ class Probe:
                 "recorder_errors": c.errors,
                 "bad_records": c.bad_records,
                 "opcodes": dict(c.opcodes),
+                "users": census_mod.order_users(c.users),
+                "batch_users": census_mod.order_users(c.batch_users),
                 "sites": {f"{s:#x}": {"name": v.name, "traps": v.traps}
                           for s, v in sorted(self.sites.items()) if v.traps},
                 "text_checks": len(self.text_checks),

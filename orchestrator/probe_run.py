@@ -19,6 +19,8 @@ from typing import Any
 
 from . import ftrace, loadgen
 from .cache import cache_dir
+from .census import Census
+from .census_tables import load_tables
 from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported
 from .images import KernelArtifacts
 from .probe import Probe, read_trap_log
@@ -161,9 +163,10 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
             symbols,
             load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id,
                          types=set("dDbB")))
+        tables = load_tables(kernel.vmlinux, kernel.system_map, cache_dir(), kernel.build_id)
         probe = Probe(kernel.vmlinux, vm.gdb_address, spec.artifacts, sym,
                       vm.timeouts.get("gdb_command"), inject=inject,
-                      inject_every=inject_every, hardware=spec.accel == "kvm")
+                      inject_every=inject_every, hardware=spec.accel == "kvm", census=Census(tables))
         probe.attach()
         phases["attach_s"] = time.monotonic() - t
         progress(f"probe attached to {probe.setup_info.get('handler')} in {phases['attach_s']:.1f} s")
@@ -290,6 +293,8 @@ def print_summary(out: dict[str, Any], write: Callable[[str], None]) -> None:
         write(f"  site {site} {info['name']}: {info['traps']} traps")
     if out.get("opcodes"):
         write("  opcodes: " + ", ".join(f"{k}: {v}" for k, v in out["opcodes"].items()))
+    if out.get("users"):
+        write("  users: " + ", ".join(f"{k}: {v}" for k, v in out["users"].items()))
     for v in out.get("violation_examples", [])[:3]:
         write(f"  violation at {v.get('symbol')}: {v.get('reason')}")
     if out.get("trap_log"):

@@ -634,7 +634,8 @@ def pokelab_setup(args_json):
         _STATE["bps"].append(_Exit("*0x%x" % addr, type=bptype, internal=True))
     batch = _sym_addr(info["batch"])
     if batch is not None and not args.get("hardware"):
-        _STATE["bps"].append(_Batch("*0x%x" % batch, type=bptype, internal=True))
+        _STATE["batch_bp"] = _Batch("*0x%x" % batch, type=bptype, internal=True)
+        _STATE["bps"].append(_STATE["batch_bp"])
         info["batch_hook"] = batch
         if info.get("vec_inline"):
             ends = _range_exits(batch)
@@ -658,6 +659,26 @@ def pokelab_disable():
 def pokelab_enable():
     for bp in _STATE.get("bps", []):
         bp.enabled = True
+
+
+def pokelab_batches(on):
+    """Turn the batch recorder on or off (each batch is a full guest stop: a PREEMPT_DYNAMIC
+    switch writes thousands of one-site batches).  The guest must be stopped."""
+    bp = _STATE.get("batch_bp")
+    if bp is not None:
+        bp.enabled = bool(on)
+    _emit("POKELAB-BATCHES", {"on": bool(on), "hook": bp is not None})
+
+
+def pokelab_read(args_json):
+    """Emit the bytes at each ``[addr, n]`` of a JSON list (the guest must be stopped); null if unreadable."""
+    out = []
+    for addr, n in json.loads(args_json):
+        try:
+            out.append(_read(int(addr), int(n)).hex())
+        except gdb.MemoryError:
+            out.append(None)
+    _emit("POKELAB-READ", {"data": out})
 
 
 def pokelab_ops():

@@ -224,6 +224,24 @@ def test_static_call_xor5rax_emulated_as_call() -> None:
     entry = loc(SITE, 0xE8, 5, rel32(SITE, target), bytes.fromhex("2e2e2e31c0"))
     j = run(record(entry, target, SP - 8, SITE + 5))
     assert j.verdict == "ok", j.reason
+    assert judge(record(entry, target, SP - 8, SITE + 5), LAYOUT, SYM, return0=target).verdict == "ok"
+
+
+def test_static_call_xor5rax_emulated_elsewhere_is_violation() -> None:
+    # a wrong-target injection on an xor5rax entry: disp now names another function
+    return0, other = 0xFFFFFFFF8113E0C0, 0xFFFFFFFF8106B710
+    for text in ("2e2e2e31c0", "666648 31c0".replace(" ", "")):
+        entry = loc(SITE, 0xE8, 5, rel32(SITE, other), bytes.fromhex(text))
+        j = judge(record(entry, other, SP - 8, SITE + 5), LAYOUT, SYM, return0=return0)
+        assert j.verdict == "violation" and "descriptor disp disagrees" in j.reason, j.reason
+
+
+def test_static_call_ret_padded_trampoline() -> None:
+    # __SCT__ trampoline of a NULL static call: ret; int3 x4, RET emulated (pops)
+    entry = loc(SITE, 0xC3, 5, 0, bytes.fromhex("c3cccccccc"))
+    back = 0xFFFFFFFF81234567
+    j = run(record(entry, back, SP + 8, pre_stack_word=back))
+    assert j.verdict == "ok", j.reason
 
 
 # ------------------------------------------------------------------ JMP / NOP

@@ -334,3 +334,26 @@ def test_merge_cli_with_previous_and_known_issues(summary: dict[str, Any], tmp_p
     first, second = (by[(r["kernel_id"], r["scenario"])] for r in summary["results"][:2])
     assert first["known_issue"]["id"] == "tcg"
     assert second["change"] == "new-failure" and second["known_issue"] is None
+
+
+# --------------------------------------------------------------------------- census
+
+
+def test_users_chart_and_totals(summary: dict[str, Any]) -> None:
+    s = copy.deepcopy(summary)
+    s["results"][0]["users"] = {"jump_label": 14, "ftrace": 33}
+    s["results"][0]["batch_users"] = {"static_call": 28, "ftrace": 21}
+    s["results"][1]["users"] = {"static_call": 107, "bad": "x"}
+    assert nightly.users_total(s["results"]) == {"ftrace": 33, "static_call": 107, "jump_label": 14}
+    svg = nightly.users_chart(nightly.users_total(s["results"]))
+    assert svg.startswith("<svg") and svg.count("<rect") == 3 and ">107</text>" in svg
+    page = nightly.html_report(s)
+    assert "Traps by text_poke user" in page and "ftrace: 33, jump_label: 14" in page
+    assert "batches ftrace: 21, static_call: 28" in page
+    assert "no census" in nightly.users_chart({})
+
+
+def test_result_record_keeps_the_census(tmp_path: Path) -> None:
+    out = {"verdict": "PASS", "users": {"static_call": 7}, "batch_users": {}, "kernel_id": "6.1"}
+    rec = nightly.result_record(out, tmp_path, tmp_path, 1.0)
+    assert rec["users"] == {"static_call": 7} and rec["batch_users"] == {}
