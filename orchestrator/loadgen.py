@@ -27,12 +27,14 @@ def ensure_loadgen(cache: Path) -> Path:
     return out
 
 
-def start_command(path: str, cpus: list[int], seconds: float = 0) -> str:
+def start_command(path: str, cpus: list[int], seconds: float = 0, pace: tuple[int, int] | None = None) -> str:
     """A guest shell command that starts one pinned loadgen per CPU in the background.
 
     Each writes its final count to /tmp/loadgen.<cpu>.out when stopped.
+    ``pace`` = (N, US): sleep US microseconds after every N iterations.
     """
-    parts = [f"taskset -c {c} {GUEST_PATH} {path} {seconds:g} > /tmp/loadgen.{c}.out 2>&1 &"
+    extra = f" {pace[0]}/{pace[1]}" if pace else ""
+    parts = [f"taskset -c {c} {GUEST_PATH} {path} {seconds:g}{extra} > /tmp/loadgen.{c}.out 2>&1 &"
              for c in cpus]
     return " ".join(parts) + " true"
 

@@ -14,6 +14,7 @@ Requirements are strings, checked before any GDB work:
 * ``symbol:NAME``: ``/proc/kallsyms`` in the guest;
 * ``tracefs:FILE``: ``test -e /sys/kernel/tracing/FILE`` in the guest;
 * ``sysctl:a.b``: ``test -e /proc/sys/a/b`` in the guest;
+* ``debugfs:FILE``: ``test -e /sys/kernel/debug/FILE`` in the guest;
 * ``module:NAME``: a ``NAME.ko`` under ``/lib/modules/$(uname -r)`` in the guest;
   ``module:pokelab_ops`` first builds our module on the host (``kmod.ensure_module``)
   and puts it there (see :func:`guest_files`).
@@ -49,8 +50,10 @@ from pathlib import Path
 from typing import Any
 
 from . import kmod, loadgen
+from .census import STATIC_CALL_FORMS, USERS, static_call_form, static_call_sites
 from .errors import InfraError, Unsupported
 from .images import KernelArtifacts
+from .probe import TextCheck, read_trap_log
 from .probe_run import BodyResult, Progress, Run, run_probed
 from .vm import Vm, VmSpec
 
@@ -60,7 +63,8 @@ TRACING = "/sys/kernel/tracing"
 NOP5 = bytes.fromhex("0f1f440000")
 ENDBR64 = bytes.fromhex("f30f1efa")
 WORKLOAD_GUEST_PATH = "/tmp/pokelab-workload"
-REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module")
+DEBUGFS = "/sys/kernel/debug"
+REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module", "debugfs")
 SITE_STATES = ("call", "nop")
 
 GuestAction = str | Callable[[Vm], str]
@@ -98,7 +102,8 @@ def parse_requirement(text: str) -> Requirement:
         return Requirement("config", m.group(1), m.group(2))
     kind, sep, name = text.partition(":")
     if not sep or kind not in REQUIREMENT_KINDS or kind == "config":
-        raise ValueError(f"bad requirement '{text}' (CONFIG_X[=v], symbol:, tracefs:, sysctl:, module:)")
+        raise ValueError(f"bad requirement '{text}' (CONFIG_X[=v], symbol:, tracefs:, sysctl:, module:, "
+                         "debugfs:)")
     if not name or not _NAME_RE.match(name) or ".." in name:
         raise ValueError(f"bad requirement '{text}': the name '{name}' is empty or has odd characters")
     return Requirement(kind, name)
@@ -141,6 +146,8 @@ def guest_check_script(reqs: Iterable[Requirement]) -> str:
             t = f"grep -q ' {r.name}$' /proc/kallsyms"
         elif r.kind == "tracefs":
             t = f"test -e {TRACING}/{r.name}"
+        elif r.kind == "debugfs":
+            t = f"test -e {DEBUGFS}/{r.name}"
         elif r.kind == "sysctl":
             t = f"test -e /proc/sys/{r.name.replace('.', '/')}"
         elif r.kind == "module":
@@ -191,12 +198,23 @@ def _guest_symbol(vm: Vm, name: str) -> int | None:
 
 @dataclass(frozen=True)
 class Load:
-    """The load pinned on every vCPU but 0: a loadgen path (``getpid``, ``read``, ``yield``)."""
+    """The load pinned on every vCPU but 0: a loadgen path (``getpid``, ``read``, ``yield``).
+
+    ``max_cpus``: load at most that many vCPUs (1..), leaving the others idle;
+    ``pace``: let each load sleep now and then.  Every text_poke_bp waits three
+    times for all CPUs to take an IPI, and under single-threaded TCG a busy vCPU
+    answers only at its next turn (measured on 6.1: a PREEMPT_DYNAMIC switch,
+    ~3,000 one-site batches, 1.3 s idle, 88 s with one vCPU in a read loop).
+    """
 
     path: str = "getpid"
+    max_cpus: int | None = None
+    #: (N, US): each loadgen sleeps US microseconds after every N iterations
+    pace: tuple[int, int] | None = None
 
     def cpus(self, smp: int) -> list[int]:
-        return list(range(1, smp)) or [0]
+        cpus = list(range(1, smp)) or [0]
+        return cpus[:self.max_cpus] if self.max_cpus else cpus
 
 
 @dataclass(frozen=True)
@@ -209,6 +227,9 @@ class Step:
     it must not depend on the load: system-wide counts, or ``{call}`` first.
     ``target``: with ``site="call"``, the symbol (looked up in the guest's
     ``/proc/kallsyms``: it may be a module's) the call must reach.
+    ``static_calls``: (name, form) pairs: the ``__SCT__<name>`` trampoline,
+    read from guest memory after the step, must be in that form
+    (``census.STATIC_CALL_FORMS``: ``func``, ``ret0``, ``null``).
     """
 
     name: str
@@ -216,6 +237,7 @@ class Step:
     site: str | None = None
     evidence: str | None = None
     target: str | None = None
+    static_calls: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,6 +262,14 @@ class Scenario:
     function: str | None = "__do_sys_getpid"
     #: count the floor inside these whole functions instead (static-key sites)
     floor_functions: tuple[str, ...] = ()
+    #: False: the recorder does not stop at each text_poke batch (a PREEMPT_DYNAMIC switch
+    #: writes thousands of one-site batches; under QEMU 7.2 each stop costs ~80 ms); the
+    #: probe's own read-back is then off (a trap shows one write, not the last one): the
+    #: steps' checks (``static_calls``) must read back what they patch
+    record_batches: bool = True
+    #: or count traps the census attributes to these ``user:key`` pairs
+    #: (e.g. ``static_call:cond_resched``; a bare ``user`` takes any key)
+    floor_keys: tuple[str, ...] = ()
     setup: tuple[Step, ...] = ()
     teardown: tuple[Step, ...] = ()
     repeat: int = 2
@@ -254,6 +284,8 @@ class Scenario:
                 .replace("{function}", self.function or "").replace("{tracing}", TRACING))
 
     def floor_what(self) -> str:
+        if self.floor_keys:
+            return f"trap(s) judged at {', '.join(self.floor_keys)} sites"
         if self.floor_functions:
             return f"trap(s) judged in {', '.join(self.floor_functions)}"
         return f"trap(s) judged at {self.function}'s site"
@@ -277,7 +309,7 @@ def validate(s: Scenario) -> list[str]:
             probs.append(f"{s.name}: min_traps must be >= 1 (0 traps prove nothing)")
         if s.repeat < 1:
             probs.append(f"{s.name}: repeat must be >= 1")
-        if s.function is None and not s.floor_functions:
+        if s.function is None and not s.floor_functions and not s.floor_keys:
             probs.append(f"{s.name}: neither a function nor floor_functions: where is the floor counted?")
         if s.load.path not in ("getpid", "read", "yield"):
             probs.append(f"{s.name}: unknown load path '{s.load.path}'")
@@ -290,6 +322,16 @@ def validate(s: Scenario) -> list[str]:
             probs.append(f"{s.name}/{st.name}: evidence with {{call}} needs a function")
         if st.target is not None and (st.site != "call" or not _NAME_RE.match(st.target)):
             probs.append(f"{s.name}/{st.name}: a call target needs site='call' and a plain symbol name")
+        for sc_name, form in st.static_calls:
+            if form not in STATIC_CALL_FORMS or not _NAME_RE.match(sc_name):
+                probs.append(f"{s.name}/{st.name}: static call {sc_name!r}: form must be one of "
+                             f"{STATIC_CALL_FORMS}")
+    if not s.record_batches and not any(st.static_calls for st in s.steps):
+        probs.append(f"{s.name}: without batch recording the steps must read back what they patch "
+                     "(static_calls)")
+    for key in s.floor_keys:
+        if key.partition(":")[0] not in USERS:
+            probs.append(f"{s.name}: floor key {key!r}: the user must be one of {USERS}")
     if s.final_state.site is not None and s.final_state.site not in SITE_STATES:
         probs.append(f"{s.name}: final site must be one of {SITE_STATES}")
     if s.final_state.site is not None and s.function is None and s.unsupported is None:
@@ -337,6 +379,8 @@ class _ScenarioBody:
     def __call__(self, run: Run) -> BodyResult:
         sc, vm = self.sc, run.vm
         cpus = sc.load.cpus(run.spec.smp)
+        if not sc.record_batches:
+            self.out["batch_recording"] = "off" if run.probe.record_batches(False) else "no hook"
         self._start_load(vm, cpus)
         try:
             for st in sc.setup:
@@ -380,7 +424,7 @@ class _ScenarioBody:
     # -- load ---------------------------------------------------------------------
     def _start_load(self, vm: Vm, cpus: list[int]) -> None:
         if self.workload is None:
-            vm.check(loadgen.start_command(self.sc.load.path, cpus))
+            vm.check(loadgen.start_command(self.sc.load.path, cpus, pace=self.sc.load.pace))
             return
         vm.ssh.put_file(self.workload, WORKLOAD_GUEST_PATH)
         vm.check(workload_start_command(cpus))
@@ -429,6 +473,8 @@ class _ScenarioBody:
             self.evidence_steps[st.name] = st
         run.probe.check_sites()
         run.check_alive(f"running step '{st.name}'")
+        if st.static_calls:
+            entry["static_calls"] = self._check_static_calls(run, st)
         if st.site:
             entry["site"] = self._check_fentry(run, st.site, f"after '{st.name}'", st.target)
         self.step_log.append(entry)
@@ -457,6 +503,52 @@ class _ScenarioBody:
             self.failed.append(f"{when}: {fn}'s fentry site holds {site.hex(' ')}, expected {expect}")
         return desc
 
+    def _check_static_calls(self, run: Run, st: Step) -> dict[str, str]:
+        """Read back each static call's ``__SCT__`` trampoline and every inline site (from the census
+        tables): each must hold the form the step expects, and a ``func`` form one same function."""
+        by_name = run.sym.by_name
+        return0 = by_name.get("__static_call_return0")
+        thunk = by_name.get("__x86_return_thunk")
+        tables = run.probe.census.tables
+        plan: list[tuple[str, str, list[int]]] = []
+        for name, want in st.static_calls:
+            tramp = by_name.get(f"__SCT__{name}")
+            if tramp is None:
+                self.failed.append(f"after '{st.name}': no trampoline __SCT__{name} in the vmlinux")
+                continue
+            plan.append((name, want, [tramp, *static_call_sites(tables, name)]))
+        with run.probe.paused():
+            texts = run.probe.read_many([(a, 5) for _n, _w, addrs in plan for a in addrs])
+        seen: dict[str, str] = {}
+        i = 0
+        for name, want, addrs in plan:
+            forms: dict[str, int] = {}
+            targets: set[int] = set()
+            bad: list[str] = []
+            matched: list[TextCheck] = []
+            for k, addr in enumerate(addrs):
+                text = texts[i + k] or b""
+                form, target = static_call_form(text, addr, return0, thunk)
+                forms[form] = forms.get(form, 0) + 1
+                if form == want:
+                    matched.append(TextCheck(addr, name, True, f"static call {name}: {form}", text.hex()))
+                if form == "func" and target is not None:
+                    targets.add(target)
+                if form != want and len(bad) < 3:
+                    where = "__SCT__" + name if k == 0 else (run.sym(addr) or hex(addr))
+                    bad.append(f"{where} holds {text.hex(' ') or 'unreadable'} ({form})")
+            i += len(addrs)
+            run.probe.note_checks(matched)
+            shown = ", ".join(f"{f} x{n}" for f, n in forms.items())
+            fn = ", ".join(run.sym(t) or hex(t) for t in sorted(targets))
+            seen[name] = f"trampoline + {len(addrs) - 1} sites: {shown}" + (f" -> {fn}" if fn else "")
+            if bad:
+                self.failed.append(f"after '{st.name}': static call {name} should be in the {want} form "
+                                   f"everywhere ({shown}): " + "; ".join(bad))
+            elif len(targets) > 1:
+                self.failed.append(f"after '{st.name}': static call {name} calls different functions: {fn}")
+        return seen
+
     def _final(self, run: Run) -> None:
         fs = self.sc.final_state
         if fs.site:
@@ -469,6 +561,8 @@ class _ScenarioBody:
 
     def _floor(self, run: Run) -> int | None:
         sc = self.sc
+        if sc.floor_keys:
+            return count_keys(read_trap_log(run.probe.trap_log_path), sc.floor_keys)
         if sc.floor_functions:
             ranges = [r for r in (run.function_range(f) for f in sc.floor_functions) if r]
             if not ranges:
@@ -507,6 +601,18 @@ def parse_workload_states(text: str) -> dict[int, str]:
     for m in re.finditer(r"^workload cpu=(\d+) (running|exit=(\S+))\s*$", text, re.M):
         out[int(m.group(1))] = "running" if m.group(2) == "running" else f"exit {m.group(3)}"
     return out
+
+
+def count_keys(records: Iterable[dict[str, Any]], keys: Iterable[str]) -> int:
+    """Judged (not skipped) traps whose census ``user`` (and ``user_key``) match one of ``keys``.  Pure."""
+    want = [k.partition(":") for k in keys]
+    n = 0
+    for rec in records:
+        if rec.get("kind") != "judged" or rec.get("verdict") == "skipped":
+            continue
+        u, k = rec.get("user"), rec.get("user_key")
+        n += any(u == wu and (not sep or k == wk) for wu, sep, wk in want)
+    return n
 
 
 def _write(spec: VmSpec, out: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,27 @@ SET_FILTER = Step("filter", f"echo {{function}} > {T}/set_ftrace_filter && "
 CLEAR_FILTER = Step("clear-filter", f"echo > {T}/set_ftrace_filter")
 TRACER_OFF = Step("tracer-off", f"echo nop > {T}/current_tracer", site="nop")
 
+#: PREEMPT_DYNAMIC: the mode file, and each mode's static calls (kernel/sched/core.c
+#: sched_dynamic_update(): preempt_dynamic_enable/disable; disabled cond_resched and
+#: might_resched are __static_call_return0 (ret0), disabled preempt_schedule* and
+#: irqentry_exit_cond_resched are NULL)
+PREEMPT = "/sys/kernel/debug/sched/preempt"
+PREEMPT_CALLS = ("cond_resched", "might_resched", "preempt_schedule", "preempt_schedule_notrace",
+                 "irqentry_exit_cond_resched")
+PREEMPT_FORMS = {
+    "none": ("func", "ret0", "null", "null", "null"),
+    "voluntary": ("func", "func", "null", "null", "null"),
+    "full": ("ret0", "ret0", "func", "func", "func"),
+}
+
+
+def preempt_step(mode: str, name: str | None = None) -> Step:
+    """Switch PREEMPT_DYNAMIC to ``mode``; evidence: the file reads back ``(mode)``; trampolines checked."""
+    return Step(name or mode, f"echo {mode} > {PREEMPT}",
+                evidence=f"grep -c '({mode})' {PREEMPT} || true",
+                static_calls=tuple(zip(PREEMPT_CALLS, PREEMPT_FORMS[mode], strict=True)))
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="ftrace-function",
@@ -96,6 +117,26 @@ SCENARIOS: tuple[Scenario, ...] = (
                     evidence=SCHEDSTAT_DELTA),
                Step("schedstats-off", "echo 0 > /proc/sys/kernel/sched_schedstats")),
         final_state=FinalState(site=None, checks=(("cat /proc/sys/kernel/sched_schedstats", r"^0\s*$"),)),
+    ),
+    Scenario(
+        name="static-call-preempt",
+        description="PREEMPT_DYNAMIC none -> voluntary -> full -> voluntary under read(2) of /dev/zero",
+        requires=("CONFIG_PREEMPT_DYNAMIC", "CONFIG_HAVE_STATIC_CALL_INLINE", "debugfs:sched/preempt",
+                  "symbol:__static_call_return0", "symbol:__SCT__cond_resched"),
+        # read_zero() calls cond_resched(): its inline static-call site is hot; a PAUSE after
+        # each read lets the busy vCPUs answer text_poke_bp's IPIs at once under TCG (one
+        # switch: ~2.5 s instead of ~90 s)
+        load=Load("read", pace=(1, 0)),
+        function=None,
+        floor_keys=tuple(f"static_call:{c}" for c in PREEMPT_CALLS),
+        # each switch re-enables all five calls first, then disables per mode: ~4,400
+        # one-site text_poke_bp batches per switch (a stop each would take minutes);
+        # the steps read back every inline site and trampoline of the five instead
+        record_batches=False,
+        repeat=2,
+        steps=(preempt_step("none"), preempt_step("voluntary"), preempt_step("full"),
+               preempt_step("voluntary", "back-to-voluntary")),
+        final_state=FinalState(site=None, checks=((f"cat {PREEMPT}", r"\(voluntary\)"),)),
     ),
     Scenario(
         name="ftrace-direct",

@@ -22,6 +22,22 @@ def test_scenario(name: str, pokelab_kernel: str, run_scenario) -> None:  # type
     assert out["traps_judged"] > 0 and out["violations"] == 0
     assert out["floor_traps"] >= BY_NAME[name].min_traps
     assert all(n > 0 for n in out["evidence"].values()), out["evidence"]
+    # the census: every judged trap has a user, and the scenario's own user is among them
+    assert sum(out["users"].values()) == out["traps_judged"], out["users"]
+    assert EXPECTED_USER.get(name, "ftrace") in out["users"], out["users"]
+
+
+#: the text_poke user each scenario's watched sites belong to (default: ftrace)
+EXPECTED_USER = {"static-key-schedstats": "jump_label", "static-call-preempt": "static_call",
+                 "kprobe-ftrace": "kprobe"}
+
+
+def test_static_call_injection_flags_every_injected_trap(run_scenario) -> None:  # type: ignore[no-untyped-def]
+    # wrong-target on static-call CALL entries, the xor5rax (return0) form included
+    out = run_scenario(BY_NAME["static-call-preempt"], "6.1", inject="wrong-target")
+    assert out["verdict"] == "FAIL", out.get("reasons")
+    assert out["injected_flagged"] == out["injected"] > 0 and out["false_flags"] == 0
+    assert all(v.get("user") == "static_call" for v in out["violation_examples"])
 
 
 def test_injection_ends_fail_with_the_violation(run_scenario) -> None:  # type: ignore[no-untyped-def]

@@ -23,7 +23,8 @@ from orchestrator.scenario import (
 from orchestrator.scenarios_table import BY_NAME, SCENARIOS
 from orchestrator.verdict import decide
 
-SYSTEM_WIDE = ("/proc/schedstat",)
+#: system-wide kernel state: schedstat counters; the PREEMPT_DYNAMIC mode (static-call-preempt)
+SYSTEM_WIDE = ("/proc/schedstat", "/sys/kernel/debug/sched/preempt")
 
 
 def test_no_evidence_looks_at_the_load() -> None:

@@ -152,3 +152,40 @@ def test_scenario_is_frozen() -> None:
     s = Scenario("x", "y")
     with pytest.raises(AttributeError):
         s.name = "z"  # type: ignore[misc]
+
+
+def test_static_call_preempt_declares_its_read_back() -> None:
+    sc = BY_NAME["static-call-preempt"]
+    assert not sc.record_batches and sc.floor_keys and sc.function is None
+    assert [st.name for st in sc.steps] == ["none", "voluntary", "full", "back-to-voluntary"]
+    for st in sc.steps:
+        assert len(st.static_calls) == 5 and st.evidence
+    assert validate(replace(sc, steps=tuple(replace(st, static_calls=()) for st in sc.steps)))
+    assert validate(replace(sc, floor_keys=("nobody:x",)))
+    assert validate(replace(sc, steps=(replace(sc.steps[0], static_calls=(("cond_resched", "jmp"),)),)))
+    assert parse_requirement("debugfs:sched/preempt") == Requirement("debugfs", "sched/preempt")
+    script = guest_check_script([Requirement("debugfs", "sched/preempt")])
+    assert "test -e /sys/kernel/debug/sched/preempt" in script
+
+
+def test_load_cpus_and_pace() -> None:
+    from orchestrator import loadgen
+    from orchestrator.scenario import Load
+
+    assert Load("read").cpus(4) == [1, 2, 3] and Load("read", max_cpus=1).cpus(4) == [1]
+    cmd = loadgen.start_command("read", [1, 2], pace=(1, 0))
+    assert "taskset -c 1 /bin/loadgen read 0 1/0 " in cmd and "taskset -c 2 " in cmd
+
+
+def test_count_keys_on_captured_traps() -> None:
+    import json
+    from pathlib import Path
+
+    from orchestrator.scenario import count_keys
+
+    data = json.loads((Path(__file__).parents[1] / "data" / "census" / "debian-6.1.0-56.json").read_text())
+    recs = data["traps"]
+    want = sum(r.get("user_key") == "cond_resched" for r in recs)
+    assert count_keys(recs, ["static_call:cond_resched"]) == want > 0
+    assert count_keys(recs, ["jump_label"]) == sum(r["user"] == "jump_label" for r in recs) > 0
+    assert count_keys(recs, ["static_call:nothing"]) == 0
