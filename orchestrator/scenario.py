@@ -227,9 +227,10 @@ class Step:
     it must not depend on the load: system-wide counts, or ``{call}`` first.
     ``target``: with ``site="call"``, the symbol (looked up in the guest's
     ``/proc/kallsyms``: it may be a module's) the call must reach.
-    ``static_calls``: (name, form) pairs: the ``__SCT__<name>`` trampoline,
-    read from guest memory after the step, must be in that form
-    (``census.STATIC_CALL_FORMS``: ``func``, ``ret0``, ``null``).
+    ``static_calls``: (name, form) pairs: the ``__SCT__<name>`` trampoline and
+    every inline site, read from guest memory after the step, must be in that
+    form (``census.STATIC_CALL_FORMS``: ``func``, ``ret0``, ``null``;
+    ``func:SYMBOL`` also names the function they must call).
     """
 
     name: str
@@ -322,10 +323,12 @@ def validate(s: Scenario) -> list[str]:
             probs.append(f"{s.name}/{st.name}: evidence with {{call}} needs a function")
         if st.target is not None and (st.site != "call" or not _NAME_RE.match(st.target)):
             probs.append(f"{s.name}/{st.name}: a call target needs site='call' and a plain symbol name")
-        for sc_name, form in st.static_calls:
-            if form not in STATIC_CALL_FORMS or not _NAME_RE.match(sc_name):
+        for sc_name, spec in st.static_calls:
+            form, sep, fn = spec.partition(":")
+            if (form not in STATIC_CALL_FORMS or not _NAME_RE.match(sc_name)
+                    or (sep and (form != "func" or not _NAME_RE.match(fn)))):
                 probs.append(f"{s.name}/{st.name}: static call {sc_name!r}: form must be one of "
-                             f"{STATIC_CALL_FORMS}")
+                             f"{STATIC_CALL_FORMS} (func:SYMBOL names the function)")
     if not s.record_batches and not any(st.static_calls for st in s.steps):
         probs.append(f"{s.name}: without batch recording the steps must read back what they patch "
                      "(static_calls)")
@@ -511,17 +514,19 @@ class _ScenarioBody:
         thunk = by_name.get("__x86_return_thunk")
         tables = run.probe.census.tables
         plan: list[tuple[str, str, list[int]]] = []
-        for name, want in st.static_calls:
+        for name, spec in st.static_calls:
+            want = spec.partition(":")[0]
             tramp = by_name.get(f"__SCT__{name}")
             if tramp is None:
                 self.failed.append(f"after '{st.name}': no trampoline __SCT__{name} in the vmlinux")
                 continue
-            plan.append((name, want, [tramp, *static_call_sites(tables, name)]))
+            plan.append((name, spec, [tramp, *static_call_sites(tables, name)]))
         with run.probe.paused():
             texts = run.probe.read_many([(a, 5) for _n, _w, addrs in plan for a in addrs])
         seen: dict[str, str] = {}
         i = 0
-        for name, want, addrs in plan:
+        for name, spec, addrs in plan:
+            want, _, func = spec.partition(":")
             forms: dict[str, int] = {}
             targets: set[int] = set()
             bad: list[str] = []
@@ -547,6 +552,9 @@ class _ScenarioBody:
                                    f"everywhere ({shown}): " + "; ".join(bad))
             elif len(targets) > 1:
                 self.failed.append(f"after '{st.name}': static call {name} calls different functions: {fn}")
+            elif func and targets != {by_name.get(func)}:
+                self.failed.append(f"after '{st.name}': static call {name} calls {fn or 'nothing'}, "
+                                   f"expected {func}")
         return seen
 
     def _final(self, run: Run) -> None:

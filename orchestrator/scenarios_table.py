@@ -67,6 +67,15 @@ def preempt_step(mode: str, name: str | None = None) -> Step:
                 static_calls=tuple(zip(PREEMPT_CALLS, PREEMPT_FORMS[mode], strict=True)))
 
 
+def tp_step(name: str, instance: str, on: int, func: str) -> Step:
+    """Enable (1) or disable (0) sys_enter_getpid in trace instance ``pokelab_<instance>``;
+    tp_func_sys_enter must then call ``func``.  Evidence (on): the instance traced getpid."""
+    inst = f"{T}/instances/pokelab_{instance}"
+    return Step(name, f"echo {on} > {inst}/events/syscalls/sys_enter_getpid/enable",
+                evidence=(f"sleep 0.3; grep -c -m 50 sys_getpid {inst}/trace || true") if on else None,
+                static_calls=(("tp_func_sys_enter", f"func:{func}"),))
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="ftrace-function",
@@ -137,6 +146,25 @@ SCENARIOS: tuple[Scenario, ...] = (
         steps=(preempt_step("none"), preempt_step("voluntary"), preempt_step("full"),
                preempt_step("voluntary", "back-to-voluntary")),
         final_state=FinalState(site=None, checks=((f"cat {PREEMPT}", r"\(voluntary\)"),)),
+    ),
+    Scenario(
+        name="tracepoint-static-call",
+        description="sys_enter_getpid enabled in trace instances a then b, then off: sys_enter's static call "
+                    "moves",
+        requires=("CONFIG_FTRACE_SYSCALLS", "CONFIG_HAVE_STATIC_CALL_INLINE", "tracefs:instances",
+                  "tracefs:events/syscalls/sys_enter_getpid/enable", "symbol:__SCT__tp_func_sys_enter",
+                  "symbol:__traceiter_sys_enter", "symbol:ftrace_syscall_enter"),
+        function=None,
+        floor_keys=("static_call:tp_func_sys_enter",),
+        setup=(Step("mkdir", f"mkdir -p {T}/instances/pokelab_a {T}/instances/pokelab_b"),),
+        # one probe (instance a's ftrace_syscall_enter): a direct call; two: the iterator
+        # (kernel/tracepoint.c tracepoint_update_call()); none: the iterator again, key off
+        steps=(tp_step("a-on", "a", 1, "ftrace_syscall_enter"),
+               tp_step("b-on", "b", 1, "__traceiter_sys_enter"),
+               tp_step("b-off", "b", 0, "ftrace_syscall_enter"),
+               tp_step("a-off", "a", 0, "__traceiter_sys_enter")),
+        teardown=(Step("rmdir", f"rmdir {T}/instances/pokelab_a {T}/instances/pokelab_b"),),
+        final_state=FinalState(site=None, checks=((f"ls {T}/instances; echo end", r"^end\s*$"),)),
     ),
     Scenario(
         name="ftrace-direct",

@@ -29,12 +29,13 @@ def test_scenario(name: str, pokelab_kernel: str, run_scenario) -> None:  # type
 
 #: the text_poke user each scenario's watched sites belong to (default: ftrace)
 EXPECTED_USER = {"static-key-schedstats": "jump_label", "static-call-preempt": "static_call",
-                 "kprobe-ftrace": "kprobe"}
+                 "tracepoint-static-call": "static_call", "kprobe-ftrace": "kprobe"}
 
 
-def test_static_call_injection_flags_every_injected_trap(run_scenario) -> None:  # type: ignore[no-untyped-def]
-    # wrong-target on static-call CALL entries, the xor5rax (return0) form included
-    out = run_scenario(BY_NAME["static-call-preempt"], "6.1", inject="wrong-target")
+@pytest.mark.parametrize("name", ["static-call-preempt", "tracepoint-static-call"])
+def test_static_call_injection_flags_every_injected_trap(name: str, run_scenario) -> None:  # type: ignore[no-untyped-def]
+    # wrong-target on static-call CALL entries: the xor5rax (return0) form, CALL retargets
+    out = run_scenario(BY_NAME[name], "6.1", inject="wrong-target")
     assert out["verdict"] == "FAIL", out.get("reasons")
     assert out["injected_flagged"] == out["injected"] > 0 and out["false_flags"] == 0
     assert all(v.get("user") == "static_call" for v in out["violation_examples"])

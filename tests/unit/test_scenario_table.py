@@ -189,3 +189,13 @@ def test_count_keys_on_captured_traps() -> None:
     assert count_keys(recs, ["static_call:cond_resched"]) == want > 0
     assert count_keys(recs, ["jump_label"]) == sum(r["user"] == "jump_label" for r in recs) > 0
     assert count_keys(recs, ["static_call:nothing"]) == 0
+
+
+def test_tracepoint_static_call_names_the_function_each_step_wants() -> None:
+    sc = BY_NAME["tracepoint-static-call"]
+    wants = [dict(st.static_calls)["tp_func_sys_enter"] for st in sc.steps]
+    assert wants == ["func:ftrace_syscall_enter", "func:__traceiter_sys_enter",
+                     "func:ftrace_syscall_enter", "func:__traceiter_sys_enter"]
+    assert sc.floor_keys == ("static_call:tp_func_sys_enter",) and sc.record_batches
+    bad = replace(sc.steps[0], static_calls=(("tp_func_sys_enter", "ret0:x"),))
+    assert validate(replace(sc, steps=(bad,)))
