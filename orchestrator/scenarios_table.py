@@ -71,8 +71,10 @@ def tp_step(name: str, instance: str, on: int, func: str) -> Step:
     """Enable (1) or disable (0) sys_enter_getpid in trace instance ``pokelab_<instance>``;
     tp_func_sys_enter must then call ``func``.  Evidence (on): the instance traced getpid."""
     inst = f"{T}/instances/pokelab_{instance}"
+    # {call}: pokelab's own getpid(2) from vCPU 0, so a --workload need not call it
+    hits = f"{{call}}; sleep 0.3; grep -c -m 50 sys_getpid {inst}/trace || true"
     return Step(name, f"echo {on} > {inst}/events/syscalls/sys_enter_getpid/enable",
-                evidence=(f"sleep 0.3; grep -c -m 50 sys_getpid {inst}/trace || true") if on else None,
+                evidence=hits if on else None,
                 static_calls=(("tp_func_sys_enter", f"func:{func}"),))
 
 
@@ -154,7 +156,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         requires=("CONFIG_FTRACE_SYSCALLS", "CONFIG_HAVE_STATIC_CALL_INLINE", "tracefs:instances",
                   "tracefs:events/syscalls/sys_enter_getpid/enable", "symbol:__SCT__tp_func_sys_enter",
                   "symbol:__traceiter_sys_enter", "symbol:ftrace_syscall_enter"),
-        function=None,
+        # the syscall the event traces ({call} in the evidence); the floor is at the static call
+        function="__do_sys_getpid",
         floor_keys=("static_call:tp_func_sys_enter",),
         setup=(Step("mkdir", f"mkdir -p {T}/instances/pokelab_a {T}/instances/pokelab_b"),),
         # one probe (instance a's ftrace_syscall_enter): a direct call; two: the iterator
