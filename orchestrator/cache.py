@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InfraError
@@ -23,3 +26,15 @@ def cache_dir() -> Path:
 def path_key(path: Path) -> str:
     """A directory name for ``path``: its alphanumeric runs joined by '-', the last 60 characters."""
     return re.sub(r"[^A-Za-z0-9]+", "-", str(path)).strip("-")[-60:]
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path`` (created if needed), held for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

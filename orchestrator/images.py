@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import buildid
+from .cache import file_lock
 from .errors import InfraError, UsageError
 from .kernels import KernelSpec
 
@@ -77,18 +78,6 @@ def _run(cmd: Sequence[str | os.PathLike[str]], what: str, cwd: Path | None = No
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         raise InfraError(f"{what} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
     return proc.stdout
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on ``path`` (created if needed), held for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager
