@@ -9,7 +9,7 @@ export POKELAB_CACHE ?= $(HOME)/.cache/pokelab
 
 APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-utils zstd \
                 python3-venv binutils iproute2 procps ca-certificates gcc libc6-dev lz4 make \
-                debootstrap bubblewrap
+                debootstrap bubblewrap debian-archive-keyring
 # what a kernel build needs (pokelab build-kernel, bisect; make bench, e2e-patched, e2e-bisect)
 E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc patch
 
@@ -47,9 +47,10 @@ $(VENV)/.stamp: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# the kernels the test suite boots (6.1.0-47: the good end of the --debian bisect test;
-# pokelab images --kernel all fetches every catalog entry)
-TEST_KERNELS := 6.1 6.12 6.1.0-47
+# the kernels the test suite boots, as catalog ids resolved against pokelab's own apt sources
+# (6.1-oldest: the good end of the --debian bisect test; 7.3-amd64/7.3-rt-amd64: the flavours
+# test; pokelab images --kernel all fetches every catalog entry)
+TEST_KERNELS := 6.1 6.12 6.1-oldest 7.3-amd64 7.3-rt-amd64
 
 images: setup
 	$(BIN)/pokelab images $(addprefix --kernel ,$(TEST_KERNELS))

@@ -61,10 +61,14 @@ class _Parser(argparse.ArgumentParser):
 def _add_kernel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel (default: the catalog's default kernel)")
     g.add_argument("--kernel", metavar="ID",
-                   help="a kernel id from `pokelab kernels`, or any Debian cloud-amd64 ABI (6.1.0-50)")
+                   help="a catalog id from `pokelab kernels`; a line (7.3: its newest ABI with -dbg; "
+                        "7.3-rt-amd64); a Debian ABI (6.1.0-57, 7.3.4+deb13, 6.1.0-57-rt-amd64) or "
+                        "package (linux-image-7.3.4+deb13-amd64)")
     g.add_argument("--bzimage", type=input_file(), metavar="P", help="your own kernel image (with --vmlinux)")
     g.add_argument("--vmlinux", type=input_file(), metavar="P",
                    help="its debug vmlinux (build-id must match)")
+    g.add_argument("--modules", type=input_dir(), metavar="DIR",
+                   help="with --bzimage: its lib/modules/<release> tree (virtio drivers built as modules)")
 
 
 def _add_vm_args(p: argparse.ArgumentParser, choose_kernel: bool = True) -> None:
@@ -72,7 +76,7 @@ def _add_vm_args(p: argparse.ArgumentParser, choose_kernel: bool = True) -> None
     if choose_kernel:
         _add_kernel_args(p)
     else:
-        p.set_defaults(kernel=None, bzimage=None, vmlinux=None, dry_run=False)
+        p.set_defaults(kernel=None, bzimage=None, vmlinux=None, modules=None, dry_run=False)
     g = p.add_argument_group("virtual machine")
     g.add_argument("--smp", type=int, default=4, metavar="N", help="vCPUs (default 4)")
     g.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM (default 1024)")
@@ -94,10 +98,13 @@ def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str,
     from .guest import KernelChoice, default_artifacts, prepare
 
     artifacts = args.artifacts.resolve() if args.artifacts else default_artifacts(command)
-    choice = KernelChoice(args.kernel, args.bzimage, args.vmlinux)
+    choice = KernelChoice(args.kernel, args.bzimage, args.vmlinux, args.modules)
     for path, what in ((args.bzimage, "--bzimage"), (args.vmlinux, "--vmlinux")):
         if path is not None and not path.is_file():
             raise UsageError(f"{what} {path}: no such file")
+    if args.modules is not None and not (args.modules / "modules.dep").is_file():
+        raise UsageError(f"--modules {args.modules}: no modules.dep there (a lib/modules/<release> tree "
+                         "made by `make modules_install`)")
     # bad input first, before anything slow (downloads, the one-time KVM probe)
     from .qemu import check_port_free
 
@@ -135,18 +142,21 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     if args.debian:
         from .debian import available
 
-        for d in available():
-            flags = [d.version, "with -dbg" if d.has_dbg else "no -dbg: not usable"]
+        for d in available(cache, None, with_suites=True):
+            flags = [d.version, ",".join(d.suites) or "?",
+                     "with -dbg" if d.has_dbg else "no -dbg: not usable"]
             if d.has_dbg and is_cached(d.spec(), cache):
                 flags.append("cached")
-            print(f"{d.abi:16} {d.release:34} {', '.join(flags)}")
+            print(f"{d.line:5} {d.flavour:11} {d.release:32} {', '.join(flags)}")
         return 0
     for k in cat.kernels:
-        flags = []
+        flags = [k.wants]
         if k.default:
             flags.append("default")
-        flags.append("cached" if is_cached(k, cache) else "not cached")
-        print(f"{k.id:10} {k.release:32} {', '.join(flags)}")
+        spec = _resolved_offline(k, cache)
+        flags.append(f"cached: {spec.release} ({spec.version})" if spec and is_cached(spec, cache)
+                     else "not cached")
+        print(f"{k.id:12} {', '.join(flags)}")
     for kid, entry in sorted(custom_registry(cache).items()):
         try:
             meta = json.loads((Path(entry["dir"]) / "meta.json").read_text())
@@ -155,6 +165,16 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         patches = ", ".join(Path(p).name for p in meta.get("patches", [])) or "no patches"
         print(f"{kid} {meta.get('release', '?')}  built from {meta.get('source', '?')} ({patches})")
     return 0
+
+
+def _resolved_offline(request: Any, cache: Path) -> Any:
+    """The kernel spec ``request`` last resolved to here (no archive asked), or None."""
+    from .debian import resolve_spec
+
+    try:
+        return resolve_spec(request, cache, offline=True)
+    except UsageError:
+        return None
 
 
 def _remove_kernels(names: list[str], cat: Any, cache: Path) -> int:
@@ -174,7 +194,9 @@ def _remove_kernels(names: list[str], cat: Any, cache: Path) -> int:
                 raise UsageError(f"no kernel '{name}' was built here (see: pokelab kernels)")
             ids = [name]
         else:
-            spec = cat.lookup(name)
+            spec = _resolved_offline(cat.lookup(name), cache)
+            if spec is None:
+                raise UsageError(f"kernel '{name}' was never fetched here (see: pokelab kernels)")
             plan.append((spec.release, functools.partial(remove_kernel, spec, cache)))
             continue
         for kid in ids:
@@ -194,6 +216,7 @@ def _remove_kernels(names: list[str], cat: Any, cache: Path) -> int:
 
 def cmd_images(args: argparse.Namespace) -> int:
     from .cache import cache_dir
+    from .debian import resolve_spec
     from .images import ensure_kernel
     from .kernels import Catalog
     from .rootfs import ensure_initramfs, ensure_ssh_key
@@ -203,10 +226,10 @@ def cmd_images(args: argparse.Namespace) -> int:
         cat.lookup(k) for k in (args.kernel or [cat.default.id])]
     cache = cache_dir()
     key = ensure_ssh_key(cache)
-    for spec in wanted:
-        k = ensure_kernel(spec, cache)
+    for request in wanted:
+        k = ensure_kernel(resolve_spec(request, cache), cache)
         initrd = ensure_initramfs(k, cache, {})
-        print(f"{spec.id:10} {k.release:32} build-id {k.build_id[:16]}  initramfs {initrd.name}")
+        print(f"{request.id:10} {k.package} {k.version}  build-id {k.build_id[:16]}  initramfs {initrd.name}")
     print(f"ssh key    {key}")
     return 0
 
@@ -401,6 +424,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
         final = {**results[0], **{k: rate[k] for k in ("runs", "failures", "rate")}}
     else:
         final = {"scenario": sc.name, "kernel": results[0].get("kernel"), "kernel_id": kernel.id,
+                 "kernel_package": kernel.package, "kernel_version": kernel.version,
                  "inject": args.inject, "until_fail": args.until_fail, "runs_requested": n, **rate,
                  "reasons": next(o.get("reasons", []) for o in results if o["verdict"] == rate["verdict"]),
                  "artifacts": str(spec.artifacts),
@@ -525,7 +549,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     previous, issues = _nightly_context(args)
     if kernels is None:
         kernels = [k.id for k in cat.kernels
-                   if is_cached(k, cache_dir()) or fetchable(k.image_pkg, k.dbg_pkg)]
+                   if ((spec := _resolved_offline(k, cache_dir())) and is_cached(spec, cache_dir()))
+                   or fetchable(k, cache_dir())]
     cells = matrix(kernels, scenarios or [s.name for s in SCENARIOS])
     if shard_of is not None:
         cells = shard(cells, *shard_of)
@@ -625,8 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("kernels", help="list the known kernels (catalog and built here) and which are cached")
     s.add_argument("--debian", action="store_true",
-                   help="list instead the Debian cloud-amd64 kernels apt knows (any with -dbg works as "
-                        "--kernel ABI and as a `bisect --debian` endpoint)")
+                   help="list instead every Debian kernel in pokelab's apt sources, each line, flavour "
+                        "(cloud-amd64, amd64, rt-amd64) and suite (any with -dbg works as --kernel ABI "
+                        "and as a `bisect --debian` endpoint)")
     s.add_argument("--remove", nargs="+", metavar="ID",
                    help="free cache space: delete kernels built here (custom-<id>, or 'built' for all of "
                         "them) or fetched Debian kernels (id or ABI; fetched again when next used)")
@@ -822,12 +848,20 @@ def _bisect_debian(args: argparse.Namespace, policy: Any, replay: dict[str, list
                    log_path: Path, artifacts: Path, run_one: Callable[[str, Path], str],
                    say: Callable[[str], None]) -> int:
     from .bisect import debian_report, debian_step, run_debian_bisect
-    from .debian import available, parse_range, select_range
+    from .cache import cache_dir
+    from .debian import available, parse_range, resolve, select_range
     from .kernels import Catalog
 
     good, bad = parse_range(args.debian)
-    aliases = {k.id: k.release for k in Catalog.load().kernels}
-    rng = select_range(available(), good, bad, aliases)
+    cat = Catalog.load()
+    ends = [cat.lookup(e) for e in (good, bad)]
+    flavours = {e.flavour for e in ends}
+    if len(flavours) != 1:
+        raise UsageError(f"--debian {args.debian}: the endpoints are of different flavours "
+                         f"({', '.join(sorted(flavours))})")
+    kernels = available(cache_dir(), flavours.pop())
+    aliases = {e.id: resolve(e, kernels).release for e in ends}
+    rng = select_range(kernels, good, bad, aliases)
     say(f"{len(rng.judged)} Debian kernels with -dbg from {rng.judged[0].label} to {rng.judged[-1].label}")
     if rng.unjudgeable:
         say(f"not judgeable (no -dbg in the archive): {', '.join(k.abi for k in rng.unjudgeable)}")

@@ -1,87 +1,50 @@
-"""Debian's prebuilt kernel packages as an ordered, bisectable sequence (``pokelab bisect --debian A..B``).
+"""Debian's prebuilt kernel packages: the archive's answer to a kernel name, and a bisectable sequence.
 
-Pure core: parse ``apt-cache show`` records, order them the way dpkg does, pick
-the range between two endpoints.  Thin shell: :func:`available` asks apt.
+Pure core: turn package records (python-debian's deb822, from
+``apt-cache show``) into kernels, order them as dpkg does (python-debian's
+:func:`~debian.debian_support.version_compare`), pick the kernel a
+:class:`~orchestrator.kernels.KernelRequest` names, pick the range between two
+endpoints.  Thin shell: :func:`available` and :func:`resolve_spec` ask
+pokelab's own apt (:mod:`orchestrator.host.apt`), never the host's lists.
 
 A kernel is judgeable only when the archive also has its ``-dbg`` package (the
 probe needs the DWARF vmlinux).  Debian keeps some ABIs' images without their
-``-dbg`` (seen on bookworm: 6.1.0-48, -49, -51, -52): those are reported as
-lying in the range but not judged, because the first bad version found may
-then not be the first bad one.
+``-dbg`` (seen on bookworm: 6.1.0-48, -49, -51, -52): a line id (``6.1``)
+never resolves to those, and a bisect reports them as lying in the range but
+not judged, because the first bad version found may then not be the first bad one.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cmp_to_key
+from pathlib import Path
 
-from . import procs
-from .errors import InfraError, UsageError
-from .kernels import KernelSpec
+from debian.debian_support import version_compare
 
-FLAVOUR = "cloud-amd64"
-APT_UPDATE_TIMEOUT_S = 600.0
-#: linux-image-<abi>-<flavour>[-dbg]; abi is 6.1.0-47 (old scheme) or 6.12.117+deb12 (new)
-_IMAGE_PKG = re.compile(r"^linux-image-(?P<abi>\d+\.\d+\.\d+(?:-\d+|\+deb\d+))-(?P<flavour>[a-z0-9-]+?)"
+from .errors import InfraError, PokelabError, UsageError
+from .kernels import ABI, DEFAULT_FLAVOUR, FLAVOURS, KernelRequest, KernelSpec, line_of
+
+log = logging.getLogger(__name__)
+
+FLAVOUR = DEFAULT_FLAVOUR
+#: linux-image-<abi>-<flavour>[-dbg]
+_IMAGE_PKG = re.compile(rf"^linux-image-(?P<abi>{ABI})-(?P<flavour>{'|'.join(map(re.escape, FLAVOURS))})"
                         r"(?P<dbg>-dbg)?$")
 _UPSTREAM = re.compile(r"^(?:\d+:)?(\d+\.\d+(?:\.\d+)?)")
-
-
-# --------------------------------------------------------------------------- dpkg version order
-
-
-def _order(c: str) -> int:
-    if c == "~":
-        return -1
-    if c.isalpha():
-        return ord(c)
-    return ord(c) + 256
-
-
-def _verrevcmp(a: str, b: str) -> int:
-    """dpkg's verrevcmp: alternating non-digit (``~`` sorts first) and numeric parts."""
-    i = j = 0
-    while i < len(a) or j < len(b):
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
-            ac = _order(a[i]) if i < len(a) and not a[i].isdigit() else 0
-            bc = _order(b[j]) if j < len(b) and not b[j].isdigit() else 0
-            if ac != bc:
-                return ac - bc
-            i, j = i + 1, j + 1
-        while i < len(a) and a[i] == "0":
-            i += 1
-        while j < len(b) and b[j] == "0":
-            j += 1
-        first_diff = 0
-        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
-            if not first_diff:
-                first_diff = ord(a[i]) - ord(b[j])
-            i, j = i + 1, j + 1
-        if i < len(a) and a[i].isdigit():
-            return 1
-        if j < len(b) and b[j].isdigit():
-            return -1
-        if first_diff:
-            return first_diff
-    return 0
-
-
-def _split(v: str) -> tuple[int, str, str]:
-    epoch, _, rest = v.partition(":") if ":" in v else ("0", "", v)
-    upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
-    return int(epoch or 0), upstream, revision
+#: pokelab's record of what each line id resolved to: {request key: {"release", "version", "time"}}
+RESOLVED = "resolved.json"
 
 
 def compare_versions(a: str, b: str) -> int:
-    """<0, 0, >0 as ``dpkg --compare-versions a lt/eq/gt b``."""
-    ea, ua, ra = _split(a)
-    eb, ub, rb = _split(b)
-    if ea != eb:
-        return ea - eb
-    return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
+    """<0, 0, >0 as ``dpkg --compare-versions a lt/eq/gt b`` (python-debian's implementation)."""
+    return version_compare(a, b)
 
 
 # --------------------------------------------------------------------------- the archive's kernels
@@ -93,6 +56,11 @@ class DebianKernel:
     flavour: str  # cloud-amd64
     version: str  # the package version, 6.1.170-3
     has_dbg: bool
+    suites: tuple[str, ...] = ()  # where the image is: ("trixie-backports",)
+
+    @property
+    def line(self) -> str:
+        return line_of(self.abi)
 
     @property
     def release(self) -> str:
@@ -116,70 +84,92 @@ class DebianKernel:
     def label(self) -> str:
         return f"{self.release} ({self.version})"
 
-    def spec(self) -> KernelSpec:
-        return KernelSpec(id=self.abi, release=self.release, image_pkg=self.image_pkg, dbg_pkg=self.dbg_pkg)
+    def spec(self, kid: str | None = None, default: bool = False) -> KernelSpec:
+        return KernelSpec.of(kid or self.abi, self.abi, self.flavour, self.version, default)
 
 
 def parse_show(text: str) -> dict[str, str]:
-    """{package: version} from ``apt-cache show`` output (the first record of a package wins)."""
+    """{package: newest version} from ``apt-cache show`` output."""
+    from .host.apt import parse_records
+
+    return newest_versions(parse_records(text))
+
+
+def newest_versions(records: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    """{package: its newest version} over package records."""
     got: dict[str, str] = {}
-    for record in re.split(r"\n\s*\n", text):
-        fields = dict(re.findall(r"^([A-Za-z-]+): ?(.*)$", record, re.M))
-        pkg, version = fields.get("Package"), fields.get("Version")
-        if pkg and version and pkg not in got:
+    for r in records:
+        pkg, version = r.get("Package"), r.get("Version")
+        if pkg and version and (pkg not in got or compare_versions(version, got[pkg]) > 0):
             got[pkg] = version
     return got
 
 
-def kernels_from(versions: Mapping[str, str], flavour: str = FLAVOUR) -> list[DebianKernel]:
-    """The flavour's versioned kernel images, oldest first, each marked with/without its -dbg."""
-    images: dict[str, str] = {}
-    dbgs: set[str] = set()
+def kernels_from(versions: Mapping[str, str], flavour: str | None = FLAVOUR,
+                 suites: Mapping[str, Iterable[str]] | None = None) -> list[DebianKernel]:
+    """The versioned kernel images of ``flavour`` (None: every flavour), oldest first, each
+    marked with/without its -dbg; ``suites`` maps an image package to the suites that carry it."""
+    images: dict[tuple[str, str], str] = {}
+    dbgs: set[tuple[str, str]] = set()
     for pkg, version in versions.items():
         m = _IMAGE_PKG.match(pkg)
-        if not m or m.group("flavour") != flavour:
+        if not m or (flavour is not None and m.group("flavour") != flavour):
             continue
+        key = (m.group("abi"), m.group("flavour"))
         if m.group("dbg"):
-            dbgs.add(m.group("abi"))
+            dbgs.add(key)
         else:
-            images[m.group("abi")] = version
-    found = [DebianKernel(abi, flavour, v, abi in dbgs) for abi, v in images.items()]
+            images[key] = version
+    found = [DebianKernel(abi, fl, v, (abi, fl) in dbgs,
+                          tuple(sorted((suites or {}).get(f"linux-image-{abi}-{fl}", ()))))
+             for (abi, fl), v in images.items()]
+
     def by_version(a: DebianKernel, b: DebianKernel) -> int:
-        return compare_versions(a.version, b.version)
+        return compare_versions(a.version, b.version) or (a.flavour > b.flavour) - (a.flavour < b.flavour)
 
     return sorted(found, key=cmp_to_key(by_version))
 
 
-_NAME = re.compile(r"^(?P<abi>\d+\.\d+\.\d+(?:-\d+|\+deb\d+))(?:-" + re.escape(FLAVOUR) + r")?$")
+def resolve(request: KernelRequest, kernels: Sequence[DebianKernel]) -> DebianKernel:
+    """The kernel ``request`` names among ``kernels`` (oldest first); UsageError if none fits.
 
-
-def spec_for(name: str) -> KernelSpec | None:
-    """A kernel spec for a Debian ABI or release not in the catalog (``--kernel 6.1.0-50``), else None.
-
-    Whether the archive has it shows when its packages are fetched.
+    A line takes the newest (or oldest, ``pick``) ABI of that line and flavour that has -dbg;
+    a pinned ABI must be there with its -dbg.
     """
-    m = _NAME.match(name)
-    if not m:
-        return None
-    abi = m.group("abi")
-    return DebianKernel(abi, FLAVOUR, "", True).spec()
+    mine = [k for k in kernels if k.flavour == request.flavour]
+    if request.abi:
+        for k in mine:
+            if k.abi == request.abi:
+                if not k.has_dbg:
+                    raise UsageError(f"{k.image_pkg} has no -dbg package in the archive (pokelab needs "
+                                     "its DWARF vmlinux)")
+                return k
+        raise UsageError(f"no Debian kernel {request.wants} in pokelab's apt sources")
+    fits = [k for k in mine if k.line == request.line and k.has_dbg]
+    if not fits:
+        lines = sorted({k.line for k in mine if k.has_dbg}, key=lambda s: tuple(map(int, s.split("."))))
+        raise UsageError(f"no Debian {request.line} {request.flavour} kernel with -dbg in pokelab's apt "
+                         f"sources (lines with -dbg: {', '.join(lines) or 'none'})")
+    return fits[-1] if request.pick == "newest" else fits[0]
 
 
 def parse_range(text: str) -> tuple[str, str]:
     a, sep, b = text.partition("..")
     if not sep or not a.strip() or not b.strip() or ".." in b:
-        raise UsageError(f"--debian wants GOOD..BAD (e.g. 6.1.0-47..6.1.0-56), not {text!r}")
+        raise UsageError(f"--debian wants GOOD..BAD (e.g. 6.1-oldest..6.1 or 6.1.0-47..6.1.0-56), "
+                         f"not {text!r}")
     return a.strip(), b.strip()
 
 
 def lookup(kernels: Sequence[DebianKernel], name: str, aliases: Mapping[str, str] | None = None) -> int:
-    """Index of the kernel named by its ABI, release, package version or a catalog alias."""
+    """Index of the kernel named by its ABI, release, package version or an alias (a release)."""
     name = (aliases or {}).get(name, name)
     for i, k in enumerate(kernels):
         if name in (k.abi, k.release, k.version):
             return i
     known = ", ".join(k.abi for k in kernels if k.has_dbg) or "none"
-    raise UsageError(f"no Debian {FLAVOUR} kernel {name!r} in apt's lists (with -dbg: {known})")
+    flavours = ", ".join(sorted({k.flavour for k in kernels})) or FLAVOUR
+    raise UsageError(f"no Debian {flavours} kernel {name!r} in pokelab's apt sources (with -dbg: {known})")
 
 
 @dataclass(frozen=True)
@@ -211,33 +201,110 @@ def select_range(kernels: Sequence[DebianKernel], good: str, bad: str,
 # --------------------------------------------------------------------------- shell
 
 
-def _apt(args: Iterable[str], what: str) -> str:
-    res = procs.run(["apt-cache", *args], timeout=120, what=what, check=False)
-    return res.stdout.decode(errors="replace")
+def available(cache: Path, flavour: str | None = FLAVOUR, with_suites: bool = False) -> list[DebianKernel]:
+    """Every ``linux-image-<abi>-<flavour>`` in pokelab's apt sources, oldest first (lists updated
+    when stale, see :mod:`orchestrator.host.apt`); ``flavour=None``: every flavour pokelab boots."""
+    from .host.apt import Apt
+
+    apt = Apt(cache)
+    names = [n for n in apt.pkgnames("linux-image-")
+             if (m := _IMAGE_PKG.match(n)) and (flavour is None or m.group("flavour") == flavour)]
+    if not names:
+        raise InfraError(f"pokelab's apt sources list no linux-image-*-{flavour or '*'} package "
+                         f"(lists in {apt.lists})")
+    suites = apt.suites([n for n in names if not n.endswith("-dbg")]) if with_suites else None
+    return kernels_from(newest_versions(apt.records(names)), flavour, suites)
 
 
-def available(flavour: str = FLAVOUR) -> list[DebianKernel]:
-    """Every ``linux-image-<abi>-<flavour>`` apt knows, oldest first (apt's lists, no download)."""
-    procs.which("apt-cache", "apt")
-
-    def names() -> list[str]:
-        return [n for n in _apt(["pkgnames", "linux-image-"], "apt-cache pkgnames").split()
-                if (m := _IMAGE_PKG.match(n)) and m.group("flavour") == flavour]
-
-    found = names()
-    if not found and os.geteuid() == 0:  # a fresh machine may have no package lists yet
-        procs.run(["apt-get", "update", "-q"], timeout=APT_UPDATE_TIMEOUT_S, what="apt-get update")
-        found = names()
-    if not found:
-        raise InfraError(f"apt knows no linux-image-*-{flavour} package (apt-get update as root)")
-    return kernels_from(parse_show(_apt(["show", "--no-all-versions", *sorted(found)], "apt-cache show")),
-                        flavour)
-
-
-def fetchable(image_pkg: str, dbg_pkg: str) -> bool:
-    """apt knows both packages (so ``pokelab images`` can fetch them)."""
+def _load_resolved(cache: Path) -> dict[str, dict[str, object]]:
     try:
-        got = parse_show(_apt(["show", "--no-all-versions", image_pkg, dbg_pkg], "apt-cache show"))
-    except InfraError:
+        got = json.loads((cache / "kernels" / RESOLVED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+def _save_resolved(cache: Path, key: str, spec: KernelSpec) -> None:
+    from .cache import file_lock
+
+    path = cache / "kernels" / RESOLVED
+    with file_lock(path.with_name(f".{RESOLVED}.lock")):
+        got = _load_resolved(cache)
+        got[key] = {"release": spec.release, "version": spec.version, "time": time.time()}
+        tmp = path.with_name(f".{RESOLVED}.{os.getpid()}")
+        tmp.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+
+def _remembered(request: KernelRequest, cache: Path, max_age_s: float | None) -> KernelSpec | None:
+    entry = _load_resolved(cache).get(request.key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("release"), str):
+        return None
+    age = time.time() - float(entry.get("time", 0))  # type: ignore[arg-type]
+    if max_age_s is not None and not 0 <= age < max_age_s:
+        return None
+    abi = str(entry["release"])[: -len(request.flavour) - 1]
+    return KernelSpec.of(request.id, abi, request.flavour, str(entry.get("version", "")), request.default)
+
+
+def resolve_spec(request: KernelRequest, cache: Path, *, offline: bool = False) -> KernelSpec:
+    """The Debian kernel a request names now.
+
+    A pinned ABI needs no archive.  A line is answered from ``<cache>/kernels/resolved.json``
+    when that answer is younger than the lists' refresh age (:data:`~orchestrator.host.apt.MAX_AGE_S`),
+    else from pokelab's apt sources (and remembered); if apt fails, an older answer is used
+    with a warning.  ``offline``: only remembered answers, of any age (UsageError if none).
+    """
+    from .host.apt import MAX_AGE_S
+
+    pinned = request.pinned
+    if pinned is not None:
+        return pinned
+    fresh = _remembered(request, cache, None if offline else MAX_AGE_S)
+    if fresh is not None:
+        return fresh
+    if offline:
+        raise UsageError(f"{request.id}: never resolved here ({request.wants}); run `pokelab images "
+                         f"--kernel {request.id}`")
+    try:
+        k = resolve(request, available(cache, request.flavour))
+    except InfraError as exc:
+        old = _remembered(request, cache, None)
+        if old is None:
+            raise
+        log.warning("%s: cannot ask the archive (%s); using %s resolved earlier", request.id, exc.title,
+                    old.release)
+        return old
+    spec = k.spec(request.id, request.default)
+    try:
+        _save_resolved(cache, request.key, spec)
+    except OSError as exc:
+        log.warning("cannot record the resolution of %s: %s", request.id, exc)
+    log.info("%s: %s %s", request.id, spec.image_pkg, spec.version)
+    return spec
+
+
+def cached_spec(request: KernelRequest, cache: Path) -> KernelSpec | None:
+    """The kernel ``request`` last resolved to here if it is fetched and prepared, else None.
+
+    Asks no archive (for tests and listings that must not reach the network).
+    """
+    from .images import is_cached
+
+    try:
+        spec = resolve_spec(request, cache, offline=True)
+    except UsageError:
+        return None
+    return spec if is_cached(spec, cache) else None
+
+
+def fetchable(request: KernelRequest, cache: Path) -> bool:
+    """The archive can provide this kernel with its -dbg (a line: or answered it before)."""
+    try:
+        if request.pinned is None:
+            resolve_spec(request, cache)
+        else:
+            resolve(request, available(cache, request.flavour))
+    except PokelabError:
         return False
-    return image_pkg in got and dbg_pkg in got
+    return True

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import images, qemu, rootfs
 from .cache import cache_dir
+from .debian import resolve_spec
 from .errors import BootError, InfraError, KernelCrash, UsageError
 from .kernels import Catalog
 from .vm import Vm, VmSpec
@@ -24,11 +25,16 @@ KernelFiles = Callable[[images.KernelArtifacts, Path], Mapping[str, Path]]
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """``--kernel ID`` or ``--bzimage P --vmlinux P``."""
+    """``--kernel ID`` or ``--bzimage P --vmlinux P [--modules DIR]``.
+
+    ``modules``: the build's ``lib/modules/<release>`` tree, for a kernel whose virtio
+    drivers are modules (they then go into the initramfs).
+    """
 
     kernel: str | None = None
     bzimage: Path | None = None
     vmlinux: Path | None = None
+    modules: Path | None = None
 
 
 def resolve_kernel(choice: KernelChoice, cache: Path | None = None) -> images.KernelArtifacts:
@@ -38,12 +44,16 @@ def resolve_kernel(choice: KernelChoice, cache: Path | None = None) -> images.Ke
             raise UsageError("give either --kernel or --bzimage/--vmlinux, not both")
         if not (choice.bzimage and choice.vmlinux):
             raise UsageError("--bzimage and --vmlinux go together")
-        return images.artifacts_from_paths(choice.bzimage, choice.vmlinux)
+        return images.artifacts_from_paths(choice.bzimage, choice.vmlinux, choice.modules)
+    if choice.modules:
+        raise UsageError("--modules goes with --bzimage/--vmlinux (a Debian kernel brings its own)")
     if choice.kernel and choice.kernel.startswith("custom-"):  # built by `pokelab build-kernel`
         return images.custom_kernel(choice.kernel, cache)
     catalog = Catalog.load()
-    spec = catalog.lookup(choice.kernel) if choice.kernel else catalog.default
-    return images.ensure_kernel(spec, cache)
+    request = catalog.lookup(choice.kernel) if choice.kernel else catalog.default
+    kernel = images.ensure_kernel(resolve_spec(request, cache), cache)
+    log.info("kernel %s: %s %s", request.id, kernel.package, kernel.version)
+    return kernel
 
 
 def default_artifacts(command: str) -> Path:

@@ -2,25 +2,24 @@
 
 Layout under ``<cache>``::
 
+    apt/                                pokelab's own apt lists (orchestrator/host/apt.py)
     debs/                               .deb files fetched with ``apt-get download``
     kernels/<release>/.complete         stamp, written last (a dir without it is redone)
     kernels/<release>/meta.json         build-ids, package files used
     kernels/<release>/boot/{vmlinuz,System.map,config}-<release>
-    kernels/<release>/lib/modules/<release>/   decompressed .ko files + modules.dep
+    kernels/<release>/lib/modules/<release>/   .ko files as shipped (.ko.xz since 6.12) + modules.dep
     kernels/<release>/vmlinux-<release>        from the -dbg package, with a .gdb_index
 """
 
 from __future__ import annotations
 
 import fcntl
-import functools
 import io
 import json
 import logging
 import lzma
 import os
 import shutil
-import subprocess
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -29,20 +28,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import buildid
+from . import buildid, procs
 from .cache import file_lock
 from .errors import InfraError, UsageError
+from .host.apt import Apt, deb_depends, deb_version
 from .kernels import KernelSpec
 
 log = logging.getLogger(__name__)
 
+#: deadline of one host tool run (depmod, gdb-add-index on a 1 GB vmlinux, xz over modules)
+TOOL_TIMEOUT_S = 900.0
 STAMP = ".complete"
 META = "meta.json"
-_KO_COMPRESSED = {
-    ".xz": ["xz", "-d", "-q", "-f"],
-    ".zst": ["zstd", "-d", "-q", "-f", "--rm"],
-    ".gz": ["gzip", "-d", "-q", "-f"],
-}
 
 
 @dataclass(frozen=True)
@@ -51,6 +48,8 @@ class KernelArtifacts:
 
     ``system_map``, ``config`` and ``modules_dir`` may be None for a user's own build.
     ``build_id`` is the GNU build-id (hex) shared by ``bzimage`` and ``vmlinux``.
+    ``package`` and ``version``: the Debian image package and its version (None for a
+    kernel not from Debian's packages).
     """
 
     id: str
@@ -61,23 +60,25 @@ class KernelArtifacts:
     config: Path | None
     modules_dir: Path | None
     build_id: str
+    package: str | None = None
+    version: str | None = None
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _run(cmd: Sequence[str | os.PathLike[str]], what: str, cwd: Path | None = None) -> str:
-    """Run a command; InfraError with the last stderr line if it fails."""
-    try:
-        proc = subprocess.run(
-            [str(c) for c in cmd], capture_output=True, text=True, check=False, cwd=cwd
-        )
-    except FileNotFoundError as exc:
-        raise InfraError(f"{what}: '{cmd[0]}' is not installed") from exc
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise InfraError(f"{what} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return proc.stdout
+def _run(cmd: Sequence[str | os.PathLike[str]], what: str, cwd: Path | None = None,
+         timeout: float = TOOL_TIMEOUT_S) -> str:
+    """Run a host tool through :func:`procs.run` (deadline ``timeout`` s); its stdout.
+
+    InfraError with the last stderr line if it fails or is not installed.
+    """
+    res = procs.run([str(c) for c in cmd], timeout=timeout, what=what, cwd=cwd, check=False)
+    if res.returncode != 0:
+        text = (res.stderr or res.stdout).decode(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        raise InfraError(f"{what} failed: {lines[-1] if lines else f'exit {res.returncode}'}")
+    return res.stdout.decode(errors="replace")
 
 
 @contextmanager
@@ -101,106 +102,14 @@ def exclusive_lock(path: Path, what: str, error: type[UsageError] = UsageError) 
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _deb_package(path: Path) -> str:
-    return path.name.split("_", 1)[0]
-
-
-def _dpkg_newer_first(a: Path, b: Path) -> int:
-    va, vb = (p.name.split("_")[1].replace("%3a", ":") for p in (a, b))
-    if va == vb:
-        return 0
-    gt = subprocess.run(["dpkg", "--compare-versions", va, "gt", vb], check=False).returncode
-    return -1 if gt == 0 else 1
-
-
-class Apt:
-    """Fetches .deb files into ``debs_dir`` with ``apt-get download``.
-
-    A package already present in ``debs_dir`` is used as is (newest version if several),
-    without asking apt: the cache is the pin. ``apt-get update`` runs at most once per
-    Apt object, only when a package is not found.
-    """
-
-    def __init__(self, debs_dir: Path) -> None:
-        self.debs_dir = debs_dir
-        self._updated = False
-
-    def cached(self, package: str) -> Path | None:
-        found = [p for p in self.debs_dir.glob(f"{package}_*.deb") if _deb_package(p) == package]
-        if not found:
-            return None
-        return min(found, key=functools.cmp_to_key(_dpkg_newer_first))
-
-    def debs(self, packages: Sequence[str]) -> list[Path]:
-        """Paths of the .deb files of ``packages``, downloading the missing ones in one go."""
-        missing = [p for p in dict.fromkeys(packages) if self.cached(p) is None]
-        if missing:
-            self._download(missing)
-        out = []
-        for pkg in packages:
-            deb = self.cached(pkg)
-            if deb is None:
-                raise InfraError(f"apt-get download {pkg} produced no .deb file")
-            out.append(deb)
-        return out
-
-    def deb(self, package: str) -> Path:
-        return self.debs([package])[0]
-
-    def _download(self, packages: list[str]) -> None:
-        self.debs_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.debs_dir / f".download-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            t0 = time.monotonic()
-            log.info("apt-get download %s", " ".join(packages))
-            try:
-                _run(["apt-get", "download", *packages], "apt-get download", cwd=tmp)
-            except InfraError as exc:
-                if self._updated or not _looks_not_found(exc.title):
-                    raise
-                log.info("package not found; running apt-get update once")
-                _run(["apt-get", "update"], "apt-get update")
-                self._updated = True
-                try:
-                    _run(["apt-get", "download", *packages], "apt-get download", cwd=tmp)
-                except InfraError as again:
-                    if _looks_not_found(again.title):  # the archive does not have it: the user's to fix
-                        raise UsageError(f"not in the Debian archive: {again.title}") from None
-                    raise
-            for deb in tmp.glob("*.deb"):
-                os.replace(deb, self.debs_dir / deb.name)
-            log.info("downloaded %s in %.1fs", " ".join(packages), time.monotonic() - t0)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _looks_not_found(message: str) -> bool:
-    keys = ("Unable to locate", "Can't select", "has no installation candidate", "404",
-            "Couldn't find any package")
-    return any(k in message for k in keys)
-
-
 def extract_from_deb(deb: Path, dest: Path, members: Sequence[str]) -> None:
-    """``dpkg --fsys-tarfile deb | tar -x --wildcards members`` into ``dest``."""
+    """``dpkg-deb --fsys-tarfile deb | tar -x --wildcards members`` into ``dest`` (one owned child)."""
     dest.mkdir(parents=True, exist_ok=True)
-    with subprocess.Popen(
-        ["dpkg", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as dpkg:
-        tar = subprocess.run(
-            ["tar", "-x", "-C", str(dest), "--wildcards", *members],
-            stdin=dpkg.stdout,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert dpkg.stdout is not None
-        dpkg.stdout.close()
-        err = dpkg.stderr.read().decode(errors="replace") if dpkg.stderr else ""
-        dpkg_rc = dpkg.wait()
-    if dpkg_rc != 0 or tar.returncode != 0:
-        msg = (tar.stderr or err).strip().splitlines()
+    script = 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "${@:3}"'
+    res = procs.run(["bash", "-o", "pipefail", "-c", script, "extract", str(deb), str(dest), *members],
+                    timeout=TOOL_TIMEOUT_S, what=f"extracting {deb.name}", check=False)
+    if res.returncode != 0:
+        msg = res.stderr.decode(errors="replace").strip().splitlines()
         raise InfraError(f"extracting {deb.name} failed: {msg[-1] if msg else 'tar/dpkg error'}")
 
 
@@ -229,10 +138,9 @@ def decompress_payload(payload: bytes) -> bytes:
             "lz4": ["lz4", "-d", "-c", "-q"],
             "lzo": ["lzop", "-d", "-c", "-q"],
         }[fmt]
-        try:
-            proc = subprocess.run(tool, input=body, capture_output=True, check=False)
-        except FileNotFoundError as exc:
-            raise InfraError(f"{fmt}-compressed bzImage needs '{tool[0]}' installed") from exc
+        procs.which(tool[0], {"zstd": "zstd", "lz4": "lz4", "lzo": "lzop"}[fmt])
+        proc = procs.run(tool, timeout=120, what=f"{tool[0]} -d (bzImage payload)", stdin_data=body,
+                         check=False)
         if proc.returncode != 0 and not proc.stdout:
             raise InfraError(f"{tool[0]} could not decompress the bzImage payload")
         out = proc.stdout
@@ -339,28 +247,47 @@ def _artifacts(kdir: Path, spec: KernelSpec, meta: dict[str, str]) -> KernelArti
         config=kdir / "boot" / f"config-{rel}",
         modules_dir=kdir / "lib" / "modules" / rel,
         build_id=meta["build_id"],
+        package=meta.get("image_pkg", spec.image_pkg),
+        version=meta.get("version") or (deb_version(Path(meta["image_deb"])) if "image_deb" in meta
+                                        else None),
     )
 
 
-def _decompress_modules(modules_dir: Path) -> int:
-    count = 0
-    for suffix, tool in _KO_COMPRESSED.items():
-        files = [str(p) for p in modules_dir.rglob(f"*.ko{suffix}")]
-        for i in range(0, len(files), 400):
-            _run([*tool, *files[i : i + 400]], f"decompressing .ko{suffix} modules")
-        count += len(files)
-    return count
+def _lay_out_image(debs: Sequence[Path], staging: Path, rel: str) -> None:
+    """Unpack the image packages and put their files where :func:`_artifacts` looks:
+    ``boot/{vmlinuz,System.map,config}-<rel>`` and ``lib/modules/<rel>``."""
+    root = staging / "pkgroot"
+    for deb in debs:
+        _run(["dpkg-deb", "-x", deb, root], f"dpkg-deb -x {deb.name}")
+    mods = staging / "lib" / "modules" / rel
+    mods.parent.mkdir(parents=True)
+    (staging / "boot").mkdir()
+    for where in (root / "usr" / "lib" / "modules" / rel, root / "lib" / "modules" / rel):
+        if where.is_dir() and not where.is_symlink():
+            os.replace(where, mods)
+            break
+    else:
+        raise InfraError(f"{debs[0].name} and its parts have no lib/modules/{rel}")
+    for name in ("vmlinuz", "System.map", "config"):
+        dest = staging / "boot" / f"{name}-{rel}"
+        for src in (root / "boot" / f"{name}-{rel}", mods / name):
+            if src.is_file():
+                os.replace(src, dest)
+                break
+        else:
+            raise InfraError(f"{debs[0].name} and its parts have no {name} for {rel}")
+    shutil.rmtree(root)
 
 
 def ensure_kernel(spec: KernelSpec, cache: Path) -> KernelArtifacts:
     """Fetch, extract, index and cache one catalog kernel; idempotent and fast when cached.
 
     From the image .deb: vmlinuz, System.map, config and lib/modules/<release>
-    (modules decompressed, ``modules.dep`` made with depmod). From the -dbg .deb: only
+    (modules as shipped, ``modules.dep`` made with depmod). From the -dbg .deb: only
     ``./usr/lib/debug/boot/vmlinux-<release>``, then ``gdb-add-index`` once. The bzImage's
     build-id must equal the vmlinux's (InfraError otherwise).
 
-    The small image .deb is kept in ``cache/debs``; the ~280 MB -dbg .deb is deleted
+    The small image .debs are kept in ``cache/debs``; the ~280 MB -dbg .deb is deleted
     once its vmlinux is extracted and the kernel dir is complete.
     """
     kernels = cache / "kernels"
@@ -382,23 +309,20 @@ def _build_kernel_dir(spec: KernelSpec, cache: Path, kdir: Path) -> None:
             log.info("removing incomplete %s", stale)
             shutil.rmtree(stale)
     staging.mkdir(parents=True)
-    apt = Apt(cache / "debs")
+    apt = Apt(cache)
 
     t0 = time.monotonic()
     image_deb = apt.deb(spec.image_pkg)
-    extract_from_deb(
-        image_deb,
-        staging,
-        [
-            f"./boot/vmlinuz-{rel}",
-            f"./boot/System.map-{rel}",
-            f"./boot/config-{rel}",
-            f"./lib/modules/{rel}",
-        ],
-    )
-    n = _decompress_modules(staging / "lib" / "modules" / rel)
+    # Since 7.x Debian splits the image: linux-image-<rel> only depends on linux-binary-<rel>
+    # (vmlinuz), linux-modules-<rel> and linux-base-<rel> (System.map, config, modules.*),
+    # all under /usr/lib/modules/<rel>.  Older images carry /boot/* and /lib/modules/<rel>.
+    parts = [d for d in deb_depends(image_deb) if d.startswith("linux-") and d.endswith(f"-{rel}")]
+    debs = [image_deb, *apt.debs(parts)]
+    _lay_out_image(debs, staging, rel)
+    # modules stay as shipped (.ko.xz since 6.12): the initramfs decompresses the few it takes
     _run(["depmod", "-b", staging, rel], "depmod")
-    log.info("%s: image extracted (%d compressed modules) in %.1fs", rel, n, time.monotonic() - t0)
+    log.info("%s: image extracted from %s in %.1fs", rel, ", ".join(d.name.split("_")[0] for d in debs),
+             time.monotonic() - t0)
 
     t0 = time.monotonic()
     bz_id, fmt, _ = bzimage_build_id(staging / "boot" / f"vmlinuz-{rel}")
@@ -408,10 +332,20 @@ def _build_kernel_dir(spec: KernelSpec, cache: Path, kdir: Path) -> None:
 
     t0 = time.monotonic()
     dbg_deb = apt.deb(spec.dbg_pkg)
-    extract_from_deb(dbg_deb, staging, [f"./usr/lib/debug/boot/vmlinux-{rel}"])
+    # 6.1/6.12: the file is ./usr/lib/debug/boot/vmlinux-<rel>; 7.x: that is a symlink to
+    # ./usr/lib/debug/lib/modules/<rel>/vmlinux, near the end of a ~1 GB archive (the whole
+    # package is read either way).  Take the one regular file among the matches.
+    extract_from_deb(dbg_deb, staging / "dbg", ["./usr/lib/debug/*vmlinux*"])
+    files = {p.stat().st_ino: p for p in sorted((staging / "dbg").rglob("vmlinux*"))
+             if p.is_file() and not p.is_symlink() and p.name in (f"vmlinux-{rel}", "vmlinux")
+             and rel in str(p)}  # one per inode: a hard link is the same file
+    found = list(files.values())
+    if len(found) != 1:
+        raise InfraError(f"{spec.dbg_pkg}: expected one vmlinux file under /usr/lib/debug, found "
+                         f"{[str(p.relative_to(staging / 'dbg')) for p in found]}")
     vmlinux = staging / f"vmlinux-{rel}"
-    os.replace(staging / "usr" / "lib" / "debug" / "boot" / f"vmlinux-{rel}", vmlinux)
-    shutil.rmtree(staging / "usr")
+    os.replace(found[0], vmlinux)
+    shutil.rmtree(staging / "dbg")
     log.info("%s: vmlinux extracted in %.1fs", rel, time.monotonic() - t0)
 
     vm_id, has_dwarf = vmlinux_info(vmlinux)
@@ -434,6 +368,8 @@ def _build_kernel_dir(spec: KernelSpec, cache: Path, kdir: Path) -> None:
         "release": rel,
         "build_id": vm_id,
         "bzimage_compression": fmt,
+        "image_pkg": spec.image_pkg,
+        "version": deb_version(image_deb),
         "image_deb": image_deb.name,
         "dbg_deb": dbg_deb.name,
     }
@@ -445,7 +381,6 @@ def _build_kernel_dir(spec: KernelSpec, cache: Path, kdir: Path) -> None:
 
 
 __all__ = [
-    "Apt",
     "KernelArtifacts",
     "artifacts_from_paths",
     "bzimage_build_id",
@@ -483,7 +418,7 @@ def remove_kernel(spec: KernelSpec, cache: Path) -> int:
         shutil.rmtree(kdir, ignore_errors=True)
         for pkg in (spec.image_pkg, spec.dbg_pkg):
             for deb in (cache / "debs").glob(f"{pkg}_*.deb"):
-                if _deb_package(deb) == pkg:
+                if deb.name.split("_", 1)[0] == pkg:
                     freed += deb.stat().st_size
                     deb.unlink()
     return freed

@@ -1,8 +1,29 @@
-"""The kernel catalog: which Debian kernel packages pokelab knows (images/kernels.toml)."""
+"""The kernel catalog (images/kernels.toml) and what a kernel name asks of the Debian archive.
+
+Pure: no apt here.  A name becomes a :class:`KernelRequest`; the archive
+answers it (``orchestrator.debian.resolve_spec``) with a :class:`KernelSpec`,
+the packages of one Debian kernel build.
+
+Names (``--kernel``)::
+
+    6.1, 7.3                    a line: the newest ABI of upstream 6.1 / 7.3 with a -dbg package
+    7.3-rt-amd64                the same, another flavour
+    6.1.0-57, 7.3.4+deb13       a pinned ABI (cloud-amd64)
+    6.1.0-57-rt-amd64           a release (ABI and flavour)
+    linux-image-7.3.4+deb13-amd64[-dbg]   a package name
+    a catalog id                an entry of images/kernels.toml
+
+Debian's ABIs: ``6.1.0-57`` (bookworm's 6.1 scheme: upstream 6.1, ABI number 57)
+and ``6.12.117+deb12`` / ``7.3.4+deb13`` (the scheme since 6.12: the upstream
+version and the Debian release it was built for).  Flavours pokelab boots:
+``cloud-amd64`` (virtio built in), ``amd64`` (generic, virtio as modules) and
+``rt-amd64`` (PREEMPT_RT, modules like ``amd64``).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +31,18 @@ from pathlib import Path
 from .errors import UsageError
 
 CATALOG_NAME = "kernels.toml"
-_FIELDS = ("id", "release", "image_pkg", "dbg_pkg")
+FLAVOURS = ("cloud-amd64", "amd64", "rt-amd64")
+DEFAULT_FLAVOUR = "cloud-amd64"
+PICKS = ("newest", "oldest")
+_KEYS = {"id", "line", "abi", "flavour", "pick", "default"}
+
+_FLAVOUR = "|".join(re.escape(f) for f in sorted(FLAVOURS, key=len, reverse=True))
+#: 6.1.0-57 (old scheme) or 6.12.117+deb12 / 7.3.4+deb13 (new)
+ABI = r"\d+\.\d+\.\d+(?:-\d+|\+deb\d+)"
+LINE = r"\d+\.\d+"
+_PACKAGE = re.compile(rf"^linux-image-(?P<abi>{ABI})-(?P<flavour>{_FLAVOUR})(?:-dbg)?$")
+_RELEASE = re.compile(rf"^(?P<abi>{ABI})(?:-(?P<flavour>{_FLAVOUR}))?$")
+_LINE = re.compile(rf"^(?P<line>{LINE})(?:-(?P<flavour>{_FLAVOUR}))?$")
 
 
 def images_dir() -> Path:
@@ -21,48 +53,112 @@ def images_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "images"
 
 
+def line_of(abi: str) -> str:
+    """The upstream line an ABI belongs to: ``6.1.0-57`` -> ``6.1``, ``7.3.4+deb13`` -> ``7.3``."""
+    return ".".join(abi.split(".")[:2])
+
+
 @dataclass(frozen=True)
 class KernelSpec:
-    """One catalog entry: a Debian kernel image package and its -dbg twin."""
+    """One Debian kernel build: its image package and its -dbg twin.
+
+    ``version`` is the package's Debian version (``7.3.4-1~bpo13+1``), "" while not known.
+    """
 
     id: str
     release: str
     image_pkg: str
     dbg_pkg: str
     default: bool = False
+    version: str = ""
+
+    @classmethod
+    def of(cls, kid: str, abi: str, flavour: str, version: str = "", default: bool = False) -> KernelSpec:
+        release = f"{abi}-{flavour}"
+        return cls(kid, release, f"linux-image-{release}", f"linux-image-{release}-dbg", default, version)
 
 
-def _entry(raw: object, index: int, where: Path) -> KernelSpec:
+@dataclass(frozen=True)
+class KernelRequest:
+    """What a kernel name asks for, before the archive answers.
+
+    Exactly one of ``line`` (the ``pick`` = newest/oldest ABI of that upstream line with
+    -dbg, chosen when fetched) and ``abi`` (pinned) is set.
+    """
+
+    id: str
+    flavour: str = DEFAULT_FLAVOUR
+    line: str | None = None
+    abi: str | None = None
+    pick: str = "newest"
+    default: bool = False
+
+    @property
+    def pinned(self) -> KernelSpec | None:
+        """The spec of a pinned ABI (no archive needed), None for a line."""
+        return KernelSpec.of(self.id, self.abi, self.flavour, default=self.default) if self.abi else None
+
+    @property
+    def key(self) -> str:
+        """What the request means, independent of its id: ``7.3:rt-amd64:newest`` or ``7.3.4+deb13-amd64``."""
+        return f"{self.abi}-{self.flavour}" if self.abi else f"{self.line}:{self.flavour}:{self.pick}"
+
+    @property
+    def wants(self) -> str:
+        """Its meaning in words, for messages."""
+        if self.abi:
+            return f"{self.abi}-{self.flavour}"
+        return f"the {self.pick} {self.line} {self.flavour} kernel with -dbg"
+
+
+def parse_name(name: str) -> KernelRequest | None:
+    """The request a name outside the catalog makes (see the module docstring), None if it is none."""
+    for rx in (_PACKAGE, _RELEASE):
+        if m := rx.match(name):
+            return KernelRequest(name, m.group("flavour") or DEFAULT_FLAVOUR, abi=m.group("abi"))
+    if m := _LINE.match(name):
+        return KernelRequest(name, m.group("flavour") or DEFAULT_FLAVOUR, line=m.group("line"))
+    return None
+
+
+def _entry(raw: object, index: int, where: Path) -> KernelRequest:
+    def bad(why: str) -> UsageError:
+        return UsageError(f"bad kernel catalog {where}: entry {index} {why}")
+
     if not isinstance(raw, dict):
-        raise UsageError(f"bad kernel catalog {where}: entry {index} is not a table")
-    unknown = set(raw) - set(_FIELDS) - {"default"}
+        raise bad("is not a table")
+    unknown = set(raw) - _KEYS
     if unknown:
-        raise UsageError(
-            f"bad kernel catalog {where}: entry {index} has unknown keys {sorted(unknown)}"
-        )
-    for field in _FIELDS:
+        raise bad(f"has unknown keys {sorted(unknown)}")
+    for field in ("id", "line", "abi", "flavour", "pick"):
         value = raw.get(field)
-        if not isinstance(value, str) or not value.strip():
-            raise UsageError(
-                f"bad kernel catalog {where}: entry {index} needs a non-empty string '{field}'"
-            )
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise bad(f"'{field}' is not a non-empty string")
+    if not raw.get("id"):
+        raise bad("needs a non-empty string 'id'")
+    if ("line" in raw) == ("abi" in raw):
+        raise bad("needs exactly one of 'line' (6.1) and 'abi' (6.1.0-57)")
+    if "line" in raw and not re.fullmatch(LINE, raw["line"]):
+        raise bad(f"'line' {raw['line']!r} is not an upstream line such as 6.1")
+    if "abi" in raw and not re.fullmatch(ABI, raw["abi"]):
+        raise bad(f"'abi' {raw['abi']!r} is not a Debian ABI such as 6.1.0-57 or 7.3.4+deb13")
+    flavour = raw.get("flavour", DEFAULT_FLAVOUR)
+    if flavour not in FLAVOURS:
+        raise bad(f"'flavour' {flavour!r} is not one of {', '.join(FLAVOURS)}")
+    pick = raw.get("pick", "newest")
+    if pick not in PICKS or ("abi" in raw and "pick" in raw):
+        raise bad(f"'pick' is newest or oldest, for a 'line' only (not {pick!r})")
     default = raw.get("default", False)
     if not isinstance(default, bool):
-        raise UsageError(f"bad kernel catalog {where}: entry {index} 'default' is not a boolean")
-    return KernelSpec(
-        id=raw["id"],
-        release=raw["release"],
-        image_pkg=raw["image_pkg"],
-        dbg_pkg=raw["dbg_pkg"],
-        default=default,
-    )
+        raise bad("'default' is not a boolean")
+    return KernelRequest(raw["id"], flavour, raw.get("line"), raw.get("abi"), pick, default)
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """Validated kernel entries, looked up by id or by release string."""
+    """Validated kernel entries (requests), looked up by id."""
 
-    kernels: tuple[KernelSpec, ...]
+    kernels: tuple[KernelRequest, ...]
 
     @classmethod
     def load(cls, path: Path | None = None) -> Catalog:
@@ -85,11 +181,10 @@ class Catalog:
 
     def _validate(self, where: Path) -> None:
         names: set[str] = set()
-        for spec in self.kernels:
-            for name in {spec.id, spec.release}:
-                if name in names:
-                    raise UsageError(f"bad kernel catalog {where}: '{name}' is used twice")
-                names.add(name)
+        for req in self.kernels:
+            if req.id in names:
+                raise UsageError(f"bad kernel catalog {where}: '{req.id}' is used twice")
+            names.add(req.id)
         defaults = [k.id for k in self.kernels if k.default]
         if len(defaults) != 1:
             raise UsageError(
@@ -101,28 +196,26 @@ class Catalog:
         return tuple(k.id for k in self.kernels)
 
     @property
-    def default(self) -> KernelSpec:
+    def default(self) -> KernelRequest:
         return next(k for k in self.kernels if k.default)
 
-    def get(self, name: str) -> KernelSpec:
-        """The entry whose id or release is ``name``; UsageError if there is none."""
-        for spec in self.kernels:
-            if name in (spec.id, spec.release):
-                return spec
-        raise UsageError(f"unknown kernel '{name}' (known: {', '.join(self.ids)}, "
-                         "or a Debian cloud-amd64 ABI such as 6.1.0-50)")
+    def get(self, name: str) -> KernelRequest:
+        """The entry whose id is ``name``; UsageError if there is none."""
+        for req in self.kernels:
+            if name == req.id:
+                return req
+        raise UsageError(f"unknown kernel '{name}' (known: {', '.join(self.ids)}; or a line such as 7.3, "
+                         "7.3-rt-amd64, an ABI such as 6.1.0-57, or a linux-image package name)")
 
-    def lookup(self, name: str) -> KernelSpec:
-        """:meth:`get`, else a Debian package outside the catalog named by ABI or release (6.1.0-50).
+    def lookup(self, name: str) -> KernelRequest:
+        """:meth:`get`, else what the name asks of the archive (:func:`parse_name`).
 
-        Whether the archive has that kernel shows when its packages are fetched.
+        Whether the archive has that kernel shows when it is resolved or fetched.
         """
-        from .debian import spec_for
-
         try:
             return self.get(name)
         except UsageError:
-            found = spec_for(name)
+            found = parse_name(name)
             if found is None:
                 raise
             return found

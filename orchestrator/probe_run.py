@@ -144,6 +144,7 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
     """
     t0 = time.monotonic()
     out.update({"kernel": kernel.release, "kernel_id": kernel.id, "build_id": kernel.build_id,
+                "kernel_package": kernel.package, "kernel_version": kernel.version,
                 "accel": spec.accel, "smp": spec.smp, "inject": inject,
                 "artifacts": str(spec.artifacts)})
     vm = Vm(spec)

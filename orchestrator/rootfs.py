@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import lzma
 import os
 import shutil
 import stat
@@ -30,14 +31,18 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from .cache import file_lock
 from .errors import InfraError, UsageError
-from .images import Apt, KernelArtifacts, _run, file_lock
+from .host.apt import Apt, deb_depends
+from .images import KernelArtifacts, _run
 from .kernels import images_dir
 
 log = logging.getLogger(__name__)
 
 FORMAT = "pokelab-initramfs-1"
 ROOT_PACKAGES = ("busybox-static", "dropbear-bin")
+#: the suite of pokelab's apt sources the guest's packages come from, whatever the host runs
+ROOT_SUITE = "bookworm"
 GUEST_BINARIES = ("bin/busybox", "usr/sbin/dropbear")
 GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_rng")
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
@@ -109,27 +114,16 @@ def _ensure_host_key(cache: Path, roots: list[Path]) -> Path:
 # --------------------------------------------------------------------------- packages
 
 
-def _depends(deb: Path) -> list[str]:
-    """Package names in a .deb's Pre-Depends and Depends (first alternative, no versions)."""
-    text = _run(["dpkg-deb", "-f", deb, "Pre-Depends", "Depends"], f"dpkg-deb -f {deb.name}")
-    out = []
-    for line in text.splitlines():
-        value = line.split(":", 1)[1] if line.startswith(("Pre-Depends:", "Depends:")) else line
-        for item in filter(None, (s.strip() for s in value.split(","))):
-            out.append(item.split("|")[0].split("(")[0].strip().split(":")[0])
-    return out
-
-
 def _package_debs(apt: Apt) -> list[Path]:
     """The root packages plus the closure of their library dependencies (lib*, zlib*)."""
     seen: dict[str, Path] = {}
     todo = list(ROOT_PACKAGES)
     while todo:
-        for pkg, deb in zip(todo, apt.debs(todo), strict=True):
+        for pkg, deb in zip(todo, apt.debs(todo, ROOT_SUITE), strict=True):
             seen[pkg] = deb
         nxt = []
         for pkg in todo:
-            for dep in _depends(seen[pkg]):
+            for dep in deb_depends(seen[pkg]):
                 if dep.startswith(("lib", "zlib")) and dep not in seen and dep not in nxt:
                     nxt.append(dep)
         todo = nxt
@@ -249,10 +243,26 @@ def _module_closure(modules_dir: Path, names: Iterable[str]) -> list[str]:
         if mod not in out:
             out.append(mod)
             todo.extend(deps.get(mod, []))
-    for mod in out:
-        if not mod.endswith(".ko"):
-            raise InfraError(f"module {mod} is still compressed in {modules_dir}")
     return sorted(out)
+
+
+def _copy_module(src: Path, dest: Path) -> None:
+    """Copy one module, decompressed (``.ko.xz``/``.ko.gz``/``.ko.zst`` -> ``.ko``): busybox's
+    modprobe loads plain ``.ko`` files only (Debian ships .ko.xz since 6.12)."""
+    name = dest.name
+    for suffix in (".xz", ".gz", ".zst"):
+        if name.endswith(".ko" + suffix):
+            out = dest.with_name(name[: -len(suffix)])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if suffix == ".xz":
+                out.write_bytes(lzma.decompress(src.read_bytes()))
+            elif suffix == ".gz":
+                out.write_bytes(gzip.decompress(src.read_bytes()))
+            else:
+                _run(["zstd", "-d", "-q", "-f", "-o", out, src], f"zstd -d {src.name}")
+            os.chmod(out, 0o644)
+            return
+    _copy(src, dest, 0o644)
 
 
 # --------------------------------------------------------------------------- cpio
@@ -333,7 +343,7 @@ def ensure_initramfs(
     except OSError as exc:
         raise InfraError(f"cannot read {init_path}: {exc.strerror}") from exc
 
-    debs = _package_debs(Apt(cache / "debs"))
+    debs = _package_debs(Apt(cache))
     roots = [_unpacked(deb, cache) for deb in debs]
     host_key = _ensure_host_key(cache, roots)
     modules = _module_closure(kernel.modules_dir, GUEST_MODULES) if kernel.modules_dir else []
@@ -414,7 +424,7 @@ def _assemble(
     if kernel.modules_dir is not None:
         mdir = tree / "lib/modules" / kernel.release
         for mod in modules:
-            _copy(kernel.modules_dir / mod, mdir / mod, 0o644)
+            _copy_module(kernel.modules_dir / mod, mdir / mod)
         for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
             if (kernel.modules_dir / name).is_file():
                 _copy(kernel.modules_dir / name, mdir / name, 0o644)

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from functools import cmp_to_key
 from pathlib import Path
 
-from debian.deb822 import Packages
+from debian.deb822 import Packages, PkgRelation
 from debian.debian_support import version_compare
 
 from .. import procs
@@ -78,6 +78,24 @@ def parse_records(text: str) -> list[dict[str, str]]:
 def deb_version(deb: Path) -> str:
     """The version a ``<package>_<version>_<arch>.deb`` file name carries (``%3a`` is the epoch's colon)."""
     return deb.name.split("_")[1].replace("%3a", ":")
+
+
+def deb_depends(deb: Path) -> list[str]:
+    """Package names in a .deb's Pre-Depends and Depends (first alternative of each), parsed by
+    python-debian's :class:`~debian.deb822.PkgRelation`."""
+    # with several fields asked, dpkg-deb -f prints a stanza ("Field: value" lines)
+    res = procs.run(["dpkg-deb", "-f", str(deb), "Package", "Pre-Depends", "Depends"],
+                    timeout=QUERY_TIMEOUT_S, what=f"dpkg-deb -f {deb.name}")
+    records = parse_records(res.stdout.decode(errors="replace"))
+    fields = records[0] if records else {}
+    out: list[str] = []
+    for field in ("Pre-Depends", "Depends"):
+        if not fields.get(field, "").strip():
+            continue
+        for alternatives in PkgRelation.parse_relations(fields[field]):
+            if alternatives and alternatives[0]["name"] not in out:
+                out.append(alternatives[0]["name"])
+    return out
 
 
 def _not_found(message: str) -> bool:
@@ -202,16 +220,24 @@ class Apt:
         return out
 
     def suites(self, packages: Sequence[str]) -> dict[str, set[str]]:
-        """{package: suites that carry it} from ``apt-cache madison`` (e.g. ``trixie-backports``)."""
+        """{package: suites that carry it} (``trixie-backports``), from ``apt-cache policy``."""
         got: dict[str, set[str]] = {}
         for i in range(0, len(packages), 300):
-            text = self._cache_query(["madison", *packages[i:i + 300]], "apt-cache madison")
-            for line in text.splitlines():
-                parts = [p.strip() for p in line.split("|")]
-                if len(parts) == 3 and parts[2].endswith("Packages"):
-                    where = parts[2].split()
-                    if len(where) >= 2:
-                        got.setdefault(parts[0], set()).add(where[1].split("/")[0])
+            for pkg, suites in self.parse_policy(
+                    self._cache_query(["policy", *packages[i:i + 300]], "apt-cache policy")).items():
+                got.setdefault(pkg, set()).update(suites)
+        return got
+
+    @staticmethod
+    def parse_policy(text: str) -> dict[str, set[str]]:
+        """{package: suites} from ``apt-cache policy`` output (its version tables' Packages lines)."""
+        got: dict[str, set[str]] = {}
+        pkg = ""
+        for line in text.splitlines():
+            if m := re.match(r"^(\S+):$", line):
+                pkg = m.group(1)
+            elif pkg and (m := re.match(r"^\s+\d+ \S+ (\S+)/\S+ \S+ Packages$", line)):
+                got.setdefault(pkg, set()).add(m.group(1))
         return got
 
     # ------------------------------------------------------------------ binary packages

@@ -17,7 +17,8 @@ import pytest
 
 from orchestrator.cache import cache_dir
 from orchestrator.cli import main
-from orchestrator.images import KernelArtifacts, ensure_kernel, is_cached
+from orchestrator.debian import cached_spec
+from orchestrator.images import KernelArtifacts, ensure_kernel
 from orchestrator.kernels import Catalog
 from orchestrator.qemu import QEMU
 
@@ -49,9 +50,9 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], verdict: str, *
 
 
 def _kernel(kid: str) -> KernelArtifacts:
-    spec = Catalog.load().get(kid)
     cache = cache_dir()
-    if not is_cached(spec, cache):
+    spec = cached_spec(Catalog.load().get(kid), cache)
+    if spec is None:
         pytest.skip(f"kernel {kid} is not in the cache {cache} (run `pokelab images --kernel {kid}`)")
     return ensure_kernel(spec, cache)
 
@@ -84,9 +85,22 @@ def test_unknown_kernel_id(art: Path) -> None:
 
 
 def test_unknown_kernel_id_run_cmd(art: Path) -> None:
-    res = pokelab("run-cmd", "--kernel", "2.6", "--artifacts", str(art), "--", "true",
+    res = pokelab("run-cmd", "--kernel", "2.6.x", "--artifacts", str(art), "--", "true",
                   artifacts=art)
-    assert_one_line_error(res, "usage", "unknown kernel '2.6'")
+    assert_one_line_error(res, "usage", "unknown kernel '2.6.x'")
+
+
+def test_modules_without_bzimage(art: Path, tmp_path: Path) -> None:
+    (tmp_path / "modules.dep").write_text("")
+    res = pokelab("run-cmd", "--kernel", "6.1", "--modules", str(tmp_path), "--artifacts", str(art), "--",
+                  "true", artifacts=art)
+    assert_one_line_error(res, "usage", "--modules goes with --bzimage/--vmlinux")
+
+
+def test_modules_dir_without_modules_dep(art: Path, tmp_path: Path) -> None:
+    res = pokelab("run-cmd", "--kernel", "6.1", "--modules", str(tmp_path), "--artifacts", str(art), "--",
+                  "true", artifacts=art)
+    assert_one_line_error(res, "usage", f"--modules {tmp_path}: no modules.dep there")
 
 
 def test_bzimage_missing_path(tmp_path: Path, art: Path) -> None:

@@ -30,10 +30,10 @@ def test_repro_unsupported_scenario_writes_json_without_booting(tmp_path: Path,
 
     from orchestrator import scenarios_table
     from orchestrator.cache import cache_dir
-    from orchestrator.images import is_cached
+    from orchestrator.debian import cached_spec
     from orchestrator.kernels import Catalog
 
-    if not is_cached(Catalog.load().default, cache_dir()):
+    if cached_spec(Catalog.load().default, cache_dir()) is None:
         pytest.skip("the default kernel is not cached (make images)")
     # every scenario in the table runs here: declare one this version cannot run
     sc = replace(scenarios_table.BY_NAME["ops-one"], name="not-here",

@@ -11,14 +11,17 @@ import pytest
 
 from orchestrator.debian import (
     DebianKernel,
+    _save_resolved,
     compare_versions,
     kernels_from,
     parse_range,
     parse_show,
+    resolve,
+    resolve_spec,
     select_range,
-    spec_for,
 )
 from orchestrator.errors import UsageError
+from orchestrator.kernels import Catalog, parse_name
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "apt"
 SHOW = (DATA / "apt-cache-show-cloud-amd64.txt").read_text()
@@ -107,11 +110,76 @@ def test_parse_range() -> None:
             parse_range(bad)
 
 
-def test_spec_for_debian_names_outside_the_catalog() -> None:
-    spec = spec_for("6.1.0-50")
-    assert spec is not None and spec.release == "6.1.0-50-cloud-amd64"
-    assert spec.dbg_pkg == "linux-image-6.1.0-50-cloud-amd64-dbg"
-    other = spec_for("6.12.111+deb12-cloud-amd64")
-    assert other is not None and other.image_pkg == "linux-image-6.12.111+deb12-cloud-amd64"
-    for name in ("6.1", "no-such", "6.1.0-50-amd64", "custom-abc"):
-        assert spec_for(name) is None
+SHOW7 = (DATA / "apt-cache-show-7.x.txt").read_text()
+POLICY7 = (DATA / "apt-cache-policy-7.x.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def all7() -> list[DebianKernel]:
+    """Real 7.x records (trixie-backports and sid, Nov 2026): every flavour, one ABI without -dbg."""
+    from orchestrator.host.apt import Apt
+
+    return kernels_from(parse_show(SHOW7), None, Apt.parse_policy(POLICY7))
+
+
+def test_7x_every_flavour(all7: list[DebianKernel]) -> None:
+    assert {k.flavour for k in all7} == {"cloud-amd64", "amd64", "rt-amd64"}
+    by = {k.release: k for k in all7}
+    assert by["7.3.4+deb13-rt-amd64"].has_dbg and by["7.3.4+deb13-rt-amd64"].version == "7.3.4-1~bpo13+1"
+    assert by["7.3.4+deb13-rt-amd64"].suites == ("trixie-backports",)
+    assert by["7.2.13+deb14-amd64"].suites == ("sid",) and by["7.2.13+deb14-amd64"].line == "7.2"
+    assert not by["7.1.13+deb13-cloud-amd64"].has_dbg
+    # dpkg order: 7.2.13-1 (sid) is newer than 7.2.12-1~bpo13+1
+    assert [k.abi for k in all7 if k.flavour == "amd64"] == [
+        "7.1.13+deb13", "7.2.9+deb13", "7.2.12+deb13", "7.2.13+deb14", "7.3.4+deb13"]
+
+
+@pytest.mark.parametrize(("name", "release"), [
+    ("7.3", "7.3.4+deb13-cloud-amd64"),
+    ("7.2", "7.2.13+deb14-cloud-amd64"),  # the newest 7.2 ABI with -dbg, whatever suite carries it
+    ("7.2-rt-amd64", "7.2.13+deb14-rt-amd64"),
+    ("7.3-amd64", "7.3.4+deb13-amd64"),
+    ("7.2.12+deb13-amd64", "7.2.12+deb13-amd64"),
+    ("linux-image-7.2.9+deb13-rt-amd64", "7.2.9+deb13-rt-amd64"),
+])
+def test_resolve_7x(all7: list[DebianKernel], name: str, release: str) -> None:
+    req = parse_name(name)
+    assert req is not None and resolve(req, all7).release == release
+
+
+def test_resolve_oldest_and_newest_6_1(kernels: list[DebianKernel]) -> None:
+    cat = Catalog.load()
+    assert resolve(cat.get("6.1"), kernels).release == "6.1.0-56-cloud-amd64"
+    assert resolve(cat.get("6.1-oldest"), kernels).release == "6.1.0-47-cloud-amd64"
+    assert resolve(cat.get("6.12"), kernels).release == "6.12.117+deb12-cloud-amd64"
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("7.1", "no Debian 7.1 cloud-amd64 kernel with -dbg .*lines with -dbg: 7.2, 7.3"),
+    ("7.1.13+deb13", r"linux-image-7.1.13\+deb13-cloud-amd64 has no -dbg package"),
+    ("7.9.1+deb13-rt-amd64", r"no Debian kernel 7.9.1\+deb13-rt-amd64"),
+])
+def test_resolve_errors(all7: list[DebianKernel], name: str, message: str) -> None:
+    req = parse_name(name)
+    assert req is not None
+    with pytest.raises(UsageError, match=message):
+        resolve(req, all7)
+
+
+def test_resolve_never_picks_an_abi_without_dbg(kernels: list[DebianKernel]) -> None:
+    without = [k for k in kernels if k.abi != "6.1.0-56"]  # 6.1.0-55 is then the newest with -dbg
+    req = parse_name("6.1")
+    assert req is not None and resolve(req, without).abi == "6.1.0-55"
+
+
+def test_remembered_resolution_is_used_offline(tmp_path: Path, all7: list[DebianKernel]) -> None:
+    req = parse_name("7.3-rt-amd64")
+    assert req is not None
+    with pytest.raises(UsageError, match="never resolved here"):
+        resolve_spec(req, tmp_path, offline=True)
+    _save_resolved(tmp_path, req.key, resolve(req, all7).spec(req.id))
+    again = resolve_spec(req, tmp_path, offline=True)
+    assert (again.id, again.release, again.version) == (
+        "7.3-rt-amd64", "7.3.4+deb13-rt-amd64", "7.3.4-1~bpo13+1")
+    # and without offline, a fresh answer needs no apt at all (tmp_path has no lists)
+    assert resolve_spec(req, tmp_path) == again

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cache import cache_dir
-from orchestrator.images import is_cached
+from orchestrator.debian import cached_spec
 from orchestrator.kernels import Catalog
 
 pytestmark = pytest.mark.vm
@@ -203,9 +203,9 @@ def _pump(stream, sink: list[str], q: queue.Queue[str | None] | None) -> None:  
 
 @pytest.fixture
 def start_cli(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
-    spec = Catalog.load().default
-    if not is_cached(spec, cache_dir()):
-        pytest.skip(f"default kernel {spec.id} not cached (run `pokelab images`)")
+    default = Catalog.load().default
+    if cached_spec(default, cache_dir()) is None:
+        pytest.skip(f"default kernel {default.id} not cached (run `pokelab images`)")
     runs: list[Run] = []
 
     def start(*args: str, tail: tuple[str, ...] = ()) -> Run:
