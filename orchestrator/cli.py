@@ -243,7 +243,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     with Vm(spec) as vm:
         vm.start()
         release = vm.wait_ready()
-        print(f"booted {release} in {vm.boot_seconds:.1f} s ({spec.accel}, {spec.smp} vCPUs); "
+        pkg = f" ({kernel.package} {kernel.version})" if kernel.package else ""
+        print(f"booted {release}{pkg} in {vm.boot_seconds:.1f} s ({spec.accel}, {spec.smp} vCPUs); "
               f"artifacts in {spec.artifacts}")
         print(vm.connect_hint(kernel.vmlinux))
         if args.keep:

@@ -145,7 +145,7 @@ def resolve(request: KernelRequest, kernels: Sequence[DebianKernel]) -> DebianKe
                                      "its DWARF vmlinux)")
                 return k
         raise UsageError(f"no Debian kernel {request.wants} in pokelab's apt sources")
-    fits = [k for k in mine if k.line == request.line and k.has_dbg]
+    fits = [k for k in mine if k.line == request.line and k.has_dbg and k.abi.endswith(request.abi_suffix)]
     if not fits:
         lines = sorted({k.line for k in mine if k.has_dbg}, key=lambda s: tuple(map(int, s.split("."))))
         raise UsageError(f"no Debian {request.line} {request.flavour} kernel with -dbg in pokelab's apt "
@@ -280,7 +280,7 @@ def resolve_spec(request: KernelRequest, cache: Path, *, offline: bool = False) 
         _save_resolved(cache, request.key, spec)
     except OSError as exc:
         log.warning("cannot record the resolution of %s: %s", request.id, exc)
-    log.info("%s: %s %s", request.id, spec.image_pkg, spec.version)
+    log.info("kernel %s is %s %s (%s)", request.id, spec.image_pkg, spec.version, request.wants)
     return spec
 
 

@@ -51,9 +51,7 @@ def resolve_kernel(choice: KernelChoice, cache: Path | None = None) -> images.Ke
         return images.custom_kernel(choice.kernel, cache)
     catalog = Catalog.load()
     request = catalog.lookup(choice.kernel) if choice.kernel else catalog.default
-    kernel = images.ensure_kernel(resolve_spec(request, cache), cache)
-    log.info("kernel %s: %s %s", request.id, kernel.package, kernel.version)
-    return kernel
+    return images.ensure_kernel(resolve_spec(request, cache), cache)
 
 
 def default_artifacts(command: str) -> Path:

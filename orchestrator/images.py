@@ -236,6 +236,11 @@ def custom_kernel(kernel_id: str, cache: Path) -> KernelArtifacts:
 # --------------------------------------------------------------------------- ensure_kernel
 
 
+def _version_of(deb_name: str) -> str:
+    """The version in a ``<package>_<version>_<arch>.deb`` name, "" if it is not one (older meta.json)."""
+    return deb_version(Path(deb_name)) if deb_name.endswith(".deb") and deb_name.count("_") == 2 else ""
+
+
 def _artifacts(kdir: Path, spec: KernelSpec, meta: dict[str, str]) -> KernelArtifacts:
     rel = spec.release
     return KernelArtifacts(
@@ -248,8 +253,8 @@ def _artifacts(kdir: Path, spec: KernelSpec, meta: dict[str, str]) -> KernelArti
         modules_dir=kdir / "lib" / "modules" / rel,
         build_id=meta["build_id"],
         package=meta.get("image_pkg", spec.image_pkg),
-        version=meta.get("version") or (deb_version(Path(meta["image_deb"])) if "image_deb" in meta
-                                        else None),
+        version=(meta.get("version") or _version_of(meta.get("image_deb", "")) or spec.version
+                 or None),
     )
 
 
@@ -257,6 +262,7 @@ def _lay_out_image(debs: Sequence[Path], staging: Path, rel: str) -> None:
     """Unpack the image packages and put their files where :func:`_artifacts` looks:
     ``boot/{vmlinuz,System.map,config}-<rel>`` and ``lib/modules/<rel>``."""
     root = staging / "pkgroot"
+    root.mkdir(parents=True)
     for deb in debs:
         _run(["dpkg-deb", "-x", deb, root], f"dpkg-deb -x {deb.name}")
     mods = staging / "lib" / "modules" / rel
@@ -282,13 +288,14 @@ def _lay_out_image(debs: Sequence[Path], staging: Path, rel: str) -> None:
 def ensure_kernel(spec: KernelSpec, cache: Path) -> KernelArtifacts:
     """Fetch, extract, index and cache one catalog kernel; idempotent and fast when cached.
 
-    From the image .deb: vmlinuz, System.map, config and lib/modules/<release>
-    (modules as shipped, ``modules.dep`` made with depmod). From the -dbg .deb: only
-    ``./usr/lib/debug/boot/vmlinux-<release>``, then ``gdb-add-index`` once. The bzImage's
-    build-id must equal the vmlinux's (InfraError otherwise).
+    From the image .deb (since 7.x: its linux-binary/-modules/-base parts): vmlinuz,
+    System.map, config and lib/modules/<release> (modules as shipped, ``modules.dep`` made
+    with depmod). From the -dbg .deb: only the vmlinux (``/usr/lib/debug/boot/vmlinux-<release>``,
+    since 7.x ``/usr/lib/debug/lib/modules/<release>/vmlinux``), then ``gdb-add-index`` once.
+    The bzImage's build-id must equal the vmlinux's (InfraError otherwise).
 
-    The small image .debs are kept in ``cache/debs``; the ~280 MB -dbg .deb is deleted
-    once its vmlinux is extracted and the kernel dir is complete.
+    The small image .deb is kept in ``cache/debs``; its 7.x parts and the 0.3-1.1 GB -dbg .deb
+    are deleted once the kernel dir is complete.
     """
     kernels = cache / "kernels"
     kdir = kernels / spec.release
@@ -371,6 +378,7 @@ def _build_kernel_dir(spec: KernelSpec, cache: Path, kdir: Path) -> None:
         "image_pkg": spec.image_pkg,
         "version": deb_version(image_deb),
         "image_deb": image_deb.name,
+        "part_debs": [d.name for d in debs[1:]],
         "dbg_deb": dbg_deb.name,
     }
     (staging / META).write_text(json.dumps(meta, indent=1) + "\n")
@@ -378,6 +386,8 @@ def _build_kernel_dir(spec: KernelSpec, cache: Path, kdir: Path) -> None:
     os.replace(staging, kdir)
     log.info("%s: deleting %s (%d MB)", rel, dbg_deb.name, dbg_deb.stat().st_size >> 20)
     dbg_deb.unlink(missing_ok=True)
+    for part in debs[1:]:  # linux-modules-<rel> is ~100 MB; extracted, it is fetched again only if removed
+        part.unlink(missing_ok=True)
 
 
 __all__ = [

@@ -34,7 +34,7 @@ CATALOG_NAME = "kernels.toml"
 FLAVOURS = ("cloud-amd64", "amd64", "rt-amd64")
 DEFAULT_FLAVOUR = "cloud-amd64"
 PICKS = ("newest", "oldest")
-_KEYS = {"id", "line", "abi", "flavour", "pick", "default"}
+_KEYS = {"id", "line", "abi", "flavour", "pick", "abi_suffix", "default"}
 
 _FLAVOUR = "|".join(re.escape(f) for f in sorted(FLAVOURS, key=len, reverse=True))
 #: 6.1.0-57 (old scheme) or 6.12.117+deb12 / 7.3.4+deb13 (new)
@@ -83,7 +83,9 @@ class KernelRequest:
     """What a kernel name asks for, before the archive answers.
 
     Exactly one of ``line`` (the ``pick`` = newest/oldest ABI of that upstream line with
-    -dbg, chosen when fetched) and ``abi`` (pinned) is set.
+    -dbg, chosen when fetched) and ``abi`` (pinned) is set.  ``abi_suffix`` (``+deb12``)
+    narrows a line to the ABIs built for one Debian release (6.12 is built for both
+    bookworm, ``+deb12``, with gcc-12 and trixie, ``+deb13``, with gcc-14).
     """
 
     id: str
@@ -92,6 +94,7 @@ class KernelRequest:
     abi: str | None = None
     pick: str = "newest"
     default: bool = False
+    abi_suffix: str = ""
 
     @property
     def pinned(self) -> KernelSpec | None:
@@ -101,14 +104,17 @@ class KernelRequest:
     @property
     def key(self) -> str:
         """What the request means, independent of its id: ``7.3:rt-amd64:newest`` or ``7.3.4+deb13-amd64``."""
-        return f"{self.abi}-{self.flavour}" if self.abi else f"{self.line}:{self.flavour}:{self.pick}"
+        if self.abi:
+            return f"{self.abi}-{self.flavour}"
+        return f"{self.line}{self.abi_suffix}:{self.flavour}:{self.pick}"
 
     @property
     def wants(self) -> str:
         """Its meaning in words, for messages."""
         if self.abi:
             return f"{self.abi}-{self.flavour}"
-        return f"the {self.pick} {self.line} {self.flavour} kernel with -dbg"
+        suffix = f" {self.abi_suffix}" if self.abi_suffix else ""
+        return f"the {self.pick} {self.line}{suffix} {self.flavour} kernel with -dbg"
 
 
 def parse_name(name: str) -> KernelRequest | None:
@@ -148,10 +154,13 @@ def _entry(raw: object, index: int, where: Path) -> KernelRequest:
     pick = raw.get("pick", "newest")
     if pick not in PICKS or ("abi" in raw and "pick" in raw):
         raise bad(f"'pick' is newest or oldest, for a 'line' only (not {pick!r})")
+    suffix = raw.get("abi_suffix", "")
+    if suffix and ("abi" in raw or not re.fullmatch(r"\+deb\d+", suffix)):
+        raise bad(f"'abi_suffix' is +debNN, for a 'line' only (not {suffix!r})")
     default = raw.get("default", False)
     if not isinstance(default, bool):
         raise bad("'default' is not a boolean")
-    return KernelRequest(raw["id"], flavour, raw.get("line"), raw.get("abi"), pick, default)
+    return KernelRequest(raw["id"], flavour, raw.get("line"), raw.get("abi"), pick, default, suffix)
 
 
 @dataclass(frozen=True)

@@ -284,7 +284,8 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
 
 def print_summary(out: dict[str, Any], write: Callable[[str], None]) -> None:
     write(f"verdict: {out['verdict']}  ({'; '.join(out.get('reasons', []))})")
-    write(f"kernel {out['kernel']}  traps seen {out.get('traps_seen', 0)}, judged "
+    pkg = f" ({out['kernel_package']} {out.get('kernel_version')})" if out.get("kernel_package") else ""
+    write(f"kernel {out['kernel']}{pkg}  traps seen {out.get('traps_seen', 0)}, judged "
           f"{out.get('traps_judged', 0)}, violations {out.get('violations', 0)}, "
           f"not text_poke {out.get('not_text_poke', 0)}")
     if out.get("inject"):

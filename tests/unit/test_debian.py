@@ -152,6 +152,10 @@ def test_resolve_oldest_and_newest_6_1(kernels: list[DebianKernel]) -> None:
     assert resolve(cat.get("6.1"), kernels).release == "6.1.0-56-cloud-amd64"
     assert resolve(cat.get("6.1-oldest"), kernels).release == "6.1.0-47-cloud-amd64"
     assert resolve(cat.get("6.12"), kernels).release == "6.12.117+deb12-cloud-amd64"
+    trixie = DebianKernel("6.12.118+deb13", "cloud-amd64", "6.12.118-1", True)
+    assert resolve(cat.get("6.12"), [*kernels, trixie]).release == "6.12.117+deb12-cloud-amd64"
+    req = parse_name("6.12")
+    assert req is not None and resolve(req, [*kernels, trixie]) == trixie
 
 
 @pytest.mark.parametrize(("name", "message"), [

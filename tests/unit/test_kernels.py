@@ -68,6 +68,8 @@ def test_duplicate_id(tmp_path: Path) -> None:
     ('id="x"\nline="6.1"\npick="middle"\n', "'pick' is newest or oldest"),
     ('id="x"\nabi="6.1.0-57"\npick="oldest"\n', "for a 'line' only"),
     ('id="x"\nline="6.1"\nrelease="r"\n', "unknown keys ['release']"),
+    ('id="x"\nline="6.12"\nabi_suffix="deb12"\n', "'abi_suffix' is +debNN"),
+    ('id="x"\nabi="6.1.0-57"\nabi_suffix="+deb12"\n', "for a 'line' only"),
     ('line="6.1"\n', "needs a non-empty string 'id'"),
 ])
 def test_bad_entries(tmp_path: Path, entry: str, message: str) -> None:
@@ -131,3 +133,4 @@ def test_request_key_is_its_meaning() -> None:
     named = parse_name("7.3-rt-amd64")
     assert named is not None and cat.get("7.3-rt-amd64").key == named.key == "7.3:rt-amd64:newest"
     assert cat.get("6.1-oldest").key == "6.1:cloud-amd64:oldest"
+    assert cat.get("6.12").key == "6.12+deb12:cloud-amd64:newest"
