@@ -55,6 +55,9 @@ QUERY_TIMEOUT_S = 120.0
 #: a kernel -dbg .deb is ~300-1000 MB
 DOWNLOAD_TIMEOUT_S = 1800.0
 _STAMP = ".pokelab-updated"
+#: after a failed refresh with lists present, the next try waits this long (seconds)
+RETRY_S = 900.0
+_TRIED = ".pokelab-update-failed"
 _NOT_FOUND = ("Unable to locate", "Can't select", "has no installation candidate", "404",
               "Couldn't find any package", "Unable to find a source package")
 
@@ -171,7 +174,7 @@ class Apt:
         """Refresh the lists if missing, stale or made from another source list (once per object).
 
         A failed refresh is an InfraError only when there are no usable lists; with older
-        lists present it is logged and those are used.
+        lists present it is logged and those are used, and the next try waits :data:`RETRY_S`.
         """
         if self._fresh and not force:
             return
@@ -180,6 +183,10 @@ class Apt:
             age = self.lists_age_s()
             if not force and age is not None and age < self.max_age_s:
                 self._fresh = True
+                return
+            tried = self.lists / _TRIED
+            if not force and tried.is_file() and 0 <= time.time() - tried.stat().st_mtime < RETRY_S:
+                self._fresh = True  # it failed minutes ago: use what is there
                 return
             t0 = time.monotonic()
             log.info("apt-get update into %s", self.lists)
@@ -195,8 +202,10 @@ class Apt:
                     raise InfraError(f"apt-get update of pokelab's sources failed: {why}", err[-2000:])
                 log.warning("apt-get update failed (%s); using the lists from %s", why,
                             "an older update" if age is None else f"{age / 3600:.1f} h ago")
+                tried.write_text(why + "\n")
             else:
                 (self.lists / _STAMP).write_text(self._sources_digest() + "\n")
+                tried.unlink(missing_ok=True)
                 log.info("apt-get update took %.1fs", time.monotonic() - t0)
             self._fresh = True
 
