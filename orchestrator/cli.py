@@ -851,12 +851,17 @@ def _bisect_debian(args: argparse.Namespace, policy: Any, replay: dict[str, list
     from .bisect import debian_report, debian_step, run_debian_bisect
     from .cache import cache_dir
     from .debian import available, parse_range, resolve, select_range
-    from .kernels import Catalog
+    from .kernels import DEFAULT_FLAVOUR, Catalog
 
     good, bad = parse_range(args.debian)
     cat = Catalog.load()
-    ends = [cat.lookup(e) for e in (good, bad)]
-    flavours = {e.flavour for e in ends}
+    ends = []
+    for name in (good, bad):
+        try:
+            ends.append(cat.lookup(name))
+        except UsageError:
+            pass  # a package version (6.1.170-3): select_range finds it, or says it is unknown
+    flavours = {e.flavour for e in ends} or {DEFAULT_FLAVOUR}
     if len(flavours) != 1:
         raise UsageError(f"--debian {args.debian}: the endpoints are of different flavours "
                          f"({', '.join(sorted(flavours))})")

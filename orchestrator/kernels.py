@@ -37,8 +37,9 @@ PICKS = ("newest", "oldest")
 _KEYS = {"id", "line", "abi", "flavour", "pick", "abi_suffix", "default"}
 
 _FLAVOUR = "|".join(re.escape(f) for f in sorted(FLAVOURS, key=len, reverse=True))
-#: 6.1.0-57 (old scheme) or 6.12.117+deb12 / 7.3.4+deb13 (new)
-ABI = r"\d+\.\d+\.\d+(?:-\d+|\+deb\d+)"
+#: 6.1.0-57 (the old scheme: always X.Y.0-N, so a package version such as 6.1.170-3 is
+#: none) or 6.12.117+deb12 / 7.3.4+deb13 (the scheme since 6.12)
+ABI = r"\d+\.\d+\.(?:0-\d+|\d+\+deb\d+)"
 LINE = r"\d+\.\d+"
 _PACKAGE = re.compile(rf"^linux-image-(?P<abi>{ABI})-(?P<flavour>{_FLAVOUR})(?:-dbg)?$")
 _RELEASE = re.compile(rf"^(?P<abi>{ABI})(?:-(?P<flavour>{_FLAVOUR}))?$")

@@ -109,7 +109,8 @@ def test_names(name: str, flavour: str, line: str | None, abi: str | None) -> No
 
 
 @pytest.mark.parametrize("name", ["nope", "7", "7.3-arm64", "linux-image-amd64", "6.1.0-57-amd64-unsigned",
-                                  "linux-image-7.3.4+deb13-cloud-amd64-unsigned", "7.3.4"])
+                                  "linux-image-7.3.4+deb13-cloud-amd64-unsigned", "7.3.4",
+                                  "6.1.170-3", "7.3.4-1~bpo13+1"])
 def test_not_names(name: str) -> None:
     assert parse_name(name) is None
 
