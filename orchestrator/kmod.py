@@ -27,7 +27,8 @@ from pathlib import Path
 from . import procs
 from .errors import InfraError, Unsupported
 from .host import buildroot
-from .images import Apt, KernelArtifacts
+from .host.apt import Apt
+from .images import KernelArtifacts
 from .kernels import images_dir
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ def custom_build_dir(kernel: KernelArtifacts) -> Path:
 
 
 def _download(cache: Path) -> Callable[[Sequence[str]], list[Path]]:
-    """The .deb downloader for the headers (apt, into ``<cache>/debs``)."""
-    return Apt(cache / "debs").debs
+    """The .deb downloader for the headers (pokelab's own apt sources, into ``<cache>/debs``)."""
+    return Apt(cache).debs
 
 
 def _warnings(stderr: bytes) -> list[str]:
