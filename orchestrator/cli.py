@@ -488,9 +488,9 @@ def _nightly_runner(args: argparse.Namespace) -> Callable[[str, str, Path], dict
 
     def run(kernel: str, scenario: str, artifacts: Path) -> dict[str, Any]:
         sc = with_options(BY_NAME[scenario], repeat=args.repeat)
-        ns = argparse.Namespace(kernel=kernel, bzimage=None, vmlinux=None, smp=args.smp, memory=args.memory,
-                                accel=args.accel, tcg_thread=args.tcg_thread, gdb_port=None, ssh_port=None,
-                                artifacts=artifacts, dry_run=False)
+        ns = argparse.Namespace(kernel=kernel, bzimage=None, vmlinux=None, modules=None, smp=args.smp,
+                                memory=args.memory, accel=args.accel, tcg_thread=args.tcg_thread,
+                                gdb_port=None, ssh_port=None, artifacts=artifacts, dry_run=False)
         try:
             with prepare_lock:
                 extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
