@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import buildid, procs
-from .cache import file_lock
+from .cache import file_lock, tree_size
 from .errors import InfraError, UsageError
 from .host.apt import Apt, deb_depends, deb_version
 from .kernels import KernelSpec
@@ -398,21 +398,9 @@ __all__ = [
     "ensure_kernel",
     "extract_from_deb",
     "file_lock",
+    "tree_size",
     "vmlinux_info",
 ]
-
-
-def tree_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (0 if it does not exist)."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            total += st.st_size
-    return total
 
 
 def remove_kernel(spec: KernelSpec, cache: Path) -> int:

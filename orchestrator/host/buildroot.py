@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import procs
+from ..cache import file_lock, tree_size
 from ..errors import InfraError
-from ..images import file_lock, tree_size
 
 log = logging.getLogger(__name__)
 
