@@ -48,9 +48,9 @@ $(VENV)/.stamp: pyproject.toml
 	touch $@
 
 # the kernels the test suite boots, as catalog ids resolved against pokelab's own apt sources
-# (6.1-oldest: the good end of the --debian bisect test; 7.3-amd64/7.3-rt-amd64: the flavours
-# test; pokelab images --kernel all fetches every catalog entry)
-TEST_KERNELS := 6.1 6.12 6.1-oldest 7.3-amd64 7.3-rt-amd64
+# (6.1-oldest: the good end of the --debian bisect test; 7.3: the 6.16+ probe tests;
+# 7.3-amd64/7.3-rt-amd64: the flavours tests; pokelab images --kernel all fetches every catalog entry)
+TEST_KERNELS := 6.1 6.12 6.1-oldest 7.3 7.3-amd64 7.3-rt-amd64
 
 images: setup
 	$(BIN)/pokelab images $(addprefix --kernel ,$(TEST_KERNELS))
