@@ -328,6 +328,7 @@ def _check_repro_args(args: argparse.Namespace) -> None:
 
 def _trap_summary(out: dict[str, Any]) -> list[str]:
     """The short trap summary of one run: sites, opcodes, targets, violations."""
+    from .budget import summary_line
     from .nightly import ARTIFACT_FILES
     from .probe_run import trap_targets
 
@@ -335,6 +336,13 @@ def _trap_summary(out: dict[str, Any]) -> list[str]:
     lines = [f"traps judged {out.get('traps_judged', 0)}"
              + (f" ({floor} at the watched sites)" if floor is not None else "")
              + f", violations {out.get('violations', 0)}"]
+    budget_line = summary_line(out.get("budget"))
+    if budget_line:
+        lines.append("  " + budget_line)
+    wd = out.get("watchdogs")
+    if isinstance(wd, dict):
+        lines.append(f"  guest watchdogs (x{wd['slowdown']}): RCU stall {wd['rcu_cpu_stall_timeout_s']} s, "
+                     f"soft lockup {wd['soft_lockup_after_s']} s, hung task {wd['hung_task_timeout_s']} s")
     sites = out.get("sites") or {}
     if sites:
         top = sorted(sites.items(), key=lambda kv: -kv[1]["traps"])[:5]

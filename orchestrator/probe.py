@@ -16,6 +16,7 @@ import re
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,8 @@ from typing import Any
 
 from . import census as census_mod
 from . import decode
+from .budget import DEFAULT as DEFAULT_BUDGET
+from .budget import TrapBudget
 from .buildid import elf_build_id, notes_build_id
 from .errors import InfraError, Unsupported, UsageError
 from .judge import check_final_text, check_vector, judge
@@ -183,7 +186,8 @@ class Probe:
     def __init__(self, vmlinux: Path, gdb_address: str, artifacts: Path,
                  symbolizer: KernelSymbolizer, timeout: float, *, inject: str | None = None,
                  inject_every: int = 2, hardware: bool = False,
-                 census: census_mod.Census | None = None) -> None:
+                 census: census_mod.Census | None = None,
+                 budget: TrapBudget = DEFAULT_BUDGET) -> None:
         if inject is not None and inject not in INJECTIONS:
             raise UsageError(f"unknown injection '{inject}' (one of: {', '.join(INJECTIONS)})")
         self.vmlinux = vmlinux
@@ -196,6 +200,10 @@ class Probe:
         self.inject = inject
         self.inject_every = inject_every
         self.hardware = hardware
+        self.budget = budget
+        #: host arrival time and number of guest stops of each recorder record (trap: entry and
+        #: return, batch: one), for the stop rate around a stall report
+        self._stop_times: deque[tuple[float, int]] = deque(maxlen=200_000)
         self.layout: Layout | None = None
         self.setup_info: dict[str, Any] = {}
         self.counts = Counts()
@@ -214,6 +222,8 @@ class Probe:
         self._trampolines: dict[int, TextRegion] = {}
         self._core_text: tuple[int, int] | None = None
         self._module_fields: tuple[tuple[str, str, str], ...] | None = None
+        #: patched sites not read back because the budget went blind before the check
+        self.blind_unchecked = 0
         self.stats: dict[str, Any] = {}
         #: GDB thread -> Linux CPU whose per-CPU refs are read (6.16+), from POKELAB-CPU lines
         self.cpu_map: dict[int, int] = {}
@@ -251,7 +261,8 @@ class Probe:
         self._check_build_id()
         mi.console(f"source {GDB_SCRIPT}")
         args = {"inject": self.inject, "inject_every": self.inject_every,
-                "hardware": self.hardware, "stub_candidates": list(STUB_CANDIDATES)}
+                "hardware": self.hardware, "stub_candidates": list(STUB_CANDIDATES),
+                "budget": self.budget.args()}
         mi.console(f"python pokelab_setup('{json.dumps(args)}')")
         with self._lock:
             info = self.setup_info
@@ -367,6 +378,9 @@ class Probe:
             with self._lock:
                 self.counts.bad_records += 1
             return
+        if tag in ("POKELAB-TRAP", "POKELAB-BATCH", "POKELAB-OTHER"):
+            with self._lock:
+                self._stop_times.append((time.monotonic(), 2 if tag == "POKELAB-TRAP" else 1))
         if tag == "POKELAB-TRAP":
             self._on_trap(obj)
         elif tag == "POKELAB-BATCH":
@@ -374,6 +388,12 @@ class Probe:
         elif tag == "POKELAB-OTHER":
             with self._lock:
                 self.counts.other += 1
+        elif tag == "POKELAB-BLIND":
+            # the trap budget stopped watching the rest of a burst: batches we will not see may
+            # rewrite any site, so what we expect at the sites patched so far is no longer known
+            with self._lock:
+                self.blind_unchecked += len(self.dirty_sites)
+                self.dirty_sites.clear()
         elif tag == "POKELAB-ERROR":
             log.warning("recorder error: %s", obj)
             with self._lock:
@@ -710,6 +730,15 @@ class Probe:
         with self._lock:
             return dict(self.stats)
 
+    def stop_rate(self, window: float = 30.0, now: float | None = None) -> float:
+        """Guest stops per second the recorder reported over the last ``window`` seconds (or since
+        attach, if shorter): each trap is two stops (entry, return), each batch one."""
+        now = time.monotonic() if now is None else now
+        start = max(self._t0, now - window)
+        with self._lock:
+            n = sum(k for t, k in self._stop_times if start <= t <= now)
+        return n / max(now - start, 1e-3)
+
     def judged_count(self) -> int:
         with self._lock:
             return self.counts.judged
@@ -779,9 +808,10 @@ class Probe:
                           for s, v in sorted(self.sites.items()) if v.traps},
                 "text_checks": len(self.text_checks),
                 "text_mismatches": sum(1 for t in self.text_checks if not t.ok),
-                "text_unchecked": self.unchecked_sites,
+                "text_unchecked": self.unchecked_sites + self.blind_unchecked,
                 "text_freed": len(self.freed_sites),
                 "batches": self.batches,
+                "budget": (self.stats.get("budget") if self.stats else None) or self.setup_info.get("budget"),
                 "trap_cost_ms_median": statistics.median(costs) if costs else None,
                 "handler": self.setup_info.get("handler"),
                 "descriptor": self.setup_info.get("desc"),

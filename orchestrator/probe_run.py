@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from . import ftrace, loadgen
+from .budget import DEFAULT as DEFAULT_BUDGET
+from .budget import TrapBudget, summary_line
 from .cache import cache_dir
 from .census import Census
 from .census_tables import load_tables
@@ -25,7 +27,7 @@ from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupporte
 from .images import KernelArtifacts
 from .probe import Probe, read_trap_log
 from .symbols import KernelSymbolizer, load_symbols
-from .verdict import decide
+from .verdict import decide, probe_blame
 from .vm import Vm, VmSpec
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,22 @@ class ProbeOptions:
 
 def _crash_titles(vm: Vm) -> list[str]:
     return [c.title for c in vm.crashes()]
+
+
+def _judge_crashes(vm: Vm, probe: Probe | None, out: dict[str, Any]) -> tuple[list[str], str | None]:
+    """The console's crash titles (each once) and, for stall reports under a busy probe, why the probe
+    may have caused them (``verdict.probe_blame``); both written into ``out["crashes"]``."""
+    found = vm.crashes()
+    if not found:
+        return [], None
+    rate = probe.stop_rate() if probe is not None else None
+    blame = probe_blame([c.type for c in found], rate)
+    out["crashes"] = [{"type": c.type, "title": c.title, "probe_may_have_caused": blame is not None}
+                      for c in found[:10]]
+    out["probe_stops_per_s_30s"] = round(rate, 2) if rate is not None else None
+    if blame:
+        out["crash_attribution"] = blame
+    return list(dict.fromkeys(c.title for c in found)), blame
 
 
 @dataclass
@@ -132,7 +150,8 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
                inject: str | None = None, inject_every: int = 2, min_judged: int = 1,
                pre_attach: Callable[[Vm], None] | None = None,
                progress: Progress = lambda s: None,
-               hold: Callable[[Run], None] | None = None) -> dict[str, Any]:
+               hold: Callable[[Run], None] | None = None,
+               budget: TrapBudget = DEFAULT_BUDGET) -> dict[str, Any]:
     """Boot, attach the probe, run ``body``, judge; always returns ``out`` with a verdict.
 
     The one runner behind ``pokelab probe`` and every scenario: it never raises
@@ -147,6 +166,9 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
                 "kernel_package": kernel.package, "kernel_version": kernel.version,
                 "accel": spec.accel, "smp": spec.smp, "inject": inject,
                 "artifacts": str(spec.artifacts)})
+    wd = spec.watchdogs
+    out["watchdogs"] = wd.as_dict() if wd else "kernel defaults"
+    out["trap_budget"] = budget.args()
     vm = Vm(spec)
     probe: Probe | None = None
     phases: dict[str, float] = {}
@@ -167,7 +189,8 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         tables = load_tables(kernel.vmlinux, kernel.system_map, cache_dir(), kernel.build_id)
         probe = Probe(kernel.vmlinux, vm.gdb_address, spec.artifacts, sym,
                       vm.timeouts.get("gdb_command"), inject=inject,
-                      inject_every=inject_every, hardware=spec.accel == "kvm", census=Census(tables))
+                      inject_every=inject_every, hardware=spec.accel == "kvm", census=Census(tables),
+                      budget=budget)
         probe.attach()
         phases["attach_s"] = time.monotonic() - t
         progress(f"probe attached to {probe.setup_info.get('handler')} in {phases['attach_s']:.1f} s")
@@ -186,10 +209,11 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         summary["lost"] = int(stats.get("lost", 0))
         summary["recorder"] = stats
         out.update(summary)
-        outcome = decide(summary, crashes=_crash_titles(vm), min_judged=min_judged,
+        titles, blame = _judge_crashes(vm, probe, out)
+        outcome = decide(summary, crashes=titles, min_judged=min_judged,
                          inject=inject, load_ok=res.load_ok, floor_count=res.floor_count,
                          floor_what=res.floor_what, failed_checks=res.failed_checks,
-                         unknown_checks=res.unknown_checks)
+                         unknown_checks=res.unknown_checks, probe_blame=blame)
         out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
         if inject and outcome.verdict == "FAIL":
             ok = summary["injected_flagged"] == summary["injected"] and summary["false_flags"] == 0
@@ -198,9 +222,11 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         if phases.get("body_s"):
             out["traps_per_min"] = round(summary["traps_judged"] / phases["body_s"] * 60, 1)
     except PokelabError as exc:
-        crashes = _crash_titles(vm)
+        crashes, blame = _judge_crashes(vm, probe, out)
         if isinstance(exc, StoppedAtViolation):
             out["verdict"], out["reasons"] = "FAIL", [exc.title]
+        elif crashes and blame and not isinstance(exc, Unsupported):
+            out["verdict"], out["reasons"] = "INCONCLUSIVE", ["; ".join(crashes[:3]) + " while " + blame]
         elif crashes and not isinstance(exc, Unsupported):
             out["verdict"], out["reasons"] = "CRASH", crashes[:3]
         else:
@@ -288,6 +314,9 @@ def print_summary(out: dict[str, Any], write: Callable[[str], None]) -> None:
     write(f"kernel {out['kernel']}{pkg}  traps seen {out.get('traps_seen', 0)}, judged "
           f"{out.get('traps_judged', 0)}, violations {out.get('violations', 0)}, "
           f"not text_poke {out.get('not_text_poke', 0)}")
+    budget_line = summary_line(out.get("budget"))
+    if budget_line:
+        write(budget_line)
     if out.get("inject"):
         write(f"injected {out.get('injected', 0)}, flagged {out.get('injected_flagged', 0)}, "
               f"false flags {out.get('false_flags', 0)}")

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from . import kmod, loadgen
+from .budget import DEFAULT as DEFAULT_BUDGET
+from .budget import TrapBudget
 from .census import STATIC_CALL_FORMS, USERS, static_call_form, static_call_sites
 from .errors import InfraError, Unsupported
 from .images import KernelArtifacts
@@ -271,11 +273,16 @@ class Scenario:
     #: or count traps the census attributes to these ``user:key`` pairs
     #: (e.g. ``static_call:cond_resched``; a bare ``user`` takes any key)
     floor_keys: tuple[str, ...] = ()
+    #: count the floor over every judged trap, wherever (a tight trap budget may never watch
+    #: the batch that patches the function's own site)
+    floor_anywhere: bool = False
     setup: tuple[Step, ...] = ()
     teardown: tuple[Step, ...] = ()
     repeat: int = 2
     #: set when this version cannot run the scenario at all: the UNSUPPORTED reason
     unsupported: str | None = None
+    #: the probe's per-batch trap budget (heavy patching needs a tighter one)
+    budget: TrapBudget = DEFAULT_BUDGET
 
     def requirements(self) -> list[Requirement]:
         return [parse_requirement(self.expand(r)) for r in self.requires]
@@ -287,6 +294,8 @@ class Scenario:
     def floor_what(self) -> str:
         if self.floor_keys:
             return f"trap(s) judged at {', '.join(self.floor_keys)} sites"
+        if self.floor_anywhere:
+            return "trap(s) judged (any site)"
         if self.floor_functions:
             return f"trap(s) judged in {', '.join(self.floor_functions)}"
         return f"trap(s) judged at {self.function}'s site"
@@ -571,6 +580,8 @@ class _ScenarioBody:
         sc = self.sc
         if sc.floor_keys:
             return count_keys(read_trap_log(run.probe.trap_log_path), sc.floor_keys)
+        if sc.floor_anywhere:
+            return run.probe.judged_count()
         if sc.floor_functions:
             ranges = [r for r in (run.function_range(f) for f in sc.floor_functions) if r]
             if not ranges:
@@ -665,7 +676,8 @@ def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inje
 
     body = _ScenarioBody(sc, workload, out)
     return run_probed(spec, kernel, out, body, inject=inject, inject_every=inject_every,
-                      min_judged=sc.min_traps, pre_attach=pre_attach, progress=progress, hold=hold)
+                      min_judged=sc.min_traps, pre_attach=pre_attach, progress=progress, hold=hold,
+                      budget=sc.budget)
 
 
 def with_options(sc: Scenario, *, repeat: int | None = None, function: str | None = None) -> Scenario:

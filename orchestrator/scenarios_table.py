@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import kmod
+from .budget import TrapBudget
 from .scenario import FinalState, Load, Scenario, Step, module_guest_path
 
 T = "{tracing}"
@@ -78,6 +79,11 @@ def tp_step(name: str, instance: str, on: int, func: str) -> Step:
                 static_calls=(("tp_func_sys_enter", f"func:{func}"),))
 
 
+#: evidence of an unfiltered tracer: the function's calls are in the trace (tracing paused while read:
+#: reading ``trace`` while every function is traced can take very long)
+TRACE_HITS_ALL = ("{call}; sleep 0.3; echo 0 > " + T + "/tracing_on; "
+                  "grep -c -m 50 '{function}' " + T + "/trace; echo 1 > " + T + "/tracing_on")
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="ftrace-function",
@@ -102,6 +108,26 @@ SCENARIOS: tuple[Scenario, ...] = (
                     site="call", evidence=TRACE_HITS),
                TRACER_OFF),
         teardown=(Step("clear-graph-function", f"echo > {T}/set_graph_function"), CLEAR_FILTER),
+    ),
+    Scenario(
+        name="ftrace-function-all",
+        description="unfiltered function tracer, then function_graph, on/off (all fentry sites), getpid load",
+        requires=(*FTRACE, "CONFIG_FUNCTION_GRAPH_TRACER", "tracefs:buffer_size_kb"),
+        # a small ring buffer: the evidence read stays short
+        setup=(CLEAR_FILTER, Step("small-buffer", f"echo 64 > {T}/buffer_size_kb")),
+        steps=(replace(TRACER_ON, evidence=TRACE_HITS_ALL),
+               replace(TRACER_OFF, name="tracer-off"),
+               Step("graph-on", f"echo function_graph > {T}/current_tracer && "
+                                f"grep -qx function_graph {T}/current_tracer",
+                    site="call", evidence=TRACE_HITS_ALL),
+               replace(TRACER_OFF, name="graph-off")),
+        teardown=(Step("default-buffer", f"echo 1408 > {T}/buffer_size_kb"),),
+        repeat=1,
+        # ~140 batches of up to 256 sites per switch (6.1's TP_VEC_MAX): the first 8 batches of
+        # each switch, 2 traps of each, at most 10 judged traps/s; the floor counts them anywhere
+        budget=TrapBudget(first=2, rate=10.0, burst=32, batches_per_burst=8),
+        min_traps=8,
+        floor_anywhere=True,
     ),
     Scenario(
         name="kprobe-ftrace",

@@ -57,7 +57,11 @@ class Ssh:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise InfraError("SSH connection to the guest is gone")
-        chan = transport.open_session(timeout=timeout)
+        try:
+            chan = transport.open_session(timeout=timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            # e.g. "Timeout opening channel." from a guest too busy (or stuck) to answer
+            raise InfraError(f"cannot open an SSH channel to the guest ({exc}): {command}") from None
         chan.settimeout(timeout)
         out, err = bytearray(), bytearray()
         end = time.monotonic() + timeout
@@ -84,6 +88,8 @@ class Ssh:
             status = chan.recv_exit_status()
         except TimeoutError:
             raise InfraError(f"guest command timed out after {timeout:.0f} s: {command}") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise InfraError(f"SSH to the guest failed ({exc}): {command}") from None
         finally:
             chan.close()
         return Result(status, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .budget import let_through
+
 VERDICTS = ("PASS", "FAIL", "CRASH", "BOOT_FAIL", "INFRA", "UNSUPPORTED", "INCONCLUSIVE")
 
 #: One table maps every verdict to the process exit status (README documents it;
@@ -28,6 +30,30 @@ EXIT_CODES: dict[str, int] = {
 
 
 
+#: crash types reported by the guest's own hang detectors (``crash.FORMATS``): they measure guest
+#: time, which the probe's stops stretch (QEMU < 10.2 re-translates everything after each stop)
+STALL_TYPES = frozenset({"rcu-stall", "soft-lockup", "hard-lockup", "hung-task"})
+#: guest stops per second (over the 30 s before the report was seen) from which a stall report
+#: is not taken as the kernel's fault: 2/s is ~40 ms of forced re-translation per second on QEMU 7.2
+PROBE_STALL_RATE = 2.0
+
+
+def probe_blame(crash_types: Sequence[str], stops_per_s: float | None,
+                threshold: float = PROBE_STALL_RATE) -> str | None:
+    """Why the probe may have caused the console's reports, or None.  Pure.
+
+    Only when every report is a stall/lockup/hung-task report (an oops, BUG or
+    WARNING stays the kernel's) and the probe was stopping the guest at
+    ``threshold`` stops/s or more.
+    """
+    if not crash_types or stops_per_s is None or stops_per_s < threshold:
+        return None
+    if any(t not in STALL_TYPES for t in crash_types):
+        return None
+    return (f"the probe stopped the guest {stops_per_s:.1f} times/s in the 30 s before it was seen "
+            f"(>= {threshold:g}/s): the probe may have caused it, not a kernel verdict")
+
+
 @dataclass(frozen=True)
 class Outcome:
     verdict: str
@@ -37,7 +63,8 @@ class Outcome:
 def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
            inject: str | None = None, load_ok: bool = True,
            floor_count: int | None = None, floor_what: str = "traps judged",
-           failed_checks: Sequence[str] = (), unknown_checks: Sequence[str] = ()) -> Outcome:
+           failed_checks: Sequence[str] = (), unknown_checks: Sequence[str] = (),
+           probe_blame: str | None = None) -> Outcome:
     """The verdict of one probed run.
 
     Order matters: an emulation violation the probe saw is a FAIL even when the
@@ -50,7 +77,8 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
     expectations that did not hold (site text, tracer output): each one is a FAIL;
     ``unknown_checks`` are checks that could not be made (why, each): INCONCLUSIVE.
     With an injection the run is expected to FAIL: every injected trap flagged
-    and nothing else.
+    and nothing else.  ``probe_blame`` (from :func:`probe_blame`): the crashes
+    are stall reports the probe's stop rate may explain: INCONCLUSIVE, saying so.
     """
     reasons: list[str] = []
     violations = int(summary.get("violations", 0))
@@ -64,6 +92,8 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
         why = "; ".join(crashes[:3])
         if inject:
             why += f" (with --inject {inject}: the corruption may have caused it)"
+        if not violations and probe_blame:
+            return Outcome("INCONCLUSIVE", ("; ".join(crashes[:3]) + " while " + probe_blame,))
         if not violations:
             return Outcome("CRASH", (why,))
         return Outcome("FAIL", (*reasons, f"then the kernel crashed: {why}"))
@@ -80,8 +110,10 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
         return Outcome("INCONCLUSIVE", ("the load generators did not run on every loaded vCPU",))
     judged = int(summary.get("traps_judged", 0))
     counted = judged if floor_count is None else floor_count
+    unstopped = let_through(summary.get("budget"))
     if counted < min_judged:
-        return Outcome("INCONCLUSIVE", (f"{counted} {floor_what}, fewer than the floor of {min_judged}",))
+        return Outcome("INCONCLUSIVE", (f"{counted} {floor_what}, fewer than the floor of {min_judged}"
+                                        + (f" ({unstopped})" if unstopped else ""),))
     if unknown_checks:
         return Outcome("INCONCLUSIVE", tuple(unknown_checks))
     if inject and int(summary.get("injected", 0)) == 0:
@@ -92,7 +124,8 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
     notes = ([f"{unchecked} more patched sites not read back"] if unchecked else []) + (
         [f"{freed} not checked: text freed"] if freed else [])
     return Outcome("PASS", (f"{judged} trap(s) judged, 0 violations, {checked} site read-backs matched"
-                            + (f" ({'; '.join(notes)})" if notes else ""),))
+                            + (f" ({'; '.join(notes)})" if notes else "")
+                            + (f"; {unstopped}" if unstopped else ""),))
 
 
 #: the verdicts that count as a reproduction in ``pokelab repro --runs`` (syz-crush style)

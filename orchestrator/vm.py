@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import crash, procs, qemu
+from . import crash, procs, qemu, watchdogs
 from .console import Console
 from .errors import BootError, InfraError, KernelCrash, UsageError
 from .qmp import Qmp
@@ -56,6 +56,11 @@ class VmSpec:
     def timeouts(self) -> Timeouts:
         return KVM if self.accel == "kvm" else TCG
 
+    @property
+    def watchdogs(self) -> watchdogs.GuestWatchdogs | None:
+        """The guest's hang-detector thresholds, scaled to this machine (None: kernel defaults)."""
+        return watchdogs.for_machine(self.accel, self.tcg_thread, self.smp)
+
 
 class Vm:
     def __init__(self, spec: VmSpec) -> None:
@@ -82,11 +87,14 @@ class Vm:
         self.close()
 
     def make_config(self, gdb_port: int, ssh_port: int, workdir: Path) -> qemu.QemuConfig:
+        """The QEMU config; the scaled watchdog thresholds come before the user's words (theirs win)."""
         s = self.spec
+        wd = s.watchdogs
         return qemu.QemuConfig(
             bzimage=s.bzimage, initrd=s.initrd, workdir=workdir, gdb_port=gdb_port,
             ssh_port=ssh_port, smp=s.smp, memory_mb=s.memory_mb, accel=s.accel,
-            tcg_thread=s.tcg_thread, append=s.append, extra=s.extra_qemu)
+            tcg_thread=s.tcg_thread, append=(wd.kernel_args() if wd else ()) + s.append,
+            extra=s.extra_qemu)
 
     def start(self, resume: bool = True) -> None:
         qemu_bin = procs.which(qemu.QEMU, "qemu-system-x86")

@@ -22,6 +22,13 @@ def test_scenario(name: str, pokelab_kernel: str, run_scenario) -> None:  # type
     assert out["traps_judged"] > 0 and out["violations"] == 0
     assert out["floor_traps"] >= BY_NAME[name].min_traps
     assert all(n > 0 for n in out["evidence"].values()), out["evidence"]
+    if BY_NAME[name].budget.batches_per_burst:
+        # heavy patching: the budget acted, and the verdict says traps were let through
+        b = out["budget"]
+        assert b and (b["batches_cut"] or b["bursts_cut"]), b
+        assert "let through" in out["reasons"][0], out["reasons"]
+        assert isinstance(out["watchdogs"], dict) and out["watchdogs"]["rcu_cpu_stall_timeout_s"] > 21
+        assert not out.get("crashes"), out.get("crashes")
     # the census: every judged trap has a user, and the scenario's own user is among them
     assert sum(out["users"].values()) == out["traps_judged"], out["users"]
     assert EXPECTED_USER.get(name, "ftrace") in out["users"], out["users"]

@@ -13,18 +13,29 @@ to the host:
   corruption; print one ``POKELAB-TRAP {json}`` console line.
 
 ``stop()`` returns False, so GDB resumes at once and MI sees only the console
-line.  The host (orchestrator/probe.py) decodes and judges the raw bytes; this
-file only records.  Stops are keyed by GDB thread (one per vCPU), so a stop on
+line.  A per-batch trap budget (``pokelab_budget.TrapBudget``) disarms the
+entry breakpoint once a batch has had its share of traps and re-arms it at the
+next batch (``_budget_batch`` / ``_budget_trap`` / ``_budget_exit`` /
+``_budget_burst_end``).  The host (orchestrator/probe.py) decodes and judges
+the raw bytes; this file only records.  Stops are keyed by GDB thread (one per vCPU), so a stop on
 another vCPU between entry and return is recorded in its own right.
 """
 
 import json
+import os
+import sys
 import time
 
 import gdb  # type: ignore[import-not-found]
 
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # pokelab_budget.py lies beside us
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pokelab_budget import TrapBudget  # noqa: E402
+
 _STATE = {}
 KERNEL_MIN = 0xFFFF800000000000
+#: where a burst of batches ends or a single poke starts (x86 alternative.c up to 6.15)
+BURST_END_HOOKS = ("text_poke_finish", "text_poke_bp")
 RET_THUNKS = ("__x86_return_thunk", "__ret", "retbleed_return_thunk", "srso_return_thunk")
 
 
@@ -364,27 +375,49 @@ def _reg(frame, name):
     return int(frame.read_register(name)) & 0xFFFFFFFFFFFFFFFF
 
 
-class _Entry(gdb.Breakpoint):
+class _Hook(gdb.Breakpoint):
+    """An internal breakpoint whose ``stop()`` counts the stop, runs ``run()`` and resumes."""
+
+    where = "?"
+
+    def run(self):
+        raise NotImplementedError
+
     def stop(self):
         try:
-            _on_entry()
+            _STATE["stops"] += 1
+            self.run()
         except Exception as exc:  # noqa: BLE001 - never let a recorder error stop the guest
             _STATE["errors"] += 1
-            _emit("POKELAB-ERROR", {"where": "entry", "error": repr(exc)})
+            _emit("POKELAB-ERROR", {"where": self.where, "error": repr(exc)})
         return False
 
 
-class _Exit(gdb.Breakpoint):
-    def stop(self):
-        try:
-            _on_exit()
-        except Exception as exc:  # noqa: BLE001
-            _STATE["errors"] += 1
-            _emit("POKELAB-ERROR", {"where": "exit", "error": repr(exc)})
-        return False
+class _Entry(_Hook):
+    where = "entry"
+
+    def run(self):
+        _on_entry()
 
 
-class _Batch(gdb.Breakpoint):
+class _Exit(_Hook):
+    where = "exit"
+
+    def run(self):
+        _on_exit()
+
+
+class _BurstEnd(_Hook):
+    """At ``text_poke_finish()`` / ``text_poke_bp()``: a burst of batches ends (or a single poke
+    starts): the trap budget re-arms what it disarmed."""
+
+    where = "burst-end"
+
+    def run(self):
+        _budget_burst_end()
+
+
+class _Batch(_Hook):
     """At the batch (``text_poke_bp_batch(tp, nr)``; 6.16+ ``smp_text_poke_batch_finish()``).
 
     Records every site the batch will write.
@@ -393,22 +426,20 @@ class _Batch(gdb.Breakpoint):
     each patched site must hold when the batch is done, trapped on or not.
     """
 
-    def stop(self):
-        try:
-            frame = gdb.newest_frame()
-            vec, nr = _STATE["reader"].batch_vector(frame)
-            size = _STATE["info"]["loc_size"]
-            if _STATE["info"].get("batch_exits"):  # only if its end is seen too
-                _STATE["in_batch"] = _STATE.get("in_batch", 0) + 1
-            if 0 < nr <= 65536 and vec >= KERNEL_MIN:
-                _STATE["batches"] += 1
-                _emit("POKELAB-BATCH", {"n": nr, "entries": _read(vec, nr * size).hex(),
-                                        "vec_max": _STATE["info"].get("vec_max"),
-                                        "t": round(time.monotonic() - _STATE["t0"], 6)})
-        except Exception as exc:  # noqa: BLE001
-            _STATE["errors"] += 1
-            _emit("POKELAB-ERROR", {"where": "batch", "error": repr(exc)})
-        return False
+    where = "batch"
+
+    def run(self):
+        frame = gdb.newest_frame()
+        vec, nr = _STATE["reader"].batch_vector(frame)
+        size = _STATE["info"]["loc_size"]
+        if _STATE["info"].get("batch_exits"):  # only if its end is seen too
+            _STATE["in_batch"] = _STATE.get("in_batch", 0) + 1
+        _budget_batch(nr)
+        if 0 < nr <= 65536 and vec >= KERNEL_MIN:
+            _STATE["batches"] += 1
+            _emit("POKELAB-BATCH", {"n": nr, "entries": _read(vec, nr * size).hex(),
+                                    "vec_max": _STATE["info"].get("vec_max"),
+                                    "t": round(time.monotonic() - _STATE["t0"], 6)})
 
 
 def _find_entry(info, vec, nr, site):
@@ -542,6 +573,7 @@ def _on_entry():
     rec["_seq"] = st["seq"]
     rec["_addr"] = vec + idx * info["loc_size"] if entry is not None else None
     st["pending"][thread] = rec
+    _budget_trap()
 
 
 def _on_exit():
@@ -550,6 +582,7 @@ def _on_exit():
     thread = gdb.selected_thread().num
     rec = st["pending"].pop(thread, None)
     if rec is None:
+        _budget_exit()
         return
     frame = gdb.newest_frame()
     rec["ret"] = _reg(frame, "rax") & 0xFFFFFFFF
@@ -592,6 +625,61 @@ def _on_exit():
     # stop's arrival and the last resume, which a bare stop pays too)
     rec["cost_ms"] = round((time.monotonic() - rec.pop("_t_in")) * 1000.0, 3)
     _emit("POKELAB-TRAP", rec)
+    _budget_exit()
+
+
+# -- the trap budget: one-line hooks from the batch, entry and exit stops ------------------
+
+
+def _arm(entry, exits, batch=True):
+    # the burst-end hooks are needed (and cost a stop each) only while the batch hook is off
+    for bp in _STATE["burst_bps"]:
+        if bp.enabled == batch:
+            bp.enabled = not batch
+    for bp in _STATE["batch_bps"]:
+        if bp.enabled != batch:
+            bp.enabled = batch
+    for bp in _STATE["entry_bps"]:
+        if bp.enabled != entry:
+            bp.enabled = entry
+    for bp in _STATE["exit_bps"]:
+        if bp.enabled != exits:
+            bp.enabled = exits
+
+
+def _budget_batch(nr):
+    """At a batch: the budget decides whether the probe watches it (re-arms or leaves it)."""
+    b = _STATE.get("budget")
+    if b is None:
+        return
+    cap = _STATE["info"].get("vec_max")  # a full batch: as many entries as the vector holds
+    watch = b.on_batch(time.monotonic(), full=cap is None or nr >= cap)
+    # exits stay armed while a vCPU is between entry and return (its record is pending)
+    _arm(watch, watch or bool(_STATE["pending"]), not b.blind)
+    if b.blind:
+        # the host must forget what it expects at patched sites: unseen batches rewrite them
+        _emit("POKELAB-BLIND", {"batches": b.batches, "t": round(time.monotonic() - _STATE["t0"], 6)})
+
+
+def _budget_burst_end():
+    """At a burst's end (or a single poke's start): re-arm the batch hook, the entry and the returns."""
+    b = _STATE.get("budget")
+    if b is not None and b.on_burst_end(time.monotonic()):
+        _arm(True, True, True)
+
+
+def _budget_trap():
+    """After a text_poke trap's entry was recorded: disarm the entry when the batch's share is spent."""
+    b = _STATE.get("budget")
+    if b is not None and b.on_trap(time.monotonic()):
+        _arm(False, True, not b.blind)
+
+
+def _budget_exit():
+    """After a return stop: once the entry is disarmed and no record is pending, disarm the returns."""
+    b = _STATE.get("budget")
+    if b is not None and not b.armed and not _STATE["pending"]:
+        _arm(False, False, not b.blind)
 
 
 def pokelab_setup(args_json):
@@ -606,7 +694,8 @@ def pokelab_setup(args_json):
                    "entries": 0, "others": 0, "lost": 0, "errors": 0, "eligible": 0,
                    "mode": args.get("inject"), "every": max(1, int(args.get("inject_every", 2))),
                    "stub": None, "t0": time.monotonic(),
-                   "seq": 0, "windows": [], "batches": 0})
+                   "seq": 0, "windows": [], "batches": 0, "budget": None,
+                   "entry_bps": [], "exit_bps": [], "batch_bps": [], "burst_bps": [], "stops": 0})
     if info.get("unsupported"):
         _emit("POKELAB-SETUP", info)
         return
@@ -629,26 +718,47 @@ def pokelab_setup(args_json):
         info["unsupported"] = "%d return points need more than 4 hardware breakpoints" % len(exits)
         _emit("POKELAB-SETUP", info)
         return
-    _STATE["bps"].append(_Entry("*0x%x" % info["handler_addr"], type=bptype, internal=True))
+    _STATE["entry_bps"].append(_Entry("*0x%x" % info["handler_addr"], type=bptype, internal=True))
     for addr in exits:
-        _STATE["bps"].append(_Exit("*0x%x" % addr, type=bptype, internal=True))
+        _STATE["exit_bps"].append(_Exit("*0x%x" % addr, type=bptype, internal=True))
+    _STATE["bps"].extend(_STATE["entry_bps"] + _STATE["exit_bps"])
     batch = _sym_addr(info["batch"])
     if batch is not None and not args.get("hardware"):
         _STATE["batch_bp"] = _Batch("*0x%x" % batch, type=bptype, internal=True)
-        _STATE["bps"].append(_STATE["batch_bp"])
+        _STATE["batch_bps"].append(_STATE["batch_bp"])
+        _STATE["bps"].extend(_STATE["batch_bps"])
         info["batch_hook"] = batch
         if info.get("vec_inline"):
             ends = _range_exits(batch)
             for addr in ends:
                 _STATE["bps"].append(_BatchEnd("*0x%x" % addr, type=bptype, internal=True))
             info["batch_exits"] = ends
+    budget = args.get("budget")
+    if budget and info.get("batch_hook"):
+        # without a batch hook nothing would re-arm a disarmed entry: no budget then
+        per_burst = budget.get("batches_per_burst")
+        ends = [(n, _sym_addr(n)) for n in BURST_END_HOOKS]
+        ends = [(n, a) for n, a in ends if a is not None]
+        if per_burst and (not ends or not info.get("vec_max")):
+            per_burst = None  # nothing would end a blind burst, or no way to tell a full batch
+        for _name, addr in ends if per_burst else []:
+            bp = _BurstEnd("*0x%x" % addr, type=bptype, internal=True)
+            bp.enabled = False  # armed only while a burst is blind
+            _STATE["burst_bps"].append(bp)
+        _STATE["bps"].extend(_STATE["burst_bps"])
+        info["burst_end_hooks"] = [n for n, _a in ends] if per_burst else []
+        _STATE["budget"] = TrapBudget(budget.get("first"), budget.get("rate"), budget.get("burst"),
+                                      per_burst)
+    info["budget"] = _STATE["budget"].stats() if _STATE["budget"] else None
     _emit("POKELAB-SETUP", info)
 
 
 def pokelab_stats():
     st = _STATE
     _emit("POKELAB-STATS", {k: st.get(k, 0) for k in ("entries", "traps", "others", "lost", "errors",
-                                                        "eligible", "batches")} | {"pending": len(st.get("pending", {}))})
+                                                        "eligible", "batches", "stops")}
+          | {"pending": len(st.get("pending", {})),
+             "budget": st["budget"].stats() if st.get("budget") else None})
 
 
 def pokelab_disable():
@@ -667,6 +777,13 @@ def pokelab_batches(on):
     bp = _STATE.get("batch_bp")
     if bp is not None:
         bp.enabled = bool(on)
+    if not on and _STATE.get("budget") is not None:
+        # nothing would re-arm a disarmed entry without the batch hook: the trap budget is off too
+        _STATE["budget"] = None
+        for b in _STATE["entry_bps"] + _STATE["exit_bps"]:
+            b.enabled = True
+        for b in _STATE["burst_bps"]:
+            b.enabled = False
     _emit("POKELAB-BATCHES", {"on": bool(on), "hook": bp is not None})
 
 

@@ -56,7 +56,7 @@ def test_clean_boots_have_no_crash() -> None:
 def test_first_title_per_kind() -> None:
     """Each captured crash log names the crash it was captured for, first."""
     want = {"panic-": "panic", "hung-task-": "hung-task", "oops-int3-": "oops-int3",
-            "warning-": "warning", "soft-lockup-": "soft-lockup", "bug-": "bug"}
+            "warning-": "warning", "soft-lockup-": "soft-lockup", "bug-": "bug", "rcu-stall-": "rcu-stall"}
     for p in LOGS:
         for prefix, kind in want.items():
             if p.name.startswith(prefix):
