@@ -13,11 +13,11 @@ APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-uti
 # what a kernel build needs (pokelab build-kernel, bisect; make bench, e2e-patched, e2e-bisect)
 E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc patch
 
-.PHONY: all setup apt kbuild-deps venv images demo test unit vm lint types bench clean help
+.PHONY: all setup apt kbuild-deps venv images demo test unit host vm lint types bench clean help
 
 help:
 	@echo "make demo   - boot the default kernel, run a guest command over SSH, then probe it"
-	@echo "make test   - the whole suite: lint, types, unit tests, VM tests"
+	@echo "make test   - the whole suite: lint, types, unit tests, host tests, VM tests"
 	@echo "make bench  - benchmarks, written to bench/latest.json"
 
 setup: apt venv
@@ -69,10 +69,14 @@ types: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
+# what needs this host's cache (the kernels `images` fetched) but boots nothing
+host: setup images
+	$(BIN)/pytest -q -m host tests/host
+
 vm: setup images
 	$(BIN)/pytest -q -m vm tests/vm scenarios
 
-test: setup images lint types unit vm
+test: setup images lint types unit host vm
 
 # the kbuild part builds linux-source-6.1 from nothing (an empty ccache): ~10-15 min on 2 cores
 bench: setup images

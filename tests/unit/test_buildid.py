@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fakekernel import fake_bzimage
 
 from orchestrator import buildid
 from orchestrator.errors import UsageError
@@ -55,21 +56,6 @@ def test_not_elf() -> None:
         buildid.elf_build_id(io.BytesIO(b"#!/bin/sh\n" * 20))
 
 
-def _fake_bzimage(payload: bytes, version: bytes = b"6.9.9-test (me@host) #1") -> bytes:
-    """A minimal image with a real boot-protocol header layout around ``payload``."""
-    setup_sects = 3
-    pm = (setup_sects + 1) * 512
-    img = bytearray(pm + 16 + len(payload))
-    img[0x1F1] = setup_sects
-    img[0x202:0x206] = b"HdrS"
-    struct.pack_into("<H", img, 0x206, 0x020F)
-    struct.pack_into("<H", img, 0x20E, 0x300 - 0x200)
-    img[0x300 : 0x300 + len(version)] = version
-    struct.pack_into("<II", img, 0x248, 16, len(payload))
-    img[pm + 16 :] = payload
-    return bytes(img)
-
-
 def test_setup_header_and_payload_formats() -> None:
     elf = TRUE.read_bytes()
     trailer = struct.pack("<I", len(elf))
@@ -78,7 +64,7 @@ def test_setup_header_and_payload_formats() -> None:
         ("xz", lzma.compress(elf, lzma.FORMAT_XZ, check=lzma.CHECK_CRC32) + trailer),
         ("lzma", lzma.compress(elf, lzma.FORMAT_ALONE) + trailer),
     ):
-        image = _fake_bzimage(payload)
+        image = fake_bzimage(payload)
         header = buildid.parse_setup_header(image)
         assert header.release == "6.9.9-test"
         assert header.payload_start == 4 * 512 + 16
@@ -97,36 +83,9 @@ def test_setup_header_rejects_non_bzimage() -> None:
 
 def test_artifacts_from_paths_errors(tmp_path: Path) -> None:
     bz = tmp_path / "bzImage"
-    bz.write_bytes(_fake_bzimage(gzip.compress(TRUE.read_bytes())))
+    bz.write_bytes(fake_bzimage(gzip.compress(TRUE.read_bytes())))
     with pytest.raises(UsageError, match="does not exist"):
         artifacts_from_paths(bz, tmp_path / "vmlinux")
     with pytest.raises(UsageError, match=r"no \.debug_info"):
         artifacts_from_paths(bz, TRUE)
 
-
-def _cached_kernel() -> Path | None:
-    import os
-
-    root = Path(os.environ.get("POKELAB_CACHE") or Path.home() / ".cache/pokelab")
-    kdir = root / "kernels" / "6.1.0-56-cloud-amd64"
-    return kdir if (kdir / ".complete").is_file() else None
-
-
-@pytest.mark.skipif(_cached_kernel() is None, reason="6.1 kernel not in the pokelab cache")
-def test_debian_pair_matches() -> None:
-    kdir = _cached_kernel()
-    assert kdir is not None
-    rel = kdir.name
-    art = artifacts_from_paths(kdir / "boot" / f"vmlinuz-{rel}", kdir / f"vmlinux-{rel}")
-    assert art.release == rel
-    assert len(art.build_id) == 40
-    with pytest.raises(UsageError, match="is not the vmlinux of"):
-        artifacts_from_paths(_write_fake(), kdir / f"vmlinux-{rel}")
-
-
-def _write_fake() -> Path:
-    import tempfile
-
-    path = Path(tempfile.mkdtemp()) / "bzImage"
-    path.write_bytes(_fake_bzimage(gzip.compress(TRUE.read_bytes())))
-    return path

@@ -1,45 +1,25 @@
 """The crash parser on real console logs (tests/data/console/*.log, captured from real guests).
 
 Expected (type, title) pairs live in tests/data/console/expected.json.  After a change to the
-format table or a new log, regenerate it with ``POKELAB_UPDATE_GOLDEN=1 pytest tests/unit/test_crash.py``
+format table or a new log, regenerate it with ``.venv/bin/python tests/unit/crash_golden.py``
 and review the diff.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from crash_golden import DATA, EXPECTED, LOGS, parse
 
 from orchestrator import crash
-
-DATA = Path(__file__).resolve().parent.parent / "data" / "console"
-EXPECTED = DATA / "expected.json"
-LOGS = sorted(DATA.glob("*.log"))
-UPDATE = os.environ.get("POKELAB_UPDATE_GOLDEN") == "1"
-
-
-def parse(path: Path) -> list[list[str]]:
-    lines = path.read_text(errors="replace").replace("\r", "").splitlines()
-    out: list[list[str]] = []
-    for c in crash.scan(lines):
-        if [c.type, c.title] not in out:
-            out.append([c.type, c.title])
-    return out
-
-
-def test_update_golden() -> None:
-    if not UPDATE:
-        pytest.skip("set POKELAB_UPDATE_GOLDEN=1 to regenerate expected.json")
-    EXPECTED.write_text(json.dumps({p.name: parse(p) for p in LOGS}, indent=1) + "\n")
 
 
 @pytest.mark.parametrize("log", LOGS, ids=[p.name for p in LOGS])
 def test_log_titles(log: Path) -> None:
     expected = json.loads(EXPECTED.read_text())
-    assert log.name in expected, f"{log.name} has no expected titles: run with POKELAB_UPDATE_GOLDEN=1"
+    assert log.name in expected, f"{log.name} has no expected titles: run tests/unit/crash_golden.py"
     assert parse(log) == expected[log.name]
 
 
