@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 import hashlib
-import html
 import json
 import os
 import re
@@ -34,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import crash
+from . import crash, templates
 from .census import USERS, add_counts, order_users
 from .probe import read_trap_log
 from .verdict import EXIT_CODES
@@ -462,10 +461,15 @@ _COLORS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "CRASH": "#a40e26", "BOOT_FAIL"
 _LINE_COLORS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#57606a")
 
 
-def svg_plot(timeline: list[dict[str, Any]], width: int = 420, height: int = 130) -> str:
-    """Inline SVG: cumulative traps over time (s), one step line per site, with a legend."""
+def plot_geometry(timeline: list[dict[str, Any]], width: int = 420,
+                  height: int = 130) -> dict[str, Any] | None:
+    """The timeline plot's geometry (px): axes, one step path per site, legend rows; None if no traps.
+
+    ``timeline`` is a result's ``timeline`` (see the module docstring): points ``[t (s), cumulative
+    traps]``.  Drawn by the ``timeline_plot`` macro of ``data/nightly_charts.html.j2``.
+    """
     if not timeline:
-        return '<span class="muted">no traps recorded</span>'
+        return None
     pts = [p for s in timeline for p in s["points"]]
     t0 = min(p[0] for p in pts)
     t1 = max(p[0] for p in pts)
@@ -480,30 +484,23 @@ def svg_plot(timeline: list[dict[str, Any]], width: int = 420, height: int = 130
     def y(n: float) -> float:
         return top + ph - n / max(ymax, 1) * ph
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 16 * len(timeline)}"'
-             f' role="img" aria-label="traps over time per site">',
-             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#f6f8fa" stroke="#d0d7de"/>',
-             f'<text x="{left - 4}" y="{top + 9}" font-size="10" text-anchor="end">{ymax}</text>',
-             f'<text x="{left - 4}" y="{top + ph}" font-size="10" text-anchor="end">0</text>',
-             f'<text x="{left}" y="{height - 5}" font-size="10">{t0:.1f} s</text>',
-             f'<text x="{left + pw}" y="{height - 5}" font-size="10" text-anchor="end">{t1:.1f} s</text>',
-             f'<text x="{left + pw / 2}" y="{height - 5}" font-size="10" text-anchor="middle">'
-             f'time (s) / cumulative traps</text>']
+    lines = []
     for i, s in enumerate(timeline):
-        color = _LINE_COLORS[i % len(_LINE_COLORS)]
         d = [f"M{x(t0):.1f},{y(0):.1f}"]
         prev = 0
         for t, n in s["points"]:
             d.append(f"L{x(t):.1f},{y(prev):.1f}L{x(t):.1f},{y(n):.1f}")
             prev = n
         d.append(f"L{x(t1):.1f},{y(prev):.1f}")
-        parts.append(f'<path d="{"".join(d)}" fill="none" stroke="{color}" stroke-width="1.5"/>')
-        ly = height + 12 + 16 * i - 4
-        parts.append(f'<rect x="{left}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{left + 14}" y="{ly + 1}" font-size="11">'
-                     f'{html.escape(s["name"])} ({s["traps"]})</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        lines.append({"d": "".join(d), "color": _LINE_COLORS[i % len(_LINE_COLORS)],
+                      "legend_y": height + 12 + 16 * i - 4, "name": s["name"], "traps": s["traps"]})
+    return {"width": width, "height": height, "svg_height": height + 16 * len(timeline), "left": left,
+            "top": top, "pw": pw, "ph": ph, "ymax": ymax, "t0": t0, "t1": t1, "lines": lines}
+
+
+def svg_plot(timeline: list[dict[str, Any]], width: int = 420, height: int = 130) -> str:
+    """Inline SVG: cumulative traps over time (s), one step line per site, with a legend."""
+    return str(templates.macro(CHARTS, "timeline_plot")(plot_geometry(timeline, width, height)))
 
 
 #: one color per text_poke user (census.USERS), for the users chart
@@ -519,158 +516,55 @@ def users_total(results: Iterable[dict[str, Any]]) -> dict[str, int]:
     return order_users(total)
 
 
-def users_chart(counts: dict[str, int], width: int = 420, bar: int = 16) -> str:
-    """Inline SVG: one horizontal bar per text_poke user (judged traps), longest = ``width``."""
+def users_geometry(counts: dict[str, int], width: int = 420, bar: int = 16) -> dict[str, Any] | None:
+    """The users chart's bars (px; longest = ``width`` less the labels), None if no census.
+
+    Drawn by the ``users_chart`` macro of ``data/nightly_charts.html.j2``.
+    """
     counts = order_users(counts)
     if not counts:
-        return '<span class="muted">no census (no judged traps)</span>'
+        return None
     label_w, top = 90, max(counts.values())
     scale = (width - label_w - 60) / max(top, 1)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{(bar + 4) * len(counts)}"'
-             f' role="img" aria-label="judged traps by text_poke user">']
-    for i, (user, n) in enumerate(counts.items()):
-        y = i * (bar + 4)
-        w = max(1.0, n * scale)
-        parts.append(f'<text x="{label_w - 6}" y="{y + bar - 4}" font-size="11" text-anchor="end">'
-                     f'{html.escape(user)}</text>'
-                     f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar}" '
-                     f'fill="{_USER_COLORS.get(user, "#6e7781")}"/>'
-                     f'<text x="{label_w + w + 4:.1f}" y="{y + bar - 4}" font-size="11">{n}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    bars = [{"user": user, "n": n, "y": i * (bar + 4), "w": max(1.0, n * scale),
+             "color": _USER_COLORS.get(user, "#6e7781")} for i, (user, n) in enumerate(counts.items())]
+    return {"width": width, "svg_height": (bar + 4) * len(counts), "bar": bar, "label_w": label_w,
+            "bars": bars}
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1f2328}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
-.muted{color:#6e7781}table{border-collapse:collapse;margin:8px 0}
-th,td{border:1px solid #d0d7de;padding:6px 8px;text-align:left;vertical-align:top;font-size:13px}
-th{background:#f6f8fa}.v{display:inline-block;padding:2px 8px;border-radius:10px;color:#fff;
-font-weight:600;font-size:12px}.tag{display:inline-block;padding:1px 6px;border-radius:4px;font-size:11px;
-border:1px solid #d0d7de;margin-left:4px}.new{background:#ffebe9;border-color:#cf222e;color:#a40e26}
-.known{background:#fff8c5;border-color:#bf8700}.fixed{background:#dafbe1;border-color:#1a7f37}
-.crash{color:#a40e26;font-family:ui-monospace,monospace;font-size:12px}
-.reason{font-size:12px}a{color:#0969da}code{font-size:12px}
-table.cell{width:1100px;table-layout:fixed;margin:0 0 14px}table.cell td{overflow-wrap:anywhere}
-th.head{background:#eaeef2;font-size:14px}td.plot{background:#fff}
-.exit{font-size:15px;font-weight:600;margin:10px 0}
-"""
+def users_chart(counts: dict[str, int], width: int = 420, bar: int = 16) -> str:
+    """Inline SVG: one horizontal bar per text_poke user (judged traps), longest = ``width``."""
+    return str(templates.macro(CHARTS, "users_chart")(users_geometry(counts, width, bar)))
 
 
 _EXIT_WORDS = {0: "all passed", 1: "a failure or crash", 2: "infra error or incomplete"}
-
-
-def _badge(verdict: str) -> str:
-    color = _COLORS.get(verdict, "#57606a")
-    return f'<span class="v" style="background:{color}">{html.escape(verdict)}</span>'
-
-
-def _tags(r: dict[str, Any]) -> str:
-    out = []
-    if r.get("known_issue"):
-        ki = r["known_issue"]
-        label = html.escape(f"known issue {ki['id']}")
-        if ki.get("url"):
-            label = f'<a href="{html.escape(ki["url"])}">{label}</a>'
-        out.append(f'<span class="tag known" title="{html.escape(ki.get("note", ""))}">{label}</span>')
-    elif r.get("change") == "new-failure":
-        out.append('<span class="tag new">NEW FAILURE</span>')
-    elif r.get("change") == "still-failing":
-        out.append('<span class="tag">still failing</span>')
-    elif r.get("change") == "fixed":
-        out.append('<span class="tag fixed">fixed</span>')
-    return "".join(out)
+PAGE, CHARTS = "nightly.html.j2", "nightly_charts.html.j2"  # in orchestrator/data/
 
 
 def html_report(summary: dict[str, Any]) -> str:
-    """A static page (no external assets): the matrix at a glance, then one section per cell."""
+    """A static page (no external assets): the matrix at a glance, then one section per cell.
+
+    Rendered from ``orchestrator/data/nightly.html.j2`` (Jinja2, autoescape on).
+    """
     results = summary["results"]
-    kernels = list(dict.fromkeys(r["kernel_id"] for r in results))
-    scenarios = list(dict.fromkeys(r["scenario"] for r in results))
-    cell = {(r["kernel_id"], r["scenario"]): r for r in results}
-    code = exit_status(summary)
     counts: dict[str, int] = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>pokelab nightly {e(str(summary.get('run_id')))}</title>",
-           f"<style>{_CSS}</style></head><body>",
-           "<h1>pokelab nightly: text_poke int3 emulation</h1>",
-           f'<div class="muted">run {e(str(summary.get("run_id")))} &middot; {e(summary.get("started", ""))}'
-           f' &rarr; {e(summary.get("finished", ""))}'
-           + (f' &middot; shard {e(summary["shard"])}' if summary.get("shard") else "")
-           + (f' &middot; compared with {e(summary["compared_with"])}'
-              if summary.get("compared_with") else "") + "</div>",
-           f'<div class="exit">exit status {code} ({_EXIT_WORDS.get(code, "?")}) &nbsp; '
-           + " ".join(f"{_badge(v)} {n}" for v, n in sorted(counts.items()))
-           + "".join(f' &nbsp;<span class="tag {cls}">{label}: {n}</span>' for cls, label, n in (
-               ("new", "new failures", sum(r.get("change") == "new-failure" and not r.get("known_issue")
-                                           for r in results)),
-               ("known", "known issues", sum(bool(r.get("known_issue")) for r in results))) if n)
-           + "</div>",
-           "<h2>Traps by text_poke user</h2>"
-           '<div class="muted">judged traps over the whole matrix, by who wrote the site '
-           "(the kernel's own tables: mcount_loc, __jump_table, static_call_sites; ftrace_ops "
-           "trampolines)</div>" + users_chart(users_total(results)),
-           "<h2>Matrix</h2><table><tr><th>scenario</th>"
-           + "".join(f"<th>{e(k)}</th>" for k in kernels) + "</tr>"]
-    for s in scenarios:
-        row = [f"<tr><td><a href=\"#{e(s)}\">{e(s)}</a></td>"]
-        for k in kernels:
-            r = cell.get((k, s))
-            if r is None:
-                row.append('<td class="muted">-</td>')
-                continue
-            note = (f'{r.get("traps_judged", 0)} traps judged' if r["verdict"] != "UNSUPPORTED"
-                    else "; ".join(r.get("reasons", []))[:60])
-            row.append(f'<td><a href="#{e(k)}--{e(s)}">{_badge(r["verdict"])}</a>{_tags(r)}'
-                       f'<div class="muted">{e(note)}</div></td>')
-        out.append("".join(row) + "</tr>")
-    out.append("</table>")
-    for s in scenarios:
-        out.append(f'<h2 id="{e(s)}">{e(s)}</h2>')
-        for k in kernels:
-            r = cell.get((k, s))
-            if r is None:
-                continue
-            out.append(_cell_html(r))
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
-
-
-def _cell_html(r: dict[str, Any]) -> str:
-    e = html.escape
-    links = " ".join(f'<a href="{e(r["artifacts"])}/{e(f)}">{e(f)}</a>' for f in r.get("files", []))
-    crashes = "".join(f'<div class="crash">{e(c["title"])} <span class="muted">({e(c["type"])})</span></div>'
-                      for c in r.get("crashes", []))
-    sites = ", ".join(f"{e(v['name'])}: {v['traps']}" for v in (r.get("sites") or {}).values())
-    rows = [
-        ("verdict", f"{_badge(r['verdict'])}{_tags(r)}"
-                    + (f' <span class="muted">(previous: {e(str(r["previous_verdict"]))})</span>'
-                       if r.get("previous_verdict") else "")),
-        ("reasons", f'<div class="reason">{e("; ".join(r.get("reasons", [])))}</div>'),
-        ("traps", f"seen {r.get('traps_seen', 0)}, judged {r.get('traps_judged', 0)}, "
-                  f"at the watched site {r.get('floor_traps', '-')}, violations {r.get('violations', 0)}"),
-        ("sites", sites or '<span class="muted">-</span>'),
-        ("users", (", ".join(f"{e(u)}: {n}" for u, n in order_users(r.get("users") or {}).items())
-                   + (" &middot; batches " + ", ".join(f"{e(u)}: {n}" for u, n in
-                                                       order_users(r.get("batch_users") or {}).items())
-                      if r.get("batch_users") else ""))
-                  or '<span class="muted">-</span>'),
-        ("crash titles", crashes or '<span class="muted">none</span>'),
-        ("artifacts", links or '<span class="muted">none</span>'),
-        ("kernel", f"<code>{e(str(r.get('kernel', '')))}</code> &middot; {r.get('duration_s', 0)} s"),
-    ]
-    plot = svg_plot(r.get("timeline", []))
-    body = []
-    for i, (k, v) in enumerate(rows):
-        extra = f'<td class="plot" rowspan="{len(rows)}">{plot}</td>' if i == 0 else ""
-        body.append(f"<tr><th>{k}</th><td>{v}</td>{extra}</tr>")
-    return (f'<table class="cell" id="{e(r["kernel_id"])}--{e(r["scenario"])}"><colgroup>'
-            f'<col style="width:110px"><col><col style="width:440px"></colgroup>'
-            f'<tr><th colspan="2" class="head">{e(r["kernel_id"])} &times; {e(r["scenario"])}</th>'
-            f'<th class="head">traps over time per site (cumulative)</th></tr>{"".join(body)}</table>')
+    code = exit_status(summary)
+    views = {(r["kernel_id"], r["scenario"]): {
+        "plot": plot_geometry(r.get("timeline", [])),
+        "users": order_users(r.get("users") or {}),
+        "batch_users": order_users(r.get("batch_users") or {}) if r.get("batch_users") else {},
+    } for r in results}
+    return templates.render(
+        PAGE, summary=summary, run_id=str(summary.get("run_id")), code=code,
+        exit_words=_EXIT_WORDS.get(code, "?"), counts=sorted(counts.items()), colors=_COLORS,
+        new_failures=sum(r.get("change") == "new-failure" and not r.get("known_issue") for r in results),
+        known_issues=sum(bool(r.get("known_issue")) for r in results),
+        users=users_geometry(users_total(results)),
+        kernels=list(dict.fromkeys(r["kernel_id"] for r in results)),
+        scenarios=list(dict.fromkeys(r["scenario"] for r in results)),
+        cell={(r["kernel_id"], r["scenario"]): r for r in results}, views=views)
 
 
 # --------------------------------------------------------------------------- writing

@@ -357,3 +357,17 @@ def test_result_record_keeps_the_census(tmp_path: Path) -> None:
     out = {"verdict": "PASS", "users": {"static_call": 7}, "batch_users": {}, "kernel_id": "6.1"}
     rec = nightly.result_record(out, tmp_path, tmp_path, 1.0)
     assert rec["users"] == {"static_call": 7} and rec["batch_users"] == {}
+
+
+def test_html_template_escapes_every_field(summary: dict[str, Any]) -> None:
+    """The page comes from a Jinja2 template with autoescape on: no summary field can add markup."""
+    s = with_verdicts(summary, "FAIL")
+    r = s["results"][0]
+    r["known_issue"] = {"id": "<b>id</b>", "note": 'say "<x>"', "url": 'https://e.org/?a=1&b="2"'}
+    r["reasons"] = ["<script>alert(1)</script>"]
+    r["users"] = {"<u>": 1}
+    s["run_id"] = "<i>run</i>"
+    page = nightly.html_report(s)
+    assert "<script" not in page and "<b>id" not in page and "<i>run" not in page and "<u>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "known issue &lt;b&gt;id&lt;/b&gt;" in page
+    assert 'title="say &#34;&lt;x&gt;&#34;"' in page and 'href="https://e.org/?a=1&amp;b=&#34;2&#34;"' in page
