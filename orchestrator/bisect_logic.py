@@ -105,10 +105,6 @@ class Verdict:
     reason: str
     tally: Tally
 
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.decision]
-
 
 def decide(outcomes: Iterable[str] | Tally, policy: Policy = Policy()) -> Verdict:
     """The decision for one revision from its run outcomes (see the module doc)."""

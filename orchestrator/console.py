@@ -21,8 +21,6 @@ import pexpect.fdpexpect
 
 from .errors import InfraError
 
-LineHook = Callable[[str], None]
-
 
 def clean_line(raw: str) -> str:
     """Strip the serial console's ``\\r`` and ANSI escapes (busybox prints some at its prompt)."""
@@ -48,14 +46,9 @@ class Console:
         self._lines: list[str] = []
         self._cond = threading.Condition()
         self._eof = False
-        self._hooks: list[LineHook] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="console", daemon=True)
         self._thread.start()
-
-    def add_hook(self, hook: LineHook) -> None:
-        """Call ``hook(line)`` for every line from now on (in the reader thread: keep it short)."""
-        self._hooks.append(hook)
 
     def _pump(self) -> None:
         while not self._stop.is_set():
@@ -65,8 +58,6 @@ class Console:
                 i = 2
             if i == 0:
                 line = clean_line(self._child.before.decode(errors="replace"))
-                for hook in list(self._hooks):
-                    hook(line)
                 with self._cond:
                     self._lines.append(line)
                     self._cond.notify_all()

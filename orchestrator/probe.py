@@ -46,6 +46,8 @@ from .trapdata import (
 log = logging.getLogger(__name__)
 
 GDB_SCRIPT = Path(__file__).resolve().parent / "data" / "pokelab_gdb.py"
+#: s for the interrupt and ``-target-detach`` when the probe ends (GDB answers at once; not scaled)
+DETACH_S = 5.0
 
 #: Functions a wrong-target injection emulates a call to, first present wins
 #: (a bare ``ret``: calling it from an fentry site is harmless, as in the 2019 RFC).
@@ -770,7 +772,7 @@ class Probe:
         try:
             if self._running:
                 self.pause_quietly(mi)
-            mi.command("-target-detach", timeout=5.0)
+            mi.command("-target-detach", timeout=DETACH_S)
         except InfraError:
             pass
         mi.close()
@@ -779,7 +781,7 @@ class Probe:
 
     def pause_quietly(self, mi: MiSession) -> None:
         try:
-            mi.exec_interrupt(timeout=5.0, resend_s=1.0)
+            mi.exec_interrupt(timeout=DETACH_S, resend_s=1.0)
         except InfraError:
             pass
         self._running = False

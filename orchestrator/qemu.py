@@ -131,5 +131,5 @@ def check_port_free(port: int) -> None:
 
 
 def kvm_device_usable() -> bool:
-    """``/dev/kvm`` opens.  Not proof that KVM runs guests: see ``vm.detect_accel``."""
+    """``/dev/kvm`` opens.  Not proof that KVM runs guests: see ``guest.choose_accel``."""
     return os.access("/dev/kvm", os.R_OK | os.W_OK)

@@ -22,10 +22,6 @@ from .errors import InfraError
 
 log = logging.getLogger(__name__)
 
-#: Events a caller may wait for; all events are kept anyway.
-WATCHED = ("SHUTDOWN", "STOP", "RESUME", "GUEST_PANICKED", "RESET")
-
-
 class Qmp:
     def __init__(self, path: Path, transcript: Path, timeout: float,
                  abort: Callable[[], bool] | None = None) -> None:

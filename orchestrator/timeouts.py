@@ -1,8 +1,7 @@
-"""Deadlines, scaled by one factor for slow emulation (cf. syzkaller's Timeouts.Scale)."""
+"""The waits' deadlines, scaled by one factor for slow emulation (cf. syzkaller's Timeouts.Scale)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 
@@ -17,7 +16,6 @@ class Timeouts:
     ssh_command: float = 60.0
     qmp: float = 10.0
     gdb_command: float = 60.0
-    gdb_exit: float = 5.0
     shutdown: float = 10.0
 
     def get(self, name: str) -> float:
@@ -27,16 +25,3 @@ class Timeouts:
 KVM = Timeouts(scale=1.0)
 TCG = Timeouts(scale=3.0)
 
-
-class Deadline:
-    """A point on the monotonic clock."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.end - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.end

@@ -8,8 +8,6 @@ from typing import Any
 
 from .budget import let_through
 
-VERDICTS = ("PASS", "FAIL", "CRASH", "BOOT_FAIL", "INFRA", "UNSUPPORTED", "INCONCLUSIVE")
-
 #: One table maps every verdict to the process exit status (README documents it;
 #: the CLI re-exports it as ``cli.EXIT_CODES``).
 EXIT_CODES: dict[str, int] = {

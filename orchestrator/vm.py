@@ -6,7 +6,7 @@ The contract, in the spirit of syzkaller's vmimpl.Instance:
   ``resume``, lets the guest run.  An early QEMU exit becomes an error carrying
   QEMU's stderr; a port lost to another process is retried with new ports.
 * ``wait_ready()`` waits for the init's readiness marker, then SSH.
-* ``run()``/``put()`` act over SSH with deadlines.
+* ``run()``/``check()`` act over SSH with deadlines (``vm.ssh.put()`` copies a file in).
 * ``close()`` is idempotent, cleans up a half-started instance, and kills QEMU
   whatever the exit path; QEMU also dies with us through PR_SET_PDEATHSIG.
 """
