@@ -10,10 +10,14 @@ export POKELAB_CACHE ?= $(HOME)/.cache/pokelab
 APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-utils zstd \
                 python3-venv binutils iproute2 procps ca-certificates gcc libc6-dev lz4 make \
                 debootstrap bubblewrap debian-archive-keyring
+# what `pokelab qemu` needs to build QEMU 10.2 when the host's gdbstub flushes translated code at
+# every debug stop (Debian 12's 7.2, Debian 13's 10.0); the build uses the host's BIOS and ROMs
+QEMU_BUILD_PACKAGES := ninja-build pkg-config device-tree-compiler libglib2.0-dev libpixman-1-dev \
+                       libslirp-dev libfdt-dev seabios qemu-system-data
 # what a kernel build needs (pokelab build-kernel, bisect; make bench, e2e-patched, e2e-bisect)
 E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc patch
 
-.PHONY: all setup apt kbuild-deps venv images demo test unit host vm lint types bench clean help
+.PHONY: all setup apt kbuild-deps venv qemu images demo test unit host vm lint types bench clean help
 
 help:
 	@echo "make demo   - boot the default kernel, run a guest command over SSH, then probe it"
@@ -52,11 +56,17 @@ $(VENV)/.stamp: pyproject.toml
 # 7.3-amd64/7.3-rt-amd64: the flavours tests; pokelab images --kernel all fetches every catalog entry)
 TEST_KERNELS := 6.1 6.12 6.1-oldest 7.3 7.3-amd64 7.3-rt-amd64
 
-images: setup
+# a QEMU without the per-stop translation-cache flush: the host's if it has none, else a build of
+# QEMU 10.2 into the cache, once (~5 min on 2 cores; pokelab qemu prints which one VM commands use)
+qemu: setup
+	$(call apt-install,$(QEMU_BUILD_PACKAGES))
+	$(BIN)/pokelab qemu
+
+images: setup qemu
 	$(BIN)/pokelab images $(addprefix --kernel ,$(TEST_KERNELS))
 
 # A guest command over SSH, then the main job: the probe on the default kernel.
-demo: setup
+demo: setup qemu
 	$(BIN)/pokelab run-cmd -- 'uname -a; echo "online vCPUs: $$(cat /sys/devices/system/cpu/online)"; cat /proc/cmdline'
 	$(BIN)/pokelab repro ftrace-function
 

@@ -4,7 +4,10 @@ Two parts: ``vm`` (below) and ``kbuild`` (:mod:`orchestrator.bench_kbuild`).  A 
 writes a new file; a run of some parts keeps the figures the file already has from the others.
 
 Part ``vm`` (all on the default kernel, TCG here, 4 vCPUs unless said; ``kernel``, ``accel``,
-``smp``, ``date`` say what and when):
+``smp``, ``date`` say what and when; ``qemu``, ``qemu_version`` which QEMU, chosen as every VM
+command chooses it or given with ``--qemu``).  With ``--qemu-compare PATH`` the same figures of a
+second QEMU go under ``compare``, measured in the same run, one QEMU after the other in each
+phase (boots alternate one by one), so the machine's noise hits both:
 
 * ``boot_to_console_marker_s`` / ``boot_to_ssh_s``: median over N boots, from
   QEMU's launch to the init's ``POKELAB-READY`` line / to the first answered
@@ -14,17 +17,27 @@ Part ``vm`` (all on the default kernel, TCG here, 4 vCPUs unless said; ``kernel`
   median of the wall time per ``-exec-continue`` -> ``*stopped`` cycle.
 * ``py_stop_ms``: the same breakpoint handled inside GDB (Python ``stop()``
   returning False): median interval between consecutive hits.
-* ``trap_ms``: host cost per inspected trap, measured from outside: the same
-  VM toggles the function tracer under the same load without GDB, then with
-  the probe attached; ``trap_ms`` = (wall time of a switch with the probe -
-  without) x switches / traps judged.  This counts everything a trap costs,
-  including what happens in QEMU after GDB resumes it.
+* ``switch_without_probe_s`` / ``switch_with_probe_s``: median host time of one
+  function-tracer switch (``function`` <-> ``nop`` on ``__do_sys_getpid``, under the
+  getpid load) before GDB attaches / under the probe; ``probe_overhead`` = with / without
+  (target <= 1.10).
+* ``trap_ms``: host cost per inspected trap, measured from outside: (wall time of
+  a switch with the probe - without) x switches / traps judged.  This counts
+  everything a trap costs, including what happens in QEMU after GDB resumes it
+  (the re-translation after a flush).
 * ``trap_inside_ms``: median, over the probe's real traps, of the time from
   handling the entry stop to the end of handling the return stop (GDB-side):
   the part of ``trap_ms`` that GDB's Python sees.
 * ``trap_cost_ratio`` = ``trap_ms`` / ``bare_stop_ms`` (target <= 1.5).
-* ``traps_per_min``: judged traps per wall minute of the probe's toggle phase
-  (getpid load on 3 vCPUs, function tracer toggled on the 4th; target >= 1500).
+* ``tb_flushes_per_stop``: QEMU's ``TB flush count`` (HMP ``info jit``) after the
+  probe's toggles minus before, per breakpoint hit of the probe in between
+  (``probe_stops``: handler entries, returns, batches; each hit is GDB's stop plus its
+  step-over).  Target 0: QEMU >= 10.2 does not flush at a debug stop (2 with 7.2).
+  ``qemu_tb_flushes_per_stop`` is the same measured on single-steps when the binary
+  was chosen (:mod:`orchestrator.host.qemu_build`).
+* ``traps_per_min``: judged traps per wall minute of the probe's toggle phase.
+  Information only: a slower probe keeps more vCPUs in each int3 window, so it
+  rises when the probe gets slower.
 
 Part ``kbuild`` (Debian's linux-source-6.1, default config fragments; definitions in
 :mod:`orchestrator.bench_kbuild`):
@@ -43,6 +56,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -137,53 +151,87 @@ def read_figures(out: Path) -> dict[str, Any]:
     return data
 
 
-def _run_vm(art: Path, boots: int, stops: int, toggles: int,
+def _column(spec: VmSpec, kernel: KernelArtifacts, art: Path, stops: int, toggles: int,
             progress: Callable[[str], None]) -> dict[str, Any]:
-    from .cache import cache_dir
-
-    extra = {loadgen.GUEST_PATH: loadgen.ensure_loadgen(cache_dir())}
-    spec, kernel = prepare(KernelChoice(), artifacts=art / "boot", extra_files=extra)
-    figures: dict[str, Any] = {"kernel": kernel.release, "accel": spec.accel, "smp": spec.smp,
-                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    markers, sshs = [], []
-    for i in range(boots):
-        m, s = _boot_once(spec)
-        markers.append(m)
-        sshs.append(s)
-        progress(f"boot {i + 1}/{boots}: marker {m:.2f} s, ssh {s:.2f} s")
-    figures["boot_to_console_marker_s"] = round(statistics.median(markers), 3)
-    figures["boot_to_ssh_s"] = round(statistics.median(sshs), 3)
-    figures["boot_samples"] = len(sshs)
-    costs = _stop_costs(VmSpec(**{**spec.__dict__, "artifacts": art / "stops"}), kernel, stops)
-    figures.update(costs)
-    progress(f"bare stop {costs['bare_stop_ms']:.2f} ms, in-GDB stop {costs['py_stop_ms']:.2f} ms")
-    pspec = VmSpec(**{**spec.__dict__, "artifacts": art / "probe"})
+    """The stop-cost and probe figures of one QEMU (the boot figures are taken apart)."""
+    name = f"QEMU {spec.qemu.version if spec.qemu else '?'}"
+    fig: dict[str, Any] = {}
+    costs = _stop_costs(replace(spec, artifacts=art / "stops"), kernel, stops)
+    fig.update(costs)
+    progress(f"{name}: bare stop {costs['bare_stop_ms']:.2f} ms, in-GDB stop {costs['py_stop_ms']:.2f} ms")
+    pspec = replace(spec, artifacts=art / "probe")
     (art / "probe").mkdir(parents=True, exist_ok=True)
     res = run_probe(pspec, kernel, ProbeOptions(toggles=toggles, baseline_switches=2 * toggles),
-                    progress)
+                    lambda s: progress(f"{name}: {s}"))
     if res["verdict"] != "PASS":
-        raise InfraError(f"the probe run of the benchmark ended {res['verdict']}: {res.get('reasons')}")
+        raise InfraError(f"the probe run of the benchmark on {name} ended {res['verdict']}: "
+                         f"{res.get('reasons')}")
     base = res["baseline_switch_s"]
     probed = statistics.median(host for _, host, _ in res["switch_times"])
     switches = len(res["switch_times"])
-    figures["switch_without_probe_s"] = round(base, 3)
-    figures["switch_with_probe_s"] = round(probed, 3)
-    figures["trap_ms"] = round((probed - base) * switches / res["traps_judged"] * 1000.0, 3)
+    fig["switch_without_probe_s"] = round(base, 3)
+    fig["switch_with_probe_s"] = round(probed, 3)
+    fig["probe_overhead"] = round(probed / base, 3)
+    fig["trap_ms"] = round((probed - base) * switches / res["traps_judged"] * 1000.0, 3)
     inside = res.get("trap_cost_ms_median")
-    figures["trap_inside_ms"] = None if inside is None else round(inside, 3)
-    figures["trap_cost_ratio"] = round(figures["trap_ms"] / costs["bare_stop_ms"], 3)
-    figures["traps_per_min"] = res.get("traps_per_min")
-    figures["probe_traps_judged"] = res.get("traps_judged")
-    figures["probe_toggle_s"] = res.get("phases", {}).get("toggle_s")
+    fig["trap_inside_ms"] = None if inside is None else round(inside, 3)
+    fig["trap_cost_ratio"] = round(fig["trap_ms"] / costs["bare_stop_ms"], 3)
+    fig["tb_flushes_per_stop"] = res.get("tb_flushes_per_stop")
+    fig["tb_flushes"] = res.get("tb_flushes")
+    fig["probe_stops"] = res.get("probe_stops")
+    fig["traps_per_min"] = res.get("traps_per_min")
+    fig["probe_traps_judged"] = res.get("traps_judged")
+    fig["probe_toggle_s"] = res.get("phases", {}).get("toggle_s")
+    progress(f"{name}: trap {fig['trap_ms']:.2f} ms (ratio {fig['trap_cost_ratio']:.2f}), probe overhead "
+             f"{fig['probe_overhead']:.2f}, TB flushes per stop {fig['tb_flushes_per_stop']}")
+    return fig
+
+
+def _run_vm(art: Path, boots: int, stops: int, toggles: int,
+            progress: Callable[[str], None], qemu: Path | None = None,
+            qemu_compare: Path | None = None) -> dict[str, Any]:
+    from .cache import cache_dir
+    from .host import qemu_build
+
+    extra = {loadgen.GUEST_PATH: loadgen.ensure_loadgen(cache_dir())}
+    spec, kernel = prepare(KernelChoice(), artifacts=art / "boot", extra_files=extra, qemu_path=qemu)
+    specs = [spec]
+    if qemu_compare is not None:
+        other = qemu_build.select(qemu_compare, cache_dir())
+        specs.append(replace(spec, qemu=other, artifacts=art / "compare" / "boot"))
+    dirs = [art, art / "compare"]
+    cols: list[dict[str, Any]] = [dict(s.qemu_record) for s in specs]
+    names = [f"QEMU {c['qemu_version']}" for c in cols]
+    # one QEMU after the other in each phase, so the machine's noise hits both
+    markers: list[list[float]] = [[] for _ in specs]
+    sshs: list[list[float]] = [[] for _ in specs]
+    for i in range(boots):
+        for c, s in enumerate(specs):
+            m, t = _boot_once(s)
+            markers[c].append(m)
+            sshs[c].append(t)
+            progress(f"{names[c]}: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s")
+    for c in range(len(specs)):
+        cols[c]["boot_to_console_marker_s"] = round(statistics.median(markers[c]), 3)
+        cols[c]["boot_to_ssh_s"] = round(statistics.median(sshs[c]), 3)
+        cols[c]["boot_samples"] = len(sshs[c])
+    for c, s in enumerate(specs):
+        cols[c].update(_column(s, kernel, dirs[c], stops, toggles, progress))
+    figures: dict[str, Any] = {"kernel": kernel.release, "accel": spec.accel, "smp": spec.smp,
+                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **cols[0]}
+    if len(cols) > 1:
+        figures["compare"] = cols[1]
     return figures
 
 
 def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,
         progress: Callable[[str], None] = lambda s: None, *, parts: Sequence[str] = PARTS,
-        jobs: int = 2, step_runs: int = STEP_RUNS) -> dict[str, Any]:
+        jobs: int = 2, step_runs: int = STEP_RUNS, qemu: Path | None = None,
+        qemu_compare: Path | None = None) -> dict[str, Any]:
     """Run ``parts`` (of :data:`PARTS`), write the figures to ``out``, return what was written.
 
-    ``jobs`` is the kernel builds' make -j, ``step_runs`` the bisect step's runs (part kbuild).
+    ``jobs`` is the kernel builds' make -j, ``step_runs`` the bisect step's runs (part kbuild);
+    ``qemu`` overrides the QEMU choice, ``qemu_compare`` measures a second one (part vm).
     The file is written after each part, so a later part's failure does not lose an earlier one's.
     """
     if not parts:
@@ -195,7 +243,7 @@ def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,
     old = {} if complete else read_figures(out)  # before the hour of measuring, not after
     art = out.parent / "bench-artifacts"
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "vm": lambda: _run_vm(art, boots, stops, toggles, progress),
+        "vm": lambda: _run_vm(art, boots, stops, toggles, progress, qemu, qemu_compare),
         "kbuild": lambda: run_kbuild_bench(art / "kbuild", jobs=jobs, runs=step_runs, progress=progress),
     }
     new: dict[str, Any] = {}

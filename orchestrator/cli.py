@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -89,8 +90,22 @@ def _add_vm_args(p: argparse.ArgumentParser, choose_kernel: bool = True) -> None
     g.add_argument("--ssh-port", type=int, metavar="PORT", help="SSH port on 127.0.0.1 (default: a free one)")
     g.add_argument("--artifacts", type=output_dir(), metavar="DIR",
                    help="artifact dir (default: artifacts/<time>-<command>-<pid>, or $POKELAB_ARTIFACTS)")
+    _add_qemu_arg(g)
     if choose_kernel:
         g.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
+
+
+def _add_qemu_arg(g: Any) -> None:
+    g.add_argument("--qemu", type=Path, metavar="PATH",
+                   help="this qemu-system-x86_64 (default: the host's if its gdbstub does not flush "
+                        "translated code at a stop, else the one `pokelab qemu` built)")
+
+
+def _check_qemu_arg(path: Path | None) -> Path | None:
+    """``--qemu PATH``: an executable file (UsageError otherwise), resolved; None stays None."""
+    from .host.qemu_build import check_given
+
+    return None if path is None else check_given(path)
 
 
 def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str, Path] | None = None,
@@ -113,10 +128,11 @@ def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str,
     for port in (args.gdb_port, args.ssh_port):
         if port is not None:
             check_port_free(port)
+    qemu_path = _check_qemu_arg(getattr(args, "qemu", None))
     spec, kernel = prepare(choice, artifacts=artifacts, smp=args.smp, accel=args.accel,
                            tcg_thread=args.tcg_thread, memory_mb=args.memory,
                            gdb_port=args.gdb_port, ssh_port=args.ssh_port, extra_files=extra_files,
-                           kernel_files=kernel_files)
+                           kernel_files=kernel_files, qemu_path=qemu_path)
     return spec, kernel
 
 
@@ -300,10 +316,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import PARTS, run
 
+    qemu, compare = _check_qemu_arg(args.qemu), _check_qemu_arg(args.qemu_compare)
     figures = run(args.out.resolve(), boots=args.boots, stops=args.stops, toggles=args.toggles,
                   progress=lambda s: print(s, file=sys.stderr, flush=True),
-                  parts=tuple(dict.fromkeys(args.part or PARTS)), jobs=args.jobs)
+                  parts=tuple(dict.fromkeys(args.part or PARTS)), jobs=args.jobs,
+                  qemu=qemu, qemu_compare=compare)
     print(json.dumps(figures, indent=2))
+    return 0
+
+
+def cmd_qemu(args: argparse.Namespace) -> int:
+    from .cache import cache_dir
+    from .host import qemu_build
+
+    if args.jobs < 1:
+        raise UsageError("-j must be at least 1")
+    q = qemu_build.ensure_fast(cache_dir(), progress=lambda s: print(s, file=sys.stderr, flush=True),
+                               jobs=args.jobs)
+    per = "not measured" if q.tb_flushes_per_stop is None else f"{q.tb_flushes_per_stop:g}"
+    print(f"{q.path}  QEMU {q.version} ({q.origin}), TB flushes per debug stop: {per}")
     return 0
 
 
@@ -434,7 +465,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
     else:
         final = {"scenario": sc.name, "kernel": results[0].get("kernel"), "kernel_id": kernel.id,
                  "kernel_package": kernel.package, "kernel_version": kernel.version,
-                 "inject": args.inject, "until_fail": args.until_fail, "runs_requested": n, **rate,
+                 **spec.qemu_record, "inject": args.inject, "until_fail": args.until_fail,
+                 "runs_requested": n, **rate,
                  "reasons": next(o.get("reasons", []) for o in results if o["verdict"] == rate["verdict"]),
                  "artifacts": str(spec.artifacts),
                  "per_run": [{"run": i + 1, "verdict": o["verdict"], "reasons": o.get("reasons", []),
@@ -498,7 +530,8 @@ def _nightly_runner(args: argparse.Namespace) -> Callable[[str, str, Path], dict
         sc = with_options(BY_NAME[scenario], repeat=args.repeat)
         ns = argparse.Namespace(kernel=kernel, bzimage=None, vmlinux=None, modules=None, smp=args.smp,
                                 memory=args.memory, accel=args.accel, tcg_thread=args.tcg_thread,
-                                gdb_port=None, ssh_port=None, artifacts=artifacts, dry_run=False)
+                                gdb_port=None, ssh_port=None, artifacts=artifacts, dry_run=False,
+                                qemu=args.qemu)
         try:
             with prepare_lock:
                 extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
@@ -531,6 +564,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     )
     from .scenarios_table import BY_NAME, SCENARIOS
 
+    args.qemu = _check_qemu_arg(args.qemu)
     try:
         kernels = parse_list(args.kernels)
         scenarios = parse_list(args.scenarios)
@@ -626,6 +660,7 @@ def _add_nightly_parsers(sub: Any) -> None:
     s.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM (default 1024)")
     s.add_argument("--accel", default="auto", choices=("auto", "tcg", "kvm"))
     s.add_argument("--tcg-thread", default="single", choices=("single", "multi"))
+    _add_qemu_arg(s)
     s.add_argument("--dry-run", action="store_true", help="print the cells this run would do and exit")
     s.set_defaults(func=cmd_nightly)
 
@@ -672,6 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kernel id, repeatable, or 'all' (default: the default kernel)")
     s.set_defaults(func=cmd_images)
 
+    s = sub.add_parser("qemu", help="make sure a QEMU without the per-stop translation flush is at hand: "
+                                    "the host's if it has none, else build QEMU 10.2 once into the cache")
+    s.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2, metavar="N",
+                   help="ninja -j for the build (default: the CPU count)")
+    s.set_defaults(func=cmd_qemu)
+
     s = sub.add_parser("boot", help="boot a guest and print how to connect (ssh, gdb)")
     _add_vm_args(s)
     s.add_argument("--keep", action="store_true", help="keep the guest up until Ctrl-C")
@@ -708,6 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--boots", type=int, default=5, help="boots for the boot-time median (default 5)")
     s.add_argument("--stops", type=int, default=100, help="stops for the stop-cost median (default 100)")
     s.add_argument("--toggles", type=int, default=10, help="probe toggles (default 10)")
+    _add_qemu_arg(s)
+    s.add_argument("--qemu-compare", type=Path, metavar="PATH",
+                   help="part vm: measure this second qemu-system-x86_64 in the same run, alternating "
+                        "with the first; its figures go under 'compare'")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("scenarios", help="list the scenarios, one line each")
@@ -802,6 +847,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         raise UsageError("give --source DIR --good REV --bad REV, or --debian GOOD..BAD")
     if args.runs < 1:
         raise UsageError("--runs must be >= 1")
+    args.qemu = _check_qemu_arg(args.qemu)
     sc = BY_NAME.get(args.scenario)
     if sc is None:
         raise UsageError(f"unknown scenario '{args.scenario}' (see: pokelab scenarios)")

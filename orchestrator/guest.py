@@ -14,6 +14,8 @@ from . import images, qemu, rootfs
 from .cache import cache_dir
 from .debian import resolve_spec
 from .errors import BootError, InfraError, KernelCrash, UsageError
+from .host import qemu_build
+from .host.qemu_build import QemuBinary
 from .kernels import Catalog
 from .vm import Vm, VmSpec
 
@@ -61,7 +63,7 @@ def default_artifacts(command: str) -> Path:
 
 
 def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, key: Path,
-                 cache: Path) -> str:
+                 cache: Path, qemu_bin: QemuBinary | None = None) -> str:
     """``tcg`` or ``kvm``.  ``auto`` uses KVM only where it was seen to boot this kind of guest.
 
     On a nested PVM host ``/dev/kvm`` opens but Linux guests hang or die in
@@ -84,7 +86,8 @@ def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, k
         pass
     works = False
     spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key,
-                  artifacts=cache / "kvm-probe", smp=1, accel="kvm")
+                  artifacts=cache / "kvm-probe", smp=1, accel="kvm",
+                  qemu=qemu_bin)
     vm = Vm(spec)
     try:
         vm.start()
@@ -104,10 +107,12 @@ def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str =
             tcg_thread: str = "single", memory_mb: int = 1024, gdb_port: int | None = None,
             ssh_port: int | None = None, extra_files: Mapping[str, Path] | None = None,
             append: tuple[str, ...] = (),
-            kernel_files: KernelFiles | None = None) -> tuple[VmSpec, images.KernelArtifacts]:
+            kernel_files: KernelFiles | None = None,
+            qemu_path: Path | None = None) -> tuple[VmSpec, images.KernelArtifacts]:
     """Fetch/build what the guest needs (cached) and describe the VM to boot.
 
     ``kernel_files(kernel, cache)`` adds guest files that depend on the kernel (a module).
+    ``qemu_path`` (``--qemu``) overrides the QEMU choice of :func:`qemu_build.select`.
     """
     cache = cache_dir()
     kernel = resolve_kernel(choice, cache)
@@ -116,8 +121,10 @@ def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str =
     if kernel_files is not None:
         extra.update(kernel_files(kernel, cache))
     initrd = rootfs.ensure_initramfs(kernel, cache, extra)
-    chosen = choose_accel(accel, kernel, initrd, key, cache)
+    qemu_bin = qemu_build.select(qemu_path, cache)
+    chosen = choose_accel(accel, kernel, initrd, key, cache, qemu_bin)
     spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key, artifacts=artifacts,
                   release=kernel.release, smp=smp, memory_mb=memory_mb, accel=chosen,
-                  tcg_thread=tcg_thread, gdb_port=gdb_port, ssh_port=ssh_port, append=append)
+                  tcg_thread=tcg_thread, gdb_port=gdb_port, ssh_port=ssh_port, append=append,
+                  qemu=qemu_bin)
     return spec, kernel

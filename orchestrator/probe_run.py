@@ -164,7 +164,7 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
     t0 = time.monotonic()
     out.update({"kernel": kernel.release, "kernel_id": kernel.id, "build_id": kernel.build_id,
                 "kernel_package": kernel.package, "kernel_version": kernel.version,
-                "accel": spec.accel, "smp": spec.smp, "inject": inject,
+                "accel": spec.accel, "smp": spec.smp, **spec.qemu_record, "inject": inject,
                 "artifacts": str(spec.artifacts)})
     wd = spec.watchdogs
     out["watchdogs"] = wd.as_dict() if wd else "kernel defaults"
@@ -250,6 +250,11 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
     return out
 
 
+def _breakpoint_stops(stats: dict[str, Any]) -> int:
+    """The probe's breakpoint hits so far: handler entries, returns of a recorded trap, batches."""
+    return int(stats.get("entries", 0)) + int(stats.get("traps", 0)) + int(stats.get("batches", 0))
+
+
 def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
               progress: Progress = lambda s: None) -> dict[str, Any]:
     """One probed run; always returns a summary dict with a verdict (never raises PokelabError)."""
@@ -275,6 +280,7 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
             raise Unsupported(f"{opts.function} is not in available_filter_functions")
         vm.check(loadgen.start_command("getpid", load_cpus))
         ftrace.set_filter(vm, [opts.function])
+        flushes0, stops0 = vm.tb_flush_count(), _breakpoint_stops(probe.recorder_stats())
         t = time.monotonic()
         per_toggle: list[int] = []
         out["judged_after_toggle"] = per_toggle
@@ -292,6 +298,12 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
             per_toggle.append(probe.judged_count())
             progress(f"toggle {i + 1}/{opts.toggles}: {per_toggle[-1]} traps judged")
         run.phases["toggle_s"] = time.monotonic() - t
+        flushes1 = vm.tb_flush_count()
+        out["probe_stops"] = _breakpoint_stops(probe.recorder_stats()) - stops0
+        if flushes0 is not None and flushes1 is not None:
+            out["tb_flushes"] = flushes1 - flushes0
+            out["tb_flushes_per_stop"] = (round(out["tb_flushes"] / out["probe_stops"], 3)
+                                          if out["probe_stops"] else None)
         counts = loadgen.parse_counts(vm.check(loadgen.STOP_COMMAND))
         out["load_iterations"] = {str(k): v for k, v in sorted(counts.items())}
         rng = run.function_range(opts.function)

@@ -43,6 +43,8 @@ class QemuConfig:
     tcg_thread: str = "single"  # "multi" is known unstable for text_poke (see docs)
     append: tuple[str, ...] = ()
     qemu: str = QEMU
+    #: ``-L`` directories (BIOS, option ROMs), first wins; empty: the binary's built-in ones
+    data_dirs: tuple[str, ...] = ()
     extra: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -79,6 +81,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         accel = ["-accel", f"tcg,thread={cfg.tcg_thread}", "-cpu", TCG_CPU]
     return [
         cfg.qemu,
+        *[a for d in cfg.data_dirs for a in ("-L", d)],
         "-name", "pokelab",
         "-machine", "pc",
         *accel,

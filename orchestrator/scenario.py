@@ -651,7 +651,7 @@ def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inje
     out: dict[str, Any] = {"scenario": sc.name, "description": sc.description,
                            "function": sc.function, "repeat": sc.repeat, "min_traps": sc.min_traps,
                            "workload": str(workload) if workload else None}
-    base = {"kernel": kernel.release, "kernel_id": kernel.id, "inject": inject,
+    base = {"kernel": kernel.release, "kernel_id": kernel.id, **spec.qemu_record, "inject": inject,
             "artifacts": str(spec.artifacts)}
     if sc.unsupported:
         return _write(spec, {**out, **base, "verdict": "UNSUPPORTED", "reasons": [sc.unsupported]})

@@ -18,12 +18,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from . import crash, procs, qemu, watchdogs
 from .console import Console
 from .errors import BootError, InfraError, KernelCrash, UsageError
+from .host import qemu_build
+from .host.qemu_build import QemuBinary
 from .qmp import Qmp
 from .ssh import Result, Ssh
 from .timeouts import KVM, TCG, Timeouts
@@ -51,6 +54,9 @@ class VmSpec:
     ssh_port: int | None = None
     append: tuple[str, ...] = ()
     extra_qemu: tuple[str, ...] = field(default=())
+    #: the QEMU binary, its ``-L`` dirs and version (``host.qemu_build.select`` chooses it;
+    #: None: ``qemu-system-x86_64`` on PATH, version unknown)
+    qemu: QemuBinary | None = None
 
     @property
     def timeouts(self) -> Timeouts:
@@ -60,6 +66,13 @@ class VmSpec:
     def watchdogs(self) -> watchdogs.GuestWatchdogs | None:
         """The guest's hang-detector thresholds, scaled to this machine (None: kernel defaults)."""
         return watchdogs.for_machine(self.accel, self.tcg_thread, self.smp)
+
+    @property
+    def qemu_record(self) -> dict[str, Any]:
+        """``{"qemu": path, "qemu_version": "10.2.2", ...}``: what every verdict says it ran on."""
+        if self.qemu is None:
+            return {"qemu": qemu.QEMU, "qemu_version": None, "qemu_tb_flushes_per_stop": None}
+        return self.qemu.record()
 
 
 class Vm:
@@ -94,10 +107,15 @@ class Vm:
             bzimage=s.bzimage, initrd=s.initrd, workdir=workdir, gdb_port=gdb_port,
             ssh_port=ssh_port, smp=s.smp, memory_mb=s.memory_mb, accel=s.accel,
             tcg_thread=s.tcg_thread, append=(wd.kernel_args() if wd else ()) + s.append,
-            extra=s.extra_qemu)
+            extra=s.extra_qemu, qemu=str(s.qemu.path) if s.qemu else qemu.QEMU,
+            data_dirs=tuple(str(d) for d in s.qemu.data_dirs) if s.qemu else ())
 
     def start(self, resume: bool = True) -> None:
-        qemu_bin = procs.which(qemu.QEMU, "qemu-system-x86")
+        if self.spec.qemu is None:
+            found = Path(procs.which(qemu.QEMU, "qemu-system-x86"))
+            self.spec = replace(self.spec, qemu=QemuBinary(found, "", "host"))
+        elif self.spec.qemu.version and self.spec.qemu.flushes:
+            qemu_build.warn_once(self.spec.qemu)
         for path, what in ((self.spec.bzimage, "kernel image"), (self.spec.initrd, "initramfs")):
             if not path.is_file():
                 raise InfraError(f"{what} {path} does not exist")
@@ -113,7 +131,6 @@ class Vm:
             ssh_port = self.spec.ssh_port or qemu.free_port()
             self.config = self.make_config(gdb_port, ssh_port, self._workdir)
             self.argv = qemu.build_argv(self.config)
-            self.argv[0] = qemu_bin
             (self.spec.artifacts / "repro.sh").write_text(
                 qemu.repro_script(self.argv, f"kernel {self.spec.release or self.spec.bzimage}"))
             os.chmod(self.spec.artifacts / "repro.sh", 0o755)
@@ -203,6 +220,16 @@ class Vm:
         if res.status != 0:
             raise InfraError(f"guest command failed ({res.status}): {command}: {res.stderr.strip()[-200:]}")
         return res.stdout
+
+    def tb_flush_count(self) -> int | None:
+        """QEMU's ``TB flush count`` (HMP ``info jit``): translation-cache flushes since start.
+
+        None under KVM (no translation cache).
+        """
+        if self.spec.accel != "tcg":
+            return None
+        assert self.qmp is not None
+        return qemu_build.parse_tb_flush_count(qemu_build.info_jit(self.qmp))
 
     @property
     def gdb_address(self) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from clirun import assert_one_line_error, pokelab
 
+from orchestrator.cache import cache_dir
 from orchestrator.cli import main
 from orchestrator.images import KernelArtifacts
 from orchestrator.qemu import QEMU
@@ -56,7 +57,13 @@ def test_qemu_missing(tmp_path: Path, art: Path, default_kernel_cached: KernelAr
             src = os.path.join(d, name)
             if os.path.isfile(src) and os.access(src, os.X_OK):
                 (bindir / name).symlink_to(src)
-    env = dict(os.environ, PATH=str(bindir))
+    # the same cache without the QEMU `pokelab qemu` built into it
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for entry in cache_dir().iterdir():
+        if entry.name != "qemu":
+            (cache / entry.name).symlink_to(entry)
+    env = dict(os.environ, PATH=str(bindir), POKELAB_CACHE=str(cache))
     assert shutil.which(QEMU, path=str(bindir)) is None
     res = pokelab("boot", "--kernel", default_kernel_cached.release, "--accel", "tcg",
                   "--artifacts", str(art), env=env, artifacts=art)

@@ -164,6 +164,24 @@ def test_same_port_for_gdb_and_ssh(art: Path, fake_pair: tuple[Path, Path]) -> N
     assert_one_line_error(res, "usage", f"share port {port}")
 
 
+@pytest.mark.parametrize("args", [
+    ["boot", "--qemu", "{missing}"],
+    ["probe", "--qemu", "{plain}", "--toggles", "1"],
+    ["repro", "ftrace-function", "--qemu", "{missing}"],
+    ["nightly", "--qemu", "{missing}", "--dry-run"],
+    ["bench", "--part", "vm", "--qemu-compare", "{plain}"],
+])
+def test_bad_qemu_path(args: list[str], tmp_path: Path, art: Path) -> None:
+    """``--qemu``/``--qemu-compare`` name an executable file, checked before anything slow."""
+    plain = tmp_path / "qemu-plain"
+    plain.write_text("not a program\n")
+    words = [a.format(missing=tmp_path / "no-qemu", plain=plain) for a in args]
+    res = pokelab(*words, "--artifacts", str(art), artifacts=art) if words[0] != "bench" else \
+        pokelab(*words, "--out", str(tmp_path / "bench.json"), artifacts=art)
+    line = assert_one_line_error(res, "usage", "--qemu")
+    assert ("no such file" in line) if "{missing}" in args else ("not executable" in line)
+
+
 # --------------------------------------------------------------------------- parsing
 
 

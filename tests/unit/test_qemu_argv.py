@@ -60,6 +60,16 @@ def test_golden_kvm() -> None:
     _check_golden("qemu_argv_kvm.txt", build_argv(_config(accel="kvm", smp=2, memory_mb=2048)))
 
 
+def test_golden_built_qemu() -> None:
+    """A QEMU built by ``pokelab qemu``: its path, and the host's firmware dirs with ``-L``."""
+    cfg = _config(qemu="/pokelab/qemu/10.2.2/qemu-system-x86_64",
+                  data_dirs=("/usr/share/seabios", "/usr/share/qemu"))
+    argv = build_argv(cfg)
+    _check_golden("qemu_argv_tcg_built.txt", argv)
+    assert argv[:5] == [cfg.qemu, "-L", "/usr/share/seabios", "-L", "/usr/share/qemu"]
+    assert argv[5:] == build_argv(_config())[1:]  # nothing else changes
+
+
 def test_build_argv_is_pure() -> None:
     cfg = _config(append=("quiet",), extra=("-d", "guest_errors"))
     assert build_argv(cfg) == build_argv(cfg)
