@@ -408,11 +408,13 @@ def _missing_build_tools() -> list[str]:
             "dtc": "device-tree-compiler", "xz": "xz-utils"}
     missing = [pkg for tool, pkg in need.items() if shutil.which(tool) is None]
     for mod, pkg in (("glib-2.0", "libglib2.0-dev"), ("pixman-1", "libpixman-1-dev"),
-                     ("slirp", "libslirp-dev"), ("libfdt", "libfdt-dev")):
+                     ("slirp", "libslirp-dev")):
         if shutil.which("pkg-config") and procs.run(
                 ["pkg-config", "--exists", mod], timeout=10.0, what="pkg-config",
                 check=False).returncode != 0:
             missing.append(pkg)
+    if not Path("/usr/include/libfdt.h").is_file():  # Debian 12's libfdt-dev has no .pc file
+        missing.append("libfdt-dev")
     return missing
 
 
