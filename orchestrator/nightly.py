@@ -59,7 +59,7 @@ FAILING = frozenset({"FAIL", "CRASH", "BOOT_FAIL"})
 ARTIFACT_FILES = ("console.log", "traps.jsonl", "mi.log", "qmp.jsonl", "verdict.json", "repro.sh")
 SUMMARY_KEYS = ("kernel_id", "kernel", "scenario", "verdict", "reasons", "traps_seen", "traps_judged",
                 "violations", "floor_traps", "text_mismatches", "sites", "opcodes", "accel", "smp",
-                "build_id", "users", "batch_users")
+                "build_id", "users", "batch_users", "qemu", "qemu_version")
 MAX_POINTS = 120  # per site in the timeline plot
 MAX_SITES = 6
 

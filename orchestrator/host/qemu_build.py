@@ -86,13 +86,16 @@ CONFIGURE_ARGS = (
 )
 #: ``configs/devices/x86_64-softmmu/pokelab.mak``: the boards and devices pokelab's guests use
 #: (``-machine pc`` or ``microvm``, ``virtio-net-pci``, ``virtio-rng-pci``, the ISA serial
-#: port, the HPET of a default ``pc``); each board selects what it cannot run without.
+#: port, the HPET of a default ``pc``); each board selects what it cannot run without.  CXL:
+#: 10.2's ACPI tables call into it whenever ACPI_CXL is selected (the stubs lack
+#: ``cxl_fmws_get_all_sorted``), and only the default device set turns it on.
 #: About a fifth fewer objects to compile than QEMU's default device set.
 DEVICES_MAK = """\
 # pokelab: only what its guests use
 CONFIG_I440FX=y
 CONFIG_MICROVM=y
 CONFIG_HPET=y
+CONFIG_CXL=y
 CONFIG_SERIAL_ISA=y
 CONFIG_VIRTIO_PCI=y
 CONFIG_VIRTIO_MMIO=y
@@ -457,12 +460,59 @@ def _ninja(build: Path, log_path: Path, jobs: int, progress: Callable[[str], Non
         raise InfraError(f"the QEMU build failed (status {rc}; log: {log_path})", "\n".join(tail))
 
 
+def _configured_tree(work: Path, progress: Callable[[str], None]) -> Path | None:
+    """The source tree of an earlier build cut short or failed, configured the same way, or None.
+
+    ninja then goes on where it stopped (and reconfigures by itself if the device list changed).
+    """
+    try:
+        stamp = json.loads((work / "configured.json").read_text())
+    except (OSError, ValueError):
+        return None
+    src = work / str(stamp.get("src", "-"))
+    if stamp.get("debian_version") != DEBIAN_VERSION or stamp.get("configure") != list(CONFIGURE_ARGS) \
+            or not (src / "build" / "build.ninja").is_file():
+        return None
+    progress(f"QEMU {BUILD_VERSION}: going on with the build in {work}")
+    return src
+
+
+def _configure(cache: Path, work: Path, progress: Callable[[str], None]) -> Path:
+    """Fetch, unpack, patch and configure the source in a new ``work``; the source tree."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    progress(f"QEMU {BUILD_VERSION}: fetching Debian's source package qemu={DEBIAN_VERSION}")
+    files = fetch_source(cache, work / "dl")
+    orig = next((f for f in files if f.name.endswith(".orig.tar.xz")), None)
+    if orig is None:
+        raise InfraError(f"the source package has no .orig.tar.xz: {[f.name for f in files]}")
+    procs.run(["tar", "-xf", str(orig), "-C", str(work)], timeout=DEADLINES["untar"],
+              what="tar (QEMU source)")
+    src = next(p for p in work.iterdir() if p.is_dir() and p.name.startswith("qemu-"))
+    disable_edk2_unpacking(src / "meson.build")
+    (src / "configs" / "devices" / "x86_64-softmmu" / "pokelab.mak").write_text(DEVICES_MAK)
+    progress("QEMU: meson and pycotap from PyPI into a build venv")
+    venv = work / "venv"
+    procs.run([sys.executable, "-m", "venv", str(venv)], timeout=DEADLINES["pip"], what="venv")
+    procs.run([str(venv / "bin" / "pip"), "install", "-q", *BUILD_PYPI],
+              timeout=DEADLINES["pip"], what="pip install meson pycotap")
+    progress("QEMU: configure (x86_64-softmmu, slirp, plugins)")
+    procs.run([str(src / "configure"), f"--python={venv / 'bin' / 'python3'}",
+               f"--prefix={work / 'prefix'}", *CONFIGURE_ARGS],
+              timeout=DEADLINES["configure"], what="QEMU configure", cwd=src)
+    (work / "configured.json").write_text(json.dumps(
+        {"debian_version": DEBIAN_VERSION, "configure": list(CONFIGURE_ARGS), "src": src.name}) + "\n")
+    return src
+
+
 def build(cache: Path, progress: Callable[[str], None] = lambda s: None,
           jobs: int | None = None) -> QemuBinary:
     """Build QEMU :data:`BUILD_VERSION` into ``<cache>/qemu/<version>/`` once (file lock); its binary.
 
     A second caller waits on the lock and then finds the build done.  InfraError
-    (with the log tail) when a step fails; the build tree is then kept for a look.
+    (with the log tail) when a step fails; the build tree is then kept, and the next
+    call goes on from it (same source and configure arguments) instead of starting over.
     """
     qdir = cache / "qemu"
     with file_lock(qdir / ".build.lock"):
@@ -475,28 +525,8 @@ def build(cache: Path, progress: Callable[[str], None] = lambda s: None,
                              + " (`make qemu` installs them)")
         t0 = time.monotonic()
         work = qdir / f".build-{BUILD_VERSION}"
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-        progress(f"QEMU {BUILD_VERSION}: fetching Debian's source package qemu={DEBIAN_VERSION}")
-        files = fetch_source(cache, work / "dl")
-        orig = next((f for f in files if f.name.endswith(".orig.tar.xz")), None)
-        if orig is None:
-            raise InfraError(f"the source package has no .orig.tar.xz: {[f.name for f in files]}")
-        procs.run(["tar", "-xf", str(orig), "-C", str(work)], timeout=DEADLINES["untar"],
-                  what="tar (QEMU source)")
-        src = next(p for p in work.iterdir() if p.is_dir() and p.name.startswith("qemu-"))
-        disable_edk2_unpacking(src / "meson.build")
+        src = _configured_tree(work, progress) or _configure(cache, work, progress)
         (src / "configs" / "devices" / "x86_64-softmmu" / "pokelab.mak").write_text(DEVICES_MAK)
-        progress("QEMU: meson and pycotap from PyPI into a build venv")
-        venv = work / "venv"
-        procs.run([sys.executable, "-m", "venv", str(venv)], timeout=DEADLINES["pip"], what="venv")
-        procs.run([str(venv / "bin" / "pip"), "install", "-q", *BUILD_PYPI],
-                  timeout=DEADLINES["pip"], what="pip install meson pycotap")
-        progress("QEMU: configure (x86_64-softmmu, slirp, plugins)")
-        procs.run([str(src / "configure"), f"--python={venv / 'bin' / 'python3'}",
-                   f"--prefix={work / 'prefix'}", *CONFIGURE_ARGS],
-                  timeout=DEADLINES["configure"], what="QEMU configure", cwd=src)
         _ninja(src / "build", work / "ninja.log", jobs or os.cpu_count() or 2, progress)
         dest = install_dir(cache)
         if dest.exists():
