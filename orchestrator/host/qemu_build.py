@@ -86,10 +86,11 @@ CONFIGURE_ARGS = (
 )
 #: ``configs/devices/x86_64-softmmu/pokelab.mak``: the boards and devices pokelab's guests use
 #: (``-machine pc`` or ``microvm``, ``virtio-net-pci``, ``virtio-rng-pci``, the ISA serial
-#: port, the HPET of a default ``pc``); each board selects what it cannot run without.  CXL
-#: (and PXB, which it depends on): 10.2's ACPI tables call into it whenever ACPI_CXL is
-#: selected (its stubs lack ``cxl_fmws_get_all_sorted``), and only the default device set
-#: turns it on.
+#: port, the HPET of a default ``pc``); each board selects what it cannot run without.  CXL,
+#: PXB (CXL depends on it) and CXL_MEM_DEVICE: 10.2's x86 ACPI selects ACPI_CXL, which calls
+#: into CXL (the stubs lack ``cxl_fmws_get_all_sorted``), and CXL's mailbox calls into the
+#: type-3 memory device; only the default device set turns them on (each missing one is a
+#: link error at the very end of the build).
 #: About a fifth fewer objects to compile than QEMU's default device set.
 DEVICES_MAK = """\
 # pokelab: only what its guests use
@@ -98,6 +99,7 @@ CONFIG_MICROVM=y
 CONFIG_HPET=y
 CONFIG_PXB=y
 CONFIG_CXL=y
+CONFIG_CXL_MEM_DEVICE=y
 CONFIG_SERIAL_ISA=y
 CONFIG_VIRTIO_PCI=y
 CONFIG_VIRTIO_MMIO=y
