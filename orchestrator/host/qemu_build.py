@@ -87,16 +87,18 @@ CONFIGURE_ARGS = (
 #: ``configs/devices/x86_64-softmmu/pokelab.mak``: the boards and devices pokelab's guests use
 #: (``-machine pc`` or ``microvm``, ``virtio-net-pci``, ``virtio-rng-pci``, the ISA serial
 #: port, the HPET of a default ``pc``); each board selects what it cannot run without.  CXL,
-#: PXB (CXL depends on it) and CXL_MEM_DEVICE: 10.2's x86 ACPI selects ACPI_CXL, which calls
-#: into CXL (the stubs lack ``cxl_fmws_get_all_sorted``), and CXL's mailbox calls into the
-#: type-3 memory device; only the default device set turns them on (each missing one is a
-#: link error at the very end of the build).
+#: PXB (CXL depends on it), CXL_MEM_DEVICE and PCIE_PORT: 10.2's x86 ACPI selects ACPI_CXL,
+#: which calls into CXL (the stubs lack ``cxl_fmws_get_all_sorted``), CXL's mailbox calls into
+#: the type-3 memory device, and the CXL root port's QOM parent is ``pcie-root-port-base``;
+#: only the default device set turns them on (a missing one is a link error at the end of the
+#: build, or QEMU refusing to start).
 #: About a fifth fewer objects to compile than QEMU's default device set.
 DEVICES_MAK = """\
 # pokelab: only what its guests use
 CONFIG_I440FX=y
 CONFIG_MICROVM=y
 CONFIG_HPET=y
+CONFIG_PCIE_PORT=y
 CONFIG_PXB=y
 CONFIG_CXL=y
 CONFIG_CXL_MEM_DEVICE=y
@@ -537,10 +539,11 @@ def build(cache: Path, progress: Callable[[str], None] = lambda s: None,
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
         shutil.copy2(src / "build" / BINARY, dest / BINARY)
+        # the binary must start, boot SeaBIOS and stop without a flush before it counts as built
+        flushes = measure_flushes(dest / BINARY, HOST_DATA_DIRS, work / "flush-probe")
+        if flushes:
+            raise InfraError(f"the QEMU just built still flushes at a debug stop ({flushes:g} per stop)")
         built = describe(dest / BINARY, "built", cache, HOST_DATA_DIRS)
-        if built.tb_flushes_per_stop:
-            raise InfraError(f"the QEMU {built.version} just built still flushes at a debug stop "
-                             f"({built.tb_flushes_per_stop:g} per stop)")
         seconds = round(time.monotonic() - t0, 1)
         (dest / "build.json").write_text(json.dumps({
             "debian_version": DEBIAN_VERSION, "version": built.version, "build_s": seconds,
