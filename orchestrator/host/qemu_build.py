@@ -207,7 +207,8 @@ def needs_build(host: QemuBinary | None, built: QemuBinary | None) -> bool:
 
 def cost_warning(q: QemuBinary) -> str:
     """The one-line warning for a QEMU whose gdbstub flushes (what it costs, what to do)."""
-    per = "" if q.tb_flushes_per_stop is None else f", {q.tb_flushes_per_stop:g} flushes per stop"
+    n = q.tb_flushes_per_stop
+    per = "" if n is None else f" (measured: TB flushes per stop {n:g})"
     return (f"QEMU {q.version} ({q.path}) flushes TCG's whole translation cache at every debug "
             f"stop{per}: each trap the probe takes then costs ~5x more host time (19-20 ms vs "
             f"3-4 ms per trap measured here) and slows the guest; `pokelab qemu` builds QEMU "

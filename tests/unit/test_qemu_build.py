@@ -133,7 +133,7 @@ def test_needs_build() -> None:
 
 def test_cost_warning_says_what_and_what_to_do() -> None:
     text = qemu_build.cost_warning(OLD)
-    assert "7.2.22" in text and "/usr/bin/q" in text and "1 flushes per stop" in text
+    assert "7.2.22" in text and "/usr/bin/q" in text and "TB flushes per stop 1" in text
     assert "pokelab qemu" in text and qemu_build.BUILD_VERSION in text
     assert "\n" not in text
 
