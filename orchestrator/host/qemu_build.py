@@ -21,8 +21,8 @@ the host's (with a warning of what it costs, once per process).
 The build (:func:`build`, ``pokelab qemu``): Debian's source package
 ``qemu`` :data:`DEBIAN_VERSION` (the ``+ds`` tarball: no firmware blobs, no
 bundled Python wheels), fetched with ``apt-get source --download-only`` through
-pokelab's own apt state under ``<cache>/qemu/apt`` (a ``deb-src`` line for sid;
-the host's apt configuration and lists are not used or touched), configured for
+pokelab's own apt state (:mod:`orchestrator.host.apt`: sid's ``deb-src``; the
+host's apt configuration and lists are not used or touched), configured for
 what pokelab needs only (``x86_64-softmmu`` with the devices of :data:`DEVICES_MAK`,
 slirp, plugins; no docs, tools, GUI, audio or USB), built with ``ninja qemu-system-x86_64``, and installed as
 ``<cache>/qemu/<version>/qemu-system-x86_64`` with a ``build.json`` beside it
@@ -64,8 +64,6 @@ FAST_SINCE = (10, 2)
 DEBIAN_VERSION = "1:10.2.2+ds-1"
 #: Upstream version of :data:`DEBIAN_VERSION`: the cache directory's name.
 BUILD_VERSION = "10.2.2"
-SOURCE_LIST = ("deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-               "http://deb.debian.org/debian sid main")
 #: Host packages the build needs (on top of gcc, make, python3-venv, pkg-config).
 BUILD_PACKAGES = ("ninja-build", "pkg-config", "device-tree-compiler", "libglib2.0-dev",
                   "libpixman-1-dev", "libslirp-dev", "libfdt-dev")
@@ -109,8 +107,8 @@ CONFIG_VIRTIO_NET=y
 CONFIG_VIRTIO_RNG=y
 """
 #: Deadlines (s).  The build took ~4.5 min on 2 cores here; a slow or busy host gets 12x.
-DEADLINES = {"apt_update": 300.0, "apt_source": 600.0, "untar": 300.0, "pip": 300.0,
-             "configure": 600.0, "ninja": 3600.0, "version": 20.0, "measure": 90.0}
+DEADLINES = {"untar": 300.0, "pip": 300.0,
+             "configure": 600.0, "ninja": 3600.0, "version": 20.0}
 
 
 @dataclass(frozen=True)
@@ -376,41 +374,21 @@ def warn_once(q: QemuBinary) -> None:
 # --------------------------------------------------------------------------- building
 
 
-def _apt_options(state: Path) -> list[str]:
-    """apt-get options for pokelab's own source state under ``state`` (not the host's)."""
-    return ["-o", f"Dir::State::Lists={state / 'lists'}",
-            "-o", f"Dir::Etc::SourceList={state / 'sources.list'}",
-            "-o", "Dir::Etc::SourceParts=/nonexistent",
-            "-o", f"Dir::Cache={state / 'cache'}",
-            "-o", "APT::Sandbox::User=root",
-            "-o", "Acquire::Retries=2"]
-
-
 def fetch_source(cache: Path, dest: Path, package: str = "qemu",
                  version: str = DEBIAN_VERSION) -> list[Path]:
     """Download Debian's source package ``package=version`` into ``dest``; the files fetched.
 
-    Uses pokelab's own apt state ``<cache>/qemu/apt`` (:data:`SOURCE_LIST`,
-    updated here, bounded); apt checks the files against the signed Sources
-    index.  InfraError if sid no longer lists that version.
+    Through pokelab's own apt state (:meth:`orchestrator.host.apt.Apt.download_source`:
+    sid's ``deb-src`` in ``images/apt/sources.list``, checked against the signed Sources
+    index).  InfraError if sid no longer lists that version.
     """
-    state = cache / "qemu" / "apt"
-    for sub in ("lists/partial", "cache/archives/partial"):
-        (state / sub).mkdir(parents=True, exist_ok=True)
-    (state / "sources.list").write_text(SOURCE_LIST + "\n")
-    apt = procs.which("apt-get", "apt")
-    opts = _apt_options(state)
-    procs.run([apt, *opts, "update"], timeout=DEADLINES["apt_update"],
-              what="apt-get update (pokelab's deb-src for sid)")
-    dest.mkdir(parents=True, exist_ok=True)
-    res = procs.run([apt, *opts, "source", "--download-only", f"{package}={version}"],
-                    timeout=DEADLINES["apt_source"], what=f"apt-get source {package}={version}",
-                    cwd=dest, check=False)
-    if res.returncode != 0:
-        tail = res.stderr.decode(errors="replace").strip().splitlines()[-3:]
+    from .apt import Apt
+
+    try:
+        return Apt(cache).download_source(package, dest, version)
+    except UsageError as exc:
         raise InfraError(f"cannot download the source package {package}={version} from sid "
-                         f"(is it still listed? `pokelab qemu` pins it)", "\n".join(tail))
-    return sorted(dest.iterdir())
+                         f"(is it still listed? `pokelab qemu` pins it): {exc.title}") from None
 
 
 def _missing_build_tools() -> list[str]:
