@@ -78,3 +78,13 @@ def test_user_workload_runs_as_the_load(run_scenario, tmp_path) -> None:  # type
     assert out["verdict"] == "PASS", out.get("reasons")
     assert out["load"]["still_running_at_end"] == len(out["load"]["cpus"])
     assert out["floor_traps"] >= 1
+
+
+@pytest.mark.parametrize("name", ["kprobe-optimized", "livepatch"])
+def test_injection_into_other_text_poke_users_ends_fail(name: str, run_scenario) -> None:  # type: ignore[no-untyped-def]
+    # kprobe-optimized: the JMP32 detour's traps jump back to the site; livepatch: the CALL to
+    # the livepatch ops' trampoline goes to ftrace_stub instead (the old body runs)
+    out = run_scenario(BY_NAME[name], "6.1", inject="wrong-target")
+    assert out["verdict"] == "FAIL", out.get("reasons")
+    assert out["violations"] > 0 and out["injected_flagged"] == out["injected"] > 0
+    assert out["false_flags"] == 0

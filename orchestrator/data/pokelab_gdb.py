@@ -479,11 +479,13 @@ def _corrupt(info, entry, site, mode):
     """The corrupted bytes for ``entry`` under ``mode``, or None if the mode does not apply."""
     f = info["loc_fields"]
     op = entry[f["opcode"][0]]
-    if op != 0xE8:
-        return None
     length = entry[f["len"][0]]
     data = bytearray(entry)
     d_off, d_sz = f["disp"]
+    if op == 0xE9 and mode == "wrong-target":
+        return _corrupt_jmp32(data, d_off, d_sz, length)
+    if op != 0xE8:
+        return None
     if mode == "wrong-target":
         stub = _STATE["stub"]
         written = site + length + _u(entry, d_off, d_sz, True)
@@ -496,6 +498,19 @@ def _corrupt(info, entry, site, mode):
         data[d_off:d_off + d_sz] = (0).to_bytes(d_sz, "little", signed=True)
     else:
         return None
+    return bytes(data)
+
+
+def _corrupt_jmp32(data, d_off, d_sz, length):
+    """wrong-target on a JMP32 (an optprobe detour, a jump label): jump back to the site itself.
+
+    Its first byte is still the int3 until the batch's last step, so the CPU traps
+    again (and runs the new JMP once it is written): no wrong code runs.  A NOP is
+    queued as JMP32 +0 (judge.py): those are left alone.
+    """
+    if _u(bytes(data), d_off, d_sz, True) == 0:
+        return None
+    data[d_off:d_off + d_sz] = int(-length).to_bytes(d_sz, "little", signed=True)
     return bytes(data)
 
 
