@@ -189,6 +189,12 @@ def guest_files(sc: Scenario, kernel: KernelArtifacts, cache: Path) -> dict[str,
             for r in sc.requirements() if r.kind == "module" and r.name in kmod.MODULES}
 
 
+def present_requirements(vm: Vm, reqs: list[Requirement]) -> list[bool]:
+    """For each guest-side requirement: is it met in the guest (config ones: False)."""
+    missing = set(parse_missing(vm.check(guest_check_script(reqs))))
+    return [r.kind != "config" and str(r) not in missing for r in reqs]
+
+
 def parse_kallsyms_address(output: str) -> int | None:
     """The address in ``awk '$3 == NAME {print $1}' /proc/kallsyms`` output (None if none or 0).  Pure."""
     m = re.search(r"^([0-9a-fA-F]{8,16})\s*$", output, re.M)
@@ -299,6 +305,9 @@ class Scenario:
     #: reading it back (plain ``text_poke()`` writes, e.g. kprobe arm/disarm and
     #: unoptimize, are not in the recorder's batches), and the floor is counted there
     watch_body: bool = False
+    #: (guest-side requirement, reason): UNSUPPORTED with the reason when the guest MEETS it
+    #: (a kernel feature that makes the run impractical under the probe, not a missing one)
+    unsupported_if: tuple[tuple[str, str], ...] = ()
 
     def requirements(self) -> list[Requirement]:
         return [parse_requirement(self.expand(r)) for r in self.requires]
@@ -328,6 +337,9 @@ def validate(s: Scenario) -> list[str]:
         probs.append(f"{s.name}: the description must be one line of at most 100 characters")
     try:
         s.requirements()
+        for text, why in s.unsupported_if:
+            if parse_requirement(s.expand(text)).kind == "config" or not why:
+                probs.append(f"{s.name}: unsupported_if '{text}' needs a guest-side requirement and a reason")
     except ValueError as exc:
         probs.append(f"{s.name}: {exc}")
     if s.unsupported is None:
@@ -749,6 +761,11 @@ def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inje
         missing = parse_missing(vm.check(guest_check_script(reqs)))
         if missing:
             raise Unsupported("missing in the guest: " + ", ".join(missing))
+        if sc.unsupported_if:
+            conds = [parse_requirement(sc.expand(r)) for r, _ in sc.unsupported_if]
+            for (text, why), met in zip(sc.unsupported_if, present_requirements(vm, conds), strict=True):
+                if met:
+                    raise Unsupported(f"{sc.expand(text)}: {why}")
 
     body = _ScenarioBody(sc, workload, out)
     return run_probed(spec, kernel, out, body, inject=inject, inject_every=inject_every,

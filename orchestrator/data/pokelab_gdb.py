@@ -437,9 +437,30 @@ class _Batch(_Hook):
         _budget_batch(nr)
         if 0 < nr <= 65536 and vec >= KERNEL_MIN:
             _STATE["batches"] += 1
-            _emit("POKELAB-BATCH", {"n": nr, "entries": _read(vec, nr * size).hex(),
-                                    "vec_max": _STATE["info"].get("vec_max"),
-                                    "t": round(time.monotonic() - _STATE["t0"], 6)})
+            blob = _read(vec, nr * size)
+            rec = {"n": nr, "entries": blob.hex(), "vec_max": _STATE["info"].get("vec_max"),
+                   "t": round(time.monotonic() - _STATE["t0"], 6)}
+            if nr <= INT3_BEFORE_MAX:
+                rec["int3_before"] = _int3_sites(blob, nr, size)
+            _emit("POKELAB-BATCH", rec)
+
+
+#: batches up to this size say which of their sites already hold an int3 (one read per site)
+INT3_BEFORE_MAX = 64
+
+
+def _int3_sites(blob, nr, size):
+    """Sites (hex) of a batch whose first byte is an int3 before its first step: another owner's
+    int3 (an armed kprobe that the optimizer now turns into a JMP32).  A trap there before the
+    batch takes its refs is that owner's, not the batch's."""
+    info = _STATE["info"]
+    ra_off, ra_sz = info["loc_fields"]["rel_addr"]
+    out = []
+    for i in range(nr):
+        site = (info["stext"] + _u(blob[i * size:(i + 1) * size], ra_off, ra_sz, True)) & 0xFFFFFFFFFFFFFFFF
+        if _read(site, 1) == b"\xcc":
+            out.append("%x" % site)
+    return out
 
 
 def _find_entry(info, vec, nr, site):

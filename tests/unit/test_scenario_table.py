@@ -141,6 +141,14 @@ def test_body_expectations_need_watch_body() -> None:
                for p in validate(replace(kopt, steps=(Step("x", "true", body="int3"),))))
 
 
+def test_unsupported_if_needs_a_guest_side_requirement_and_a_reason() -> None:
+    lp = BY_NAME["livepatch"]
+    assert [r for r, _ in lp.unsupported_if] == ["symbol:sched_dynamic_klp_enable"]
+    assert validate(replace(lp, unsupported_if=(("CONFIG_X", "why"),)))
+    assert validate(replace(lp, unsupported_if=(("symbol:x", ""),)))
+    assert validate(replace(lp, unsupported_if=(("symbol:x", "why"),))) == []
+
+
 def test_classify_fentry() -> None:
     assert classify_fentry(bytes.fromhex("0f1f440000") + b"\x90" * 4) == (0, "nop")
     assert classify_fentry(bytes.fromhex("f30f1efa0f1f440000")) == (4, "nop")
