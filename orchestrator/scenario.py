@@ -362,6 +362,8 @@ def validate(s: Scenario) -> list[str]:
             probs.append(f"{s.name}/{st.name}: evidence with {{call}} needs a function")
         if st.target is not None and (st.site != "call" or not _NAME_RE.match(st.target)):
             probs.append(f"{s.name}/{st.name}: a call target needs site='call' and a plain symbol name")
+        if st.body is not None and (st.body not in BODY_STATES or not s.watch_body):
+            probs.append(f"{s.name}/{st.name}: body must be one of {BODY_STATES}, with watch_body")
         for sc_name, spec in st.static_calls:
             form, sep, fn = spec.partition(":")
             if (form not in STATIC_CALL_FORMS or not _NAME_RE.match(sc_name)
@@ -374,8 +376,6 @@ def validate(s: Scenario) -> list[str]:
     for key in s.floor_keys:
         if key.partition(":")[0] not in USERS:
             probs.append(f"{s.name}: floor key {key!r}: the user must be one of {USERS}")
-        if st.body is not None and (st.body not in BODY_STATES or not s.watch_body):
-            probs.append(f"{s.name}/{st.name}: body must be one of {BODY_STATES}, with watch_body")
     if s.final_state.body is not None and (s.final_state.body not in BODY_STATES or not s.watch_body):
         probs.append(f"{s.name}: final body must be one of {BODY_STATES}, with watch_body")
     if s.watch_body and s.function is None:
