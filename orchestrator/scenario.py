@@ -573,7 +573,20 @@ class _ScenarioBody:
             if dest is None or inside:
                 self.failed.append(f"{when}: {spec} holds {now.hex(' ')}, expected a JMP32 (e9) out of "
                                    f"{self.sc.function} (an optprobe detour)")
+            elif dest is not None and run.sym(dest) is None:
+                self._name_optinsn_page(run, dest)
         return desc
+
+    @staticmethod
+    def _name_optinsn_page(run: Run, dest: int) -> None:
+        """Name the detour's page if the guest's kallsyms lists it as ``kprobe_optinsn_page``
+        (kernel/kprobes.c kprobe_cache_get_kallsym), so traps jumping there are the census's kprobe's."""
+        res = run.vm.run("awk '$3 == \"kprobe_optinsn_page\" {print $1}' /proc/kallsyms")
+        for word in res.stdout.split():
+            page = parse_kallsyms_address(word)
+            if page is not None and page <= dest < page + 4096:
+                run.sym.add_region("kprobe_optinsn_page", page, 4096)
+                return
 
     def _check_fentry(self, run: Run, want: str, when: str, target: str | None = None) -> str:
         fn = self.sc.function
