@@ -730,7 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--function", default="__do_sys_getpid",
                    help="function to trace (the real symbol; default __do_sys_getpid)")
     s.add_argument("--inject", choices=("wrong-target", "wrong-return", "skip-call"),
-                   help="corrupt the emulation at chosen CALL traps (self-test: must end FAIL)")
+                   help="corrupt the emulation at chosen CALL traps (wrong-target: JMP32 ones too; "
+                        "self-test: must end FAIL)")
     s.add_argument("--inject-every", type=int, default=2, metavar="K",
                    help="inject at every K-th eligible trap (default 2)")
     s.add_argument("--min-judged", type=int, default=1, metavar="N",
@@ -762,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", metavar="SCENARIO", help="a name from `pokelab scenarios`")
     _add_vm_args(s)
     s.add_argument("--inject", choices=("wrong-target", "wrong-return", "skip-call"),
-                   help="corrupt the emulation at chosen CALL traps (self-test: must end FAIL)")
+                   help="corrupt the emulation at chosen CALL traps (wrong-target: JMP32 ones too; "
+                        "self-test: must end FAIL)")
     s.add_argument("--workload", type=input_file(), metavar="FILE",
                    help="a static binary or script to copy in and run pinned as the load")
     s.add_argument("--repeat", type=int, metavar="N", help="cycles of the scenario's steps")

@@ -1,4 +1,4 @@
-"""The guest's ftrace_ops module: images/modules/pokelab_ops, built out of tree on the host.
+"""Our guest modules (images/modules/<name>: ``pokelab_ops``, ``pokelab_lp``), built out of tree on the host.
 
 A Debian kernel's module is built in a build root of the Debian suite whose
 compiler built the kernel (``host/buildroot.py``: debootstrap, the headers'
@@ -9,7 +9,7 @@ module is built on the host against the module build files kept with it
 (``kernels/custom-<id>/build``, see extmod.py).  Either is cached by the hash
 of its source, the kernel and the way it was built::
 
-    <cache>/modules/<release>[-<build-id12>]/<source-hash>/pokelab_ops.ko
+    <cache>/modules/<release>[-<build-id12>]/<source-hash>/<name>.ko
 
 A user's own ``--bzimage/--vmlinux`` build (``custom``) comes with neither: Unsupported.
 """
@@ -34,6 +34,10 @@ from .kernels import images_dir
 log = logging.getLogger(__name__)
 
 NAME = "pokelab_ops"
+#: the livepatch module (images/modules/pokelab_lp): patches __do_sys_getpid, counts its calls
+LIVEPATCH = "pokelab_lp"
+#: every module under images/modules that a scenario may require (``module:<name>``)
+MODULES = (NAME, LIVEPATCH)
 BUILD_TIMEOUT = 300.0
 #: how a Debian kernel's module is built (part of its cache key): host/buildroot.py
 BUILDROOT = "debian-buildroot-1"
@@ -44,8 +48,8 @@ def is_custom(kernel_id: str) -> bool:
     return kernel_id == "custom" or kernel_id.startswith("custom-")
 
 
-def source_dir() -> Path:
-    return images_dir() / "modules" / NAME
+def source_dir(name: str = NAME) -> Path:
+    return images_dir() / "modules" / name
 
 
 def source_hash(files: dict[str, bytes], release: str, how: str = BUILDROOT) -> str:
@@ -57,15 +61,15 @@ def source_hash(files: dict[str, bytes], release: str, how: str = BUILDROOT) -> 
     return h.hexdigest()[:16]
 
 
-def module_path(cache: Path, release: str, digest: str) -> Path:
+def module_path(cache: Path, release: str, digest: str, name: str = NAME) -> Path:
     """Where the built module for this release and source lives.  Pure."""
-    return cache / "modules" / release / digest / f"{NAME}.ko"
+    return cache / "modules" / release / digest / f"{name}.ko"
 
 
-def _source_files() -> dict[str, bytes]:
-    src = source_dir()
+def _source_files(name: str) -> dict[str, bytes]:
+    src = source_dir(name)
     return {p.name: p.read_bytes() for p in sorted(src.iterdir())
-            if p.is_file() and p.name in (f"{NAME}.c", "Kbuild")}
+            if p.is_file() and p.name in (f"{name}.c", "Kbuild")}
 
 
 def custom_build_dir(kernel: KernelArtifacts) -> Path:
@@ -106,21 +110,21 @@ def _build_debian(kernel: KernelArtifacts, cache: Path, build: Path) -> bytes:
     return stderr
 
 
-def _build_host(kdir: Path, kernel: KernelArtifacts, build: Path) -> bytes:
+def _build_host(kdir: Path, kernel: KernelArtifacts, build: Path, name: str) -> bytes:
     make = procs.which("make", "make")
     return procs.run([make, "-C", str(kdir), f"M={build}", "modules"], timeout=BUILD_TIMEOUT,
-                     what=f"building {NAME}.ko for {kernel.release}").stderr
+                     what=f"building {name}.ko for {kernel.release}").stderr
 
 
-def ensure_module(kernel: KernelArtifacts, cache: Path) -> Path:
-    """Path of ``pokelab_ops.ko`` built for ``kernel`` (built once per source, release and way of building).
+def ensure_module(kernel: KernelArtifacts, cache: Path, name: str = NAME) -> Path:
+    """Path of ``<name>.ko`` (one of MODULES) built for ``kernel`` (once per source, release, build way).
 
     InfraError if the build fails or warns (a warning here hides an API change: the module
     must build cleanly for every supported kernel); Unsupported for a ``custom`` kernel.
     """
-    files = _source_files()
-    if f"{NAME}.c" not in files:
-        raise InfraError(f"module source {source_dir() / (NAME + '.c')} is missing")
+    files = _source_files(name)
+    if f"{name}.c" not in files:
+        raise InfraError(f"module source {source_dir(name) / (name + '.c')} is missing")
     kdir: Path | None = None
     if is_custom(kernel.id):
         # builds share release strings (patched or not): the build-id tells them apart
@@ -128,28 +132,28 @@ def ensure_module(kernel: KernelArtifacts, cache: Path) -> Path:
         kdir = custom_build_dir(kernel)
     else:
         key, how = kernel.release, BUILDROOT
-    out = module_path(cache, key, source_hash(files, key, how))
+    out = module_path(cache, key, source_hash(files, key, how), name)
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pokelab-kmod-", dir=out.parent) as tmp:
         build = Path(tmp)
-        for name, data in files.items():
-            (build / name).write_bytes(data)
+        for fname, data in files.items():
+            (build / fname).write_bytes(data)
         t = time.monotonic()
         try:
-            stderr = _build_host(kdir, kernel, build) if kdir else _build_debian(kernel, cache, build)
+            stderr = _build_host(kdir, kernel, build, name) if kdir else _build_debian(kernel, cache, build)
         except InfraError as exc:
-            raise InfraError(f"building {NAME}.ko for {kernel.release} failed: {exc.title}",
+            raise InfraError(f"building {name}.ko for {kernel.release} failed: {exc.title}",
                              exc.tail) from None
         warnings = _warnings(stderr)
         if warnings:
-            raise InfraError(f"building {NAME}.ko for {kernel.release}: {len(warnings)} warning(s)",
+            raise InfraError(f"building {name}.ko for {kernel.release}: {len(warnings)} warning(s)",
                              "\n".join(warnings[-5:]))
-        log.info("built %s.ko for %s in %.1f s", NAME, kernel.release, time.monotonic() - t)
-        ko = build / f"{NAME}.ko"
+        log.info("built %s.ko for %s in %.1f s", name, kernel.release, time.monotonic() - t)
+        ko = build / f"{name}.ko"
         if not ko.is_file():
-            raise InfraError(f"building {NAME}.ko for {kernel.release}: make succeeded but no .ko")
+            raise InfraError(f"building {name}.ko for {kernel.release}: make succeeded but no .ko")
         tmp_out = out.with_suffix(".tmp")
         shutil.copyfile(ko, tmp_out)
         tmp_out.rename(out)

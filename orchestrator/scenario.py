@@ -15,9 +15,10 @@ Requirements are strings, checked before any GDB work:
 * ``tracefs:FILE``: ``test -e /sys/kernel/tracing/FILE`` in the guest;
 * ``sysctl:a.b``: ``test -e /proc/sys/a/b`` in the guest;
 * ``debugfs:FILE``: ``test -e /sys/kernel/debug/FILE`` in the guest;
+* ``sysfs:PATH``: ``test -e /sys/PATH`` in the guest (e.g. ``sysfs:kernel/livepatch``);
 * ``module:NAME``: a ``NAME.ko`` under ``/lib/modules/$(uname -r)`` in the guest;
-  ``module:pokelab_ops`` first builds our module on the host (``kmod.ensure_module``)
-  and puts it there (see :func:`guest_files`).
+  ``module:pokelab_ops`` / ``module:pokelab_lp`` (``kmod.MODULES``) first builds our
+  module on the host (``kmod.ensure_module``) and puts it there (see :func:`guest_files`).
 
 Unmet requirements end UNSUPPORTED with the reason.  Every scenario checks:
 traps judged at the watched sites >= ``min_traps`` (else INCONCLUSIVE), no
@@ -34,7 +35,9 @@ number, evidence 0 for a function pokelab has no caller for (``--function``),
 a user's workload that exited with an error.
 
 In guest commands ``{function}``, ``{tracing}`` and ``{call}`` are replaced by
-the scenario's function, the tracefs mount point and the function's caller.
+the scenario's function, the tracefs mount point and the function's caller;
+with ``watch_body``, ``{body}`` is the function's first body instruction as
+``FUNCTION+OFFSET``.
 """
 
 from __future__ import annotations
@@ -66,8 +69,10 @@ NOP5 = bytes.fromhex("0f1f440000")
 ENDBR64 = bytes.fromhex("f30f1efa")
 WORKLOAD_GUEST_PATH = "/tmp/pokelab-workload"
 DEBUGFS = "/sys/kernel/debug"
-REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module", "debugfs")
+REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module", "debugfs", "sysfs")
 SITE_STATES = ("call", "nop")
+#: what a watched body site may be expected to hold (see ``Scenario.watch_body``)
+BODY_STATES = ("original", "jmp")
 
 GuestAction = str | Callable[[Vm], str]
 
@@ -97,7 +102,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-/{}]+$")
 
 
 def parse_requirement(text: str) -> Requirement:
-    """``CONFIG_X[=v]``, ``symbol:NAME``, ``tracefs:FILE``, ``sysctl:a.b``, ``module:NAME``.  Pure."""
+    """``CONFIG_X[=v]``, ``symbol:``, ``tracefs:``, ``sysctl:a.b``, ``module:``, ``sysfs:PATH``.  Pure."""
     text = text.strip()
     m = _CONFIG_RE.match(text)
     if m:
@@ -105,7 +110,7 @@ def parse_requirement(text: str) -> Requirement:
     kind, sep, name = text.partition(":")
     if not sep or kind not in REQUIREMENT_KINDS or kind == "config":
         raise ValueError(f"bad requirement '{text}' (CONFIG_X[=v], symbol:, tracefs:, sysctl:, module:, "
-                         "debugfs:)")
+                         "debugfs:, sysfs:)")
     if not name or not _NAME_RE.match(name) or ".." in name:
         raise ValueError(f"bad requirement '{text}': the name '{name}' is empty or has odd characters")
     return Requirement(kind, name)
@@ -152,6 +157,8 @@ def guest_check_script(reqs: Iterable[Requirement]) -> str:
             t = f"test -e {DEBUGFS}/{r.name}"
         elif r.kind == "sysctl":
             t = f"test -e /proc/sys/{r.name.replace('.', '/')}"
+        elif r.kind == "sysfs":
+            t = f"test -e /sys/{r.name}"
         elif r.kind == "module":
             t = f"find /lib/modules/$(uname -r) -name {shlex.quote(r.name + '.ko')} | grep -q ."
         else:
@@ -166,21 +173,26 @@ def parse_missing(output: str) -> list[str]:
             if line.startswith("MISSING ") and line.split(" ", 1)[1].strip()]
 
 
-def module_guest_path(release: str) -> str:
+def module_guest_path(release: str, name: str = kmod.NAME) -> str:
     """Where our module goes in the guest (found by the ``module:`` check, insmod'ed by path)."""
-    return f"/lib/modules/{release}/extra/{kmod.NAME}.ko"
+    return f"/lib/modules/{release}/extra/{name}.ko"
 
 
 def guest_files(sc: Scenario, kernel: KernelArtifacts, cache: Path) -> dict[str, Path]:
-    """Kernel-dependent files the scenario needs in the initramfs: our module if required.
+    """Kernel-dependent files the scenario needs in the initramfs: our modules (``kmod.MODULES``) it requires.
 
-    Unsupported when the module cannot be built for this kernel; InfraError if the build fails.
+    Unsupported when a module cannot be built for this kernel; InfraError if the build fails.
     """
     if sc.unsupported:
         return {}
-    if any(r.kind == "module" and r.name == kmod.NAME for r in sc.requirements()):
-        return {module_guest_path(kernel.release): kmod.ensure_module(kernel, cache)}
-    return {}
+    return {module_guest_path(kernel.release, r.name): kmod.ensure_module(kernel, cache, r.name)
+            for r in sc.requirements() if r.kind == "module" and r.name in kmod.MODULES}
+
+
+def present_requirements(vm: Vm, reqs: list[Requirement]) -> list[bool]:
+    """For each guest-side requirement: is it met in the guest (config ones: False)."""
+    missing = set(parse_missing(vm.check(guest_check_script(reqs))))
+    return [r.kind != "config" and str(r) not in missing for r in reqs]
 
 
 def parse_kallsyms_address(output: str) -> int | None:
@@ -228,7 +240,9 @@ class Step:
     action, printing a count that must be > 0 over the run (the handler ran);
     it must not depend on the load: system-wide counts, or ``{call}`` first.
     ``target``: with ``site="call"``, the symbol (looked up in the guest's
-    ``/proc/kallsyms``: it may be a module's) the call must reach.
+    ``/proc/kallsyms``: it may be a module's) the call must reach.  ``body``:
+    with ``Scenario.watch_body``, what the watched body site must hold
+    afterwards (one of BODY_STATES).
     ``static_calls``: (name, form) pairs: the ``__SCT__<name>`` trampoline and
     every inline site, read from guest memory after the step, must be in that
     form (``census.STATIC_CALL_FORMS``: ``func``, ``ret0``, ``null``;
@@ -241,6 +255,7 @@ class Step:
     evidence: str | None = None
     target: str | None = None
     static_calls: tuple[tuple[str, str], ...] = ()
+    body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +264,8 @@ class FinalState:
     site: str | None = "nop"
     #: (guest command, regex its stdout must match)
     checks: tuple[tuple[str, str], ...] = ()
+    #: the watched body site at the end (``Scenario.watch_body``): one of BODY_STATES or None
+    body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -283,6 +300,14 @@ class Scenario:
     unsupported: str | None = None
     #: the probe's per-batch trap budget (heavy patching needs a tighter one)
     budget: TrapBudget = DEFAULT_BUDGET
+    #: also watch the function's first body instruction (right after its 5-byte fentry
+    #: call): its bytes are read before the setup, each step's ``body`` is checked by
+    #: reading it back (plain ``text_poke()`` writes, e.g. kprobe arm/disarm and
+    #: unoptimize, are not in the recorder's batches), and the floor is counted there
+    watch_body: bool = False
+    #: (guest-side requirement, reason): UNSUPPORTED with the reason when the guest MEETS it
+    #: (a kernel feature that makes the run impractical under the probe, not a missing one)
+    unsupported_if: tuple[tuple[str, str], ...] = ()
 
     def requirements(self) -> list[Requirement]:
         return [parse_requirement(self.expand(r)) for r in self.requires]
@@ -292,6 +317,8 @@ class Scenario:
                 .replace("{function}", self.function or "").replace("{tracing}", TRACING))
 
     def floor_what(self) -> str:
+        if self.watch_body:
+            return f"trap(s) judged at {self.function}'s first body instruction"
         if self.floor_keys:
             return f"trap(s) judged at {', '.join(self.floor_keys)} sites"
         if self.floor_anywhere:
@@ -310,6 +337,9 @@ def validate(s: Scenario) -> list[str]:
         probs.append(f"{s.name}: the description must be one line of at most 100 characters")
     try:
         s.requirements()
+        for text, why in s.unsupported_if:
+            if parse_requirement(s.expand(text)).kind == "config" or not why:
+                probs.append(f"{s.name}: unsupported_if '{text}' needs a guest-side requirement and a reason")
     except ValueError as exc:
         probs.append(f"{s.name}: {exc}")
     if s.unsupported is None:
@@ -332,6 +362,8 @@ def validate(s: Scenario) -> list[str]:
             probs.append(f"{s.name}/{st.name}: evidence with {{call}} needs a function")
         if st.target is not None and (st.site != "call" or not _NAME_RE.match(st.target)):
             probs.append(f"{s.name}/{st.name}: a call target needs site='call' and a plain symbol name")
+        if st.body is not None and (st.body not in BODY_STATES or not s.watch_body):
+            probs.append(f"{s.name}/{st.name}: body must be one of {BODY_STATES}, with watch_body")
         for sc_name, spec in st.static_calls:
             form, sep, fn = spec.partition(":")
             if (form not in STATIC_CALL_FORMS or not _NAME_RE.match(sc_name)
@@ -344,6 +376,10 @@ def validate(s: Scenario) -> list[str]:
     for key in s.floor_keys:
         if key.partition(":")[0] not in USERS:
             probs.append(f"{s.name}: floor key {key!r}: the user must be one of {USERS}")
+    if s.final_state.body is not None and (s.final_state.body not in BODY_STATES or not s.watch_body):
+        probs.append(f"{s.name}: final body must be one of {BODY_STATES}, with watch_body")
+    if s.watch_body and s.function is None:
+        probs.append(f"{s.name}: watch_body needs a function")
     if s.final_state.site is not None and s.final_state.site not in SITE_STATES:
         probs.append(f"{s.name}: final site must be one of {SITE_STATES}")
     if s.final_state.site is not None and s.function is None and s.unsupported is None:
@@ -387,12 +423,20 @@ class _ScenarioBody:
         self.step_log: list[dict[str, Any]] = []
         out["steps"] = self.step_log
         out["evidence"] = self.evidence
+        #: the watched body site: (address, "FUNCTION+OFFSET", its bytes before the setup)
+        self.body: tuple[int, str, bytes] | None = None
+
+    def expand(self, text: str) -> str:
+        text = self.sc.expand(text)
+        return text.replace("{body}", self.body[1]) if self.body else text
 
     def __call__(self, run: Run) -> BodyResult:
         sc, vm = self.sc, run.vm
         cpus = sc.load.cpus(run.spec.smp)
         if not sc.record_batches:
             self.out["batch_recording"] = "off" if run.probe.record_batches(False) else "no hook"
+        if sc.watch_body:
+            self._find_body(run)
         self._start_load(vm, cpus)
         try:
             for st in sc.setup:
@@ -461,10 +505,10 @@ class _ScenarioBody:
 
     # -- steps ----------------------------------------------------------------------
     def _step(self, run: Run, st: Step, rep: int) -> None:
-        vm, sc = run.vm, self.sc
+        vm = run.vm
         t = time.monotonic()
         if isinstance(st.action, str):
-            cmd = sc.expand(st.action)
+            cmd = self.expand(st.action)
             res = vm.run(f"taskset -c 0 sh -c {shlex.quote(cmd)}")
             if res.status != 0:
                 run.check_alive(f"running step '{st.name}'")
@@ -474,7 +518,7 @@ class _ScenarioBody:
             st.action(vm)
         entry: dict[str, Any] = {"step": st.name, "cycle": rep, "s": round(time.monotonic() - t, 3)}
         if st.evidence:
-            res = vm.run(f"taskset -c 0 sh -c {shlex.quote(sc.expand(st.evidence))}")
+            res = vm.run(f"taskset -c 0 sh -c {shlex.quote(self.expand(st.evidence))}")
             m = re.search(r"-?\d+", res.stdout)
             n = int(m.group(0)) if m else 0
             if m is None:
@@ -489,7 +533,60 @@ class _ScenarioBody:
             entry["static_calls"] = self._check_static_calls(run, st)
         if st.site:
             entry["site"] = self._check_fentry(run, st.site, f"after '{st.name}'", st.target)
+        if st.body:
+            entry["body"] = self._check_body(run, st.body, f"after '{st.name}'")
         self.step_log.append(entry)
+
+    def _find_body(self, run: Run) -> None:
+        fn = self.sc.function or ""
+        addr = run.sym.by_name.get(fn)
+        if addr is None:
+            raise InfraError(f"no symbol {fn} to find its first body instruction")
+        with run.probe.paused():
+            head = run.probe.read_memory(addr, 9)
+            off, state = classify_fentry(head)
+            if state != "nop":
+                raise InfraError(f"{fn}'s fentry site holds {head[off:off + 5].hex(' ')} before the setup "
+                                 "(expected the 5-byte NOP): cannot place the body site")
+            site = addr + off + 5
+            orig = run.probe.read_memory(site, 5)
+        self.body = (site, f"{fn}+{off + 5}", orig)
+        self.out["body_site"] = {"address": f"{site:#x}", "spec": self.body[1], "original": orig.hex(" ")}
+
+    def _check_body(self, run: Run, want: str, when: str) -> str:
+        """Read the watched body site back: the original bytes, or a JMP32 out of the function."""
+        assert self.body is not None
+        site, spec, orig = self.body
+        with run.probe.paused():
+            now = run.probe.read_memory(site, 5)
+        desc = f"{spec}: {now.hex(' ')}"
+        rng = run.function_range(self.sc.function or "")
+        dest: int | None = None
+        if now[:1] == b"\xe9":
+            dest = site + 5 + int.from_bytes(now[1:5], "little", signed=True)
+            desc += f" (jmp {run.sym(dest) or hex(dest)})"
+        if want == "original" and now != orig:
+            self.failed.append(f"{when}: {spec} holds {now.hex(' ')}, expected its original bytes "
+                               f"{orig.hex(' ')}")
+        elif want == "jmp":
+            inside = rng is not None and dest is not None and rng[0] <= dest < rng[1]
+            if dest is None or inside:
+                self.failed.append(f"{when}: {spec} holds {now.hex(' ')}, expected a JMP32 (e9) out of "
+                                   f"{self.sc.function} (an optprobe detour)")
+            elif dest is not None and run.sym(dest) is None:
+                self._name_optinsn_page(run, dest)
+        return desc
+
+    @staticmethod
+    def _name_optinsn_page(run: Run, dest: int) -> None:
+        """Name the detour's page if the guest's kallsyms lists it as ``kprobe_optinsn_page``
+        (kernel/kprobes.c kprobe_cache_get_kallsym), so traps jumping there are the census's kprobe's."""
+        res = run.vm.run("awk '$3 == \"kprobe_optinsn_page\" {print $1}' /proc/kallsyms")
+        for word in res.stdout.split():
+            page = parse_kallsyms_address(word)
+            if page is not None and page <= dest < page + 4096:
+                run.sym.add_region("kprobe_optinsn_page", page, 4096)
+                return
 
     def _check_fentry(self, run: Run, want: str, when: str, target: str | None = None) -> str:
         fn = self.sc.function
@@ -570,14 +667,18 @@ class _ScenarioBody:
         fs = self.sc.final_state
         if fs.site:
             self.out["final_site"] = self._check_fentry(run, fs.site, "at the end")
+        if fs.body and self.body:
+            self.out["final_body"] = self._check_body(run, fs.body, "at the end")
         for cmd, rx in fs.checks:
-            res = run.vm.run(self.sc.expand(cmd))
+            res = run.vm.run(self.expand(cmd))
             if not re.search(rx, res.stdout):
-                self.failed.append(f"final state: `{self.sc.expand(cmd)}` printed "
+                self.failed.append(f"final state: `{self.expand(cmd)}` printed "
                                    f"{res.stdout.strip()[:80]!r}, expected /{rx}/")
 
     def _floor(self, run: Run) -> int | None:
         sc = self.sc
+        if self.body is not None:
+            return run.traps_in([(self.body[0], self.body[0] + 5)])
         if sc.floor_keys:
             return count_keys(read_trap_log(run.probe.trap_log_path), sc.floor_keys)
         if sc.floor_anywhere:
@@ -673,6 +774,11 @@ def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inje
         missing = parse_missing(vm.check(guest_check_script(reqs)))
         if missing:
             raise Unsupported("missing in the guest: " + ", ".join(missing))
+        if sc.unsupported_if:
+            conds = [parse_requirement(sc.expand(r)) for r, _ in sc.unsupported_if]
+            for (text, why), met in zip(sc.unsupported_if, present_requirements(vm, conds), strict=True):
+                if met:
+                    raise Unsupported(f"{sc.expand(text)}: {why}")
 
     body = _ScenarioBody(sc, workload, out)
     return run_probed(spec, kernel, out, body, inject=inject, inject_every=inject_every,

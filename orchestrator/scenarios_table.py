@@ -84,6 +84,26 @@ def tp_step(name: str, instance: str, on: int, func: str) -> Step:
 TRACE_HITS_ALL = ("{call}; sleep 0.3; echo 0 > " + T + "/tracing_on; "
                   "grep -c -m 50 '{function}' " + T + "/trace; echo 1 > " + T + "/tracing_on")
 
+#: optimized kprobes (arch/x86/kernel/kprobes/opt.c): the list in debugfs and the sysctl that allows them
+KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
+KPROBE_OPT_SYSCTL = "/proc/sys/debug/kprobes-optimization"
+
+
+def _poll(cond: str, seconds: int) -> str:
+    """A guest shell loop: wait (0.2 s steps, at most ``seconds``) until ``cond`` holds, then test it."""
+    return f"for i in $(seq {seconds * 5}); do {cond} && break; sleep 0.2; done; {cond}"
+
+
+#: the livepatch module (images/modules/pokelab_lp) and its sysfs directory
+LP = f"/sys/kernel/livepatch/{kmod.LIVEPATCH}"
+LP_CALLS = f"/sys/module/{kmod.LIVEPATCH}/parameters/calls"
+#: the patch transition is over (in at most 30 s)
+LP_SETTLED = _poll(f"grep -qx 0 {LP}/transition", 30)
+#: on a stuck transition: the tasks not yet switched (/proc/PID/patch_state is not 1) and their stacks
+LP_STUCK = ("for p in /proc/[0-9]*; do s=$(cat $p/patch_state 2>/dev/null); [ \"$s\" = 1 ] || "
+            "echo \"stuck ${p#/proc/} $(cat $p/comm) $s $(cat $p/stack 2>/dev/null | head -3 | "
+            "awk '{print $2}' | tr '\\n' ' ')\" >&2; done")
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="ftrace-function",
@@ -246,6 +266,55 @@ SCENARIOS: tuple[Scenario, ...] = (
                ops_unregister(0, "tracer-first-unregister", "nop")),
         teardown=(CLEAR_FILTER, RMMOD),
         final_state=MODULE_GONE,
+    ),
+    Scenario(
+        name="kprobe-optimized",
+        description="kprobe in __do_sys_getpid's body: armed, optimized (JMP32 detour), unoptimized, removed",
+        requires=("CONFIG_OPTPROBES", "CONFIG_KPROBE_EVENTS", "CONFIG_DEBUG_FS", "symbol:{function}",
+                  "sysctl:debug.kprobes-optimization", "tracefs:kprobe_events", "tracefs:kprobe_profile",
+                  "debugfs:kprobes/list"),
+        watch_body=True,
+        setup=(Step("optimization-on", f"echo 1 > {KPROBE_OPT_SYSCTL} && grep -qx 1 {KPROBE_OPT_SYSCTL} && "
+                                       f"test -r {KPROBES_LIST}"),),
+        # add: registered disabled (not armed); enable: int3 by text_poke(), then the optimizer's
+        # JMP32 detour through the int3 batch; disable: unoptimized and disarmed by text_poke()
+        steps=(Step("add", f"echo 'p:pokelab/bodyprobe {{body}}' >> {T}/kprobe_events", body="original"),
+               Step("enable", f"echo 1 > {T}/events/pokelab/bodyprobe/enable && "
+                              + _poll(f"grep -q OPTIMIZED {KPROBES_LIST}", 30),
+                    body="jmp",
+                    evidence=f"{{call}}; sleep 0.3; "
+                             f"awk '$1 ~ /bodyprobe$/ {{print $2}}' {T}/kprobe_profile"),
+               Step("disable", f"echo 0 > {T}/events/pokelab/bodyprobe/enable && "
+                               + _poll(f"! grep -q OPTIMIZED {KPROBES_LIST}", 30) + " && sleep 0.2",
+                    body="original"),
+               Step("remove", f"echo '-:pokelab/bodyprobe' >> {T}/kprobe_events", body="original")),
+        final_state=FinalState(site="nop", body="original",
+                               checks=((f"cat {T}/kprobe_events {KPROBES_LIST}; echo end", r"^end\s*$"),)),
+    ),
+    Scenario(
+        name="livepatch",
+        description="our livepatch module redirects __do_sys_getpid: enabled and disabled under getpid load",
+        requires=("CONFIG_LIVEPATCH", "CONFIG_DYNAMIC_FTRACE", "symbol:{function}", "sysfs:kernel/livepatch",
+                  f"module:{kmod.LIVEPATCH}"),
+        # e3ff7c609f39 (6.4, gone again by 7.3): with PREEMPT_DYNAMIC each transition retargets the
+        # cond_resched static call to klp_cond_resched and back, one int3 batch per call site
+        unsupported_if=(("symbol:sched_dynamic_klp_enable",
+                         "each livepatch transition here rewrites every cond_resched static-call site "
+                         "(about 960 on 6.12, one int3 batch each: measured about 8 batches/s under the "
+                         "recorder, minutes per transition); too slow for this scenario until the recorder "
+                         "records batches more cheaply"),),
+        # insmod enables the patch: the fentry site goes NOP -> call of the ftrace trampoline of the
+        # livepatch ops (FTRACE_OPS_FL_IPMODIFY), whose handler sends the call to the new body;
+        # disabling reverts the transition and frees the patch (its sysfs directory goes away)
+        steps=(Step("enable", f"insmod {module_guest_path('$(uname -r)', kmod.LIVEPATCH)} && "
+                              + f"{{ {LP_SETTLED} || {{ {LP_STUCK}; false; }}; }}"
+                              + f" && grep -qx 1 {LP}/enabled",
+                    site="call", evidence=f"{{call}}; sleep 0.3; cat {LP_CALLS}"),
+               Step("disable", f"echo 0 > {LP}/enabled && " + _poll(f"! test -e {LP}", 30), site="nop"),
+               Step("rmmod", f"rmmod {kmod.LIVEPATCH}")),
+        final_state=FinalState(site="nop", checks=(
+            (f"grep -c '^{kmod.LIVEPATCH} ' /proc/modules; ls /sys/kernel/livepatch | wc -l",
+             r"^0\s+0\s*$"),)),
     ),
 )
 

@@ -36,7 +36,8 @@ def test_scenario(name: str, pokelab_kernel: str, run_scenario) -> None:  # type
 
 #: the text_poke user each scenario's watched sites belong to (default: ftrace)
 EXPECTED_USER = {"static-key-schedstats": "jump_label", "static-call-preempt": "static_call",
-                 "tracepoint-static-call": "static_call", "kprobe-ftrace": "kprobe"}
+                 "tracepoint-static-call": "static_call", "kprobe-ftrace": "kprobe",
+                 "kprobe-optimized": "kprobe", "livepatch": "livepatch"}
 
 
 @pytest.mark.parametrize("name", ["static-call-preempt", "tracepoint-static-call"])
@@ -78,3 +79,19 @@ def test_user_workload_runs_as_the_load(run_scenario, tmp_path) -> None:  # type
     assert out["verdict"] == "PASS", out.get("reasons")
     assert out["load"]["still_running_at_end"] == len(out["load"]["cpus"])
     assert out["floor_traps"] >= 1
+
+
+@pytest.mark.parametrize("name", [
+    # 1 run in 4 here: traps right after an injected one (the CPU jumps back to the site and traps
+    # again) read the corrupted text_poke_loc (on the optimizer's stack) though the injecting trap's
+    # exit had restored it: they are flagged but not counted as injected (false_flags 8 of 30)
+    pytest.param("kprobe-optimized", marks=pytest.mark.xfail(
+        reason="recorder: injection attribution in the JMP32 jump-to-self loop is not exact", strict=False)),
+    "livepatch"])
+def test_injection_into_other_text_poke_users_ends_fail(name: str, run_scenario) -> None:  # type: ignore[no-untyped-def]
+    # kprobe-optimized: the JMP32 detour's traps jump back to the site; livepatch: the CALL to
+    # the livepatch ops' trampoline goes to ftrace_stub instead (the old body runs)
+    out = run_scenario(BY_NAME[name], "6.1", inject="wrong-target")
+    assert out["verdict"] == "FAIL", out.get("reasons")
+    assert out["violations"] > 0 and out["injected_flagged"] == out["injected"] > 0
+    assert out["false_flags"] == 0

@@ -437,9 +437,30 @@ class _Batch(_Hook):
         _budget_batch(nr)
         if 0 < nr <= 65536 and vec >= KERNEL_MIN:
             _STATE["batches"] += 1
-            _emit("POKELAB-BATCH", {"n": nr, "entries": _read(vec, nr * size).hex(),
-                                    "vec_max": _STATE["info"].get("vec_max"),
-                                    "t": round(time.monotonic() - _STATE["t0"], 6)})
+            blob = _read(vec, nr * size)
+            rec = {"n": nr, "entries": blob.hex(), "vec_max": _STATE["info"].get("vec_max"),
+                   "t": round(time.monotonic() - _STATE["t0"], 6)}
+            if nr <= INT3_BEFORE_MAX:
+                rec["int3_before"] = _int3_sites(blob, nr, size)
+            _emit("POKELAB-BATCH", rec)
+
+
+#: batches up to this size say which of their sites already hold an int3 (one read per site)
+INT3_BEFORE_MAX = 64
+
+
+def _int3_sites(blob, nr, size):
+    """Sites (hex) of a batch whose first byte is an int3 before its first step: another owner's
+    int3 (an armed kprobe that the optimizer now turns into a JMP32).  A trap there before the
+    batch takes its refs is that owner's, not the batch's."""
+    info = _STATE["info"]
+    ra_off, ra_sz = info["loc_fields"]["rel_addr"]
+    out = []
+    for i in range(nr):
+        site = (info["stext"] + _u(blob[i * size:(i + 1) * size], ra_off, ra_sz, True)) & 0xFFFFFFFFFFFFFFFF
+        if _read(site, 1) == b"\xcc":
+            out.append("%x" % site)
+    return out
 
 
 def _find_entry(info, vec, nr, site):
@@ -479,11 +500,13 @@ def _corrupt(info, entry, site, mode):
     """The corrupted bytes for ``entry`` under ``mode``, or None if the mode does not apply."""
     f = info["loc_fields"]
     op = entry[f["opcode"][0]]
-    if op != 0xE8:
-        return None
     length = entry[f["len"][0]]
     data = bytearray(entry)
     d_off, d_sz = f["disp"]
+    if op == 0xE9 and mode == "wrong-target":
+        return _corrupt_jmp32(data, d_off, d_sz, length)
+    if op != 0xE8:
+        return None
     if mode == "wrong-target":
         stub = _STATE["stub"]
         written = site + length + _u(entry, d_off, d_sz, True)
@@ -496,6 +519,19 @@ def _corrupt(info, entry, site, mode):
         data[d_off:d_off + d_sz] = (0).to_bytes(d_sz, "little", signed=True)
     else:
         return None
+    return bytes(data)
+
+
+def _corrupt_jmp32(data, d_off, d_sz, length):
+    """wrong-target on a JMP32 (an optprobe detour, a jump label): jump back to the site itself.
+
+    Its first byte is still the int3 until the batch's last step, so the CPU traps
+    again (and runs the new JMP once it is written): no wrong code runs.  A NOP is
+    queued as JMP32 +0 (judge.py): those are left alone.
+    """
+    if _u(bytes(data), d_off, d_sz, True) == 0:
+        return None
+    data[d_off:d_off + d_sz] = int(-length).to_bytes(d_sz, "little", signed=True)
     return bytes(data)
 
 

@@ -66,3 +66,16 @@ def test_only_module_scenarios_get_files(tmp_path: Path) -> None:
     assert guest_files(BY_NAME["ftrace-function"], _kernel("custom"), tmp_path) == {}
     for name in ("ops-one", "ops-two", "ops-and-tracer"):
         assert "module:pokelab_ops" in [str(r) for r in BY_NAME[name].requirements()]
+
+
+def test_the_livepatch_module_is_a_second_module_on_the_same_path(tmp_path: Path) -> None:
+    assert kmod.LIVEPATCH in kmod.MODULES and kmod.NAME in kmod.MODULES
+    src = kmod.source_dir(kmod.LIVEPATCH)
+    assert (src / "Kbuild").read_text().strip() == "obj-m := pokelab_lp.o"
+    assert 'MODULE_INFO(livepatch, "Y")' in (src / "pokelab_lp.c").read_text()
+    assert kmod.module_path(Path("/c"), "r", "ab", kmod.LIVEPATCH) == Path("/c/modules/r/ab/pokelab_lp.ko")
+    assert module_guest_path("r", kmod.LIVEPATCH) == "/lib/modules/r/extra/pokelab_lp.ko"
+    # the livepatch scenario asks for it by name, and a user's own build cannot have it
+    assert "module:pokelab_lp" in [str(r) for r in BY_NAME["livepatch"].requirements()]
+    with pytest.raises(Unsupported, match="linux-headers"):
+        guest_files(BY_NAME["livepatch"], _kernel("custom"), tmp_path)

@@ -122,6 +122,33 @@ def test_guest_check_script_and_its_output() -> None:
     assert parse_missing("MISSING symbol:foo\nnoise\nMISSING module:m\n") == ["symbol:foo", "module:m"]
 
 
+def test_sysfs_requirement() -> None:
+    r = parse_requirement("sysfs:kernel/livepatch")
+    assert (r.kind, r.name, str(r)) == ("sysfs", "kernel/livepatch", "sysfs:kernel/livepatch")
+    assert "test -e /sys/kernel/livepatch" in guest_check_script([r])
+    with pytest.raises(ValueError, match="odd characters"):
+        parse_requirement("sysfs:../etc")
+
+
+def test_body_expectations_need_watch_body() -> None:
+    kopt = BY_NAME["kprobe-optimized"]
+    assert kopt.watch_body and kopt.final_state.body == "original"
+    assert [st.body for st in kopt.steps] == ["original", "jmp", "original", "original"]
+    assert "first body instruction" in kopt.floor_what()
+    bad = replace(kopt, watch_body=False)
+    assert any("watch_body" in p for p in validate(bad))
+    assert any("body must be one of" in p
+               for p in validate(replace(kopt, steps=(Step("x", "true", body="int3"),))))
+
+
+def test_unsupported_if_needs_a_guest_side_requirement_and_a_reason() -> None:
+    lp = BY_NAME["livepatch"]
+    assert [r for r, _ in lp.unsupported_if] == ["symbol:sched_dynamic_klp_enable"]
+    assert validate(replace(lp, unsupported_if=(("CONFIG_X", "why"),)))
+    assert validate(replace(lp, unsupported_if=(("symbol:x", ""),)))
+    assert validate(replace(lp, unsupported_if=(("symbol:x", "why"),))) == []
+
+
 def test_classify_fentry() -> None:
     assert classify_fentry(bytes.fromhex("0f1f440000") + b"\x90" * 4) == (0, "nop")
     assert classify_fentry(bytes.fromhex("f30f1efa0f1f440000")) == (4, "nop")
