@@ -299,6 +299,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         # e3ff7c609f39 (6.4, gone again by 7.3): with PREEMPT_DYNAMIC each transition retargets the
         # cond_resched static call to klp_cond_resched and back, one int3 batch per call site
         unsupported_if=(("symbol:sched_dynamic_klp_enable",
+                         "not run, a limit of pokelab's, not of the kernel: "
                          "each livepatch transition here rewrites every cond_resched static-call site "
                          "(about 960 on 6.12, one int3 batch each: measured about 8 batches/s under the "
                          "recorder, minutes per transition); too slow for this scenario until the recorder "

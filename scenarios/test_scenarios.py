@@ -5,7 +5,9 @@ One boot per scenario and kernel.  PASS is required; UNSUPPORTED is a visible sk
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -81,17 +83,22 @@ def test_user_workload_runs_as_the_load(run_scenario, tmp_path) -> None:  # type
     assert out["floor_traps"] >= 1
 
 
-@pytest.mark.parametrize("name", [
-    # 1 run in 4 here: traps right after an injected one (the CPU jumps back to the site and traps
-    # again) read the corrupted text_poke_loc (on the optimizer's stack) though the injecting trap's
-    # exit had restored it: they are flagged but not counted as injected (false_flags 8 of 30)
-    pytest.param("kprobe-optimized", marks=pytest.mark.xfail(
-        reason="recorder: injection attribution in the JMP32 jump-to-self loop is not exact", strict=False)),
-    "livepatch"])
+@pytest.mark.parametrize("name", ["kprobe-optimized", "livepatch"])
 def test_injection_into_other_text_poke_users_ends_fail(name: str, run_scenario) -> None:  # type: ignore[no-untyped-def]
     # kprobe-optimized: the JMP32 detour's traps jump back to the site; livepatch: the CALL to
     # the livepatch ops' trampoline goes to ftrace_stub instead (the old body runs)
     out = run_scenario(BY_NAME[name], "6.1", inject="wrong-target")
     assert out["verdict"] == "FAIL", out.get("reasons")
     assert out["violations"] > 0 and out["injected_flagged"] == out["injected"] > 0
-    assert out["false_flags"] == 0
+    if name == "livepatch":
+        assert out["false_flags"] == 0
+        return
+    # kprobe-optimized, a known gap in the recorder's attribution (1 run in 4 here): the wrong
+    # JMP32 jumps back to the site, which traps again, and such a re-trap can read the corrupted
+    # text_poke_loc (on the optimizer's stack) without being counted as injected.  What must hold:
+    # every flag the injection did not account for is at a site where this run injected.
+    traps = [json.loads(x) for x in Path(out["trap_log"]).read_text().splitlines() if x.strip()]
+    injected_sites = {t.get("site") for t in traps if t.get("injected")}
+    stray = [t for t in traps if t.get("verdict") == "violation" and not t.get("injected")]
+    assert len(stray) == out["false_flags"]
+    assert all(t.get("site") in injected_sites for t in stray), stray[:3]
