@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -424,17 +425,18 @@ def cmd_repro(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .cache import cache_dir
+    from .errors import RunInterrupted
     from .loadgen import GUEST_PATH, ensure_loadgen
     from .probe_run import write_json
-    from .scenario import guest_files, run_scenario, with_options
+    from .repro import choose, combine, ktap_text
+    from .scenario import guest_files, run_scenario
     from .scenarios_table import BY_NAME
-    from .verdict import FAILURE_VERDICTS, run_rate
+    from .verdict import FAILURE_VERDICTS, exit_status
 
     _check_repro_args(args)
-    sc = BY_NAME.get(args.scenario)
-    if sc is None:
-        raise UsageError(f"unknown scenario '{args.scenario}' (see: pokelab scenarios)")
-    sc = with_options(sc, repeat=args.repeat, function=args.function)
+    choice = choose(args.scenario, trigger_path=args.trigger, function=args.function,
+                    min_judged=args.min_judged, repeat=args.repeat, builtin=BY_NAME.get)
+    sc = choice.scenario
     extra = {GUEST_PATH: ensure_loadgen(cache_dir())}
     spec, kernel = _vm_from_args(args, f"repro-{sc.name}", extra,
                                  kernel_files=lambda k, c: guest_files(sc, k, c))
@@ -447,44 +449,55 @@ def cmd_repro(args: argparse.Namespace) -> int:
     hold = _gdb_hold() if args.gdb else None
     n = args.runs or 1
     results: list[dict[str, Any]] = []
-    for i in range(n):
-        run_spec = spec if args.runs is None else dataclasses.replace(
-            spec, artifacts=spec.artifacts / f"run-{i + 1}")
-        if args.runs is not None:
-            say(f"run {i + 1}/{n}")
-        out = run_scenario(run_spec, kernel, sc, inject=args.inject, workload=args.workload,
-                           progress=say, hold=hold)
-        results.append(out)
-        if args.runs is not None:
-            say(f"run {i + 1}/{n}: {out['verdict']} in {out.get('phases', {}).get('total_s', 0):.1f} s")
-        if args.until_fail and out["verdict"] in FAILURE_VERDICTS:
-            break
-    rate = run_rate([r["verdict"] for r in results])
-    if args.runs is None:
-        final = {**results[0], **{k: rate[k] for k in ("runs", "failures", "rate")}}
-    else:
-        final = {"scenario": sc.name, "kernel": results[0].get("kernel"), "kernel_id": kernel.id,
-                 "kernel_package": kernel.package, "kernel_version": kernel.version,
-                 **spec.qemu_record, "inject": args.inject, "until_fail": args.until_fail,
-                 "runs_requested": n, **rate,
-                 "reasons": next(o.get("reasons", []) for o in results if o["verdict"] == rate["verdict"]),
-                 "artifacts": str(spec.artifacts),
-                 "per_run": [{"run": i + 1, "verdict": o["verdict"], "reasons": o.get("reasons", []),
-                              "traps_judged": o.get("traps_judged", 0), "violations": o.get("violations", 0),
-                              "artifacts": o["artifacts"]} for i, o in enumerate(results)]}
+    stopped: tuple[str, int] | None = None  # (signal, exit status) of an interrupted run
+    try:
+        for i in range(n):
+            run_spec = spec if args.runs is None else dataclasses.replace(
+                spec, artifacts=spec.artifacts / f"run-{i + 1}")
+            if args.runs is not None:
+                say(f"run {i + 1}/{n}")
+            try:
+                out = run_scenario(run_spec, kernel, sc, inject=args.inject, workload=args.workload,
+                                   progress=say, hold=hold, info=choice.info)
+            except RunInterrupted as exc:  # its verdict.json is written; the runs' one follows
+                results.append(exc.out)
+                stopped = (exc.signal_name, exc.code)
+                break
+            results.append(out)
+            if args.runs is not None:
+                say(f"run {i + 1}/{n}: {out['verdict']} in {out.get('phases', {}).get('total_s', 0):.1f} s")
+            if args.until_fail and out["verdict"] in FAILURE_VERDICTS:
+                break
+    except KeyboardInterrupt:  # between runs
+        stopped = ("SIGINT", 130)
+    except _Terminated as exc:
+        stopped = ("SIGTERM", int(exc.code or 143))
+    final = combine(results, runs=args.runs, interrupted=stopped[0] if stopped else None,
+                    extra={"scenario": sc.name, "kernel": results[0].get("kernel") if results else None,
+                           "kernel_id": kernel.id, "kernel_package": kernel.package,
+                           "kernel_version": kernel.version, **spec.qemu_record, "inject": args.inject,
+                           "until_fail": args.until_fail, "artifacts": str(spec.artifacts)})
     spec.artifacts.mkdir(parents=True, exist_ok=True)
     (spec.artifacts / "verdict.json").write_text(json.dumps(final, indent=2) + "\n")
-    print(f"{sc.name} on {final.get('kernel')}: {final['verdict']}  ({'; '.join(final.get('reasons', []))})")
-    if args.runs is not None:
-        print(f"runs {rate['runs']}, failures {rate['failures']}, rate {rate['rate']:.2f}")
-        for o in results:
-            print(f"  {o['verdict']:12} {o['artifacts']}")
-    for i, line in enumerate(_trap_summary(results[-1])):
-        print(f"run {len(results)}: {line}" if args.runs is not None and i == 0 else line)
-    if args.runs is not None:
-        print(f"summary: {spec.artifacts / 'verdict.json'}")
     write_json(final, args.json)
-    return EXIT_CODES[final["verdict"]]
+    # --format ktap: stdout is the KTAP document alone, the human lines go to stderr
+    emit = print if args.format == "text" else functools.partial(print, file=sys.stderr)
+    emit(f"{sc.name} on {final.get('kernel')}: {final['verdict']}  ({'; '.join(final.get('reasons', []))})")
+    if args.runs is not None:
+        emit(f"runs {final['runs']}, failures {final['failures']}, rate {final['rate']:.2f}")
+        for o in results:
+            emit(f"  {o['verdict']:12} {o['artifacts']}")
+    for i, line in enumerate(_trap_summary(results[-1]) if results else []):
+        emit(f"run {len(results)}: {line}" if args.runs is not None and i == 0 else line)
+    if args.runs is not None:
+        emit(f"summary: {spec.artifacts / 'verdict.json'}")
+    if args.format == "ktap":
+        print(ktap_text(final), end="")
+    if stopped is not None:
+        print(f"pokelab: interrupted by {stopped[0]}: verdict written to {spec.artifacts / 'verdict.json'}",
+              file=sys.stderr)
+        return stopped[1]
+    return exit_status(final["verdict"], bisect=args.bisect_exit_codes)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -517,17 +530,17 @@ def _nightly_context(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     return previous, issues
 
 
-def _nightly_runner(args: argparse.Namespace) -> Callable[[str, str, Path], dict[str, Any]]:
+def _nightly_runner(args: argparse.Namespace,
+                    table: dict[str, Any]) -> Callable[[str, str, Path], dict[str, Any]]:
     """One matrix cell, the way `pokelab repro` runs a scenario: _vm_from_args + run_scenario."""
     from .cache import cache_dir
     from .loadgen import GUEST_PATH, ensure_loadgen
     from .scenario import guest_files, run_scenario, with_options
-    from .scenarios_table import BY_NAME
 
     prepare_lock = threading.Lock()  # one cache writer at a time (downloads, initramfs builds)
 
     def run(kernel: str, scenario: str, artifacts: Path) -> dict[str, Any]:
-        sc = with_options(BY_NAME[scenario], repeat=args.repeat)
+        sc = with_options(table[scenario], repeat=args.repeat)
         ns = argparse.Namespace(kernel=kernel, bzimage=None, vmlinux=None, modules=None, smp=args.smp,
                                 memory=args.memory, accel=args.accel, tcg_thread=args.tcg_thread,
                                 gdb_port=None, ssh_port=None, artifacts=artifacts, dry_run=False,
@@ -562,6 +575,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         shard,
         write_reports,
     )
+    from .scenario_file import nightly_table
     from .scenarios_table import BY_NAME, SCENARIOS
 
     args.qemu = _check_qemu_arg(args.qemu)
@@ -586,15 +600,13 @@ def cmd_nightly(args: argparse.Namespace) -> int:
                 cat.lookup(k)
             except UsageError:
                 raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)") from None
-    for s in scenarios or []:
-        if s not in BY_NAME:
-            raise UsageError(f"unknown scenario '{s}' (see: pokelab scenarios)")
+    table = nightly_table(scenarios or [s.name for s in SCENARIOS], BY_NAME)  # names and FILE.toml
     previous, issues = _nightly_context(args)
     if kernels is None:
         kernels = [k.id for k in cat.kernels
                    if ((spec := _resolved_offline(k, cache_dir())) and is_cached(spec, cache_dir()))
                    or fetchable(k, cache_dir())]
-    cells = matrix(kernels, scenarios or [s.name for s in SCENARIOS])
+    cells = matrix(kernels, list(table))
     if shard_of is not None:
         cells = shard(cells, *shard_of)
     if args.dry_run:
@@ -608,7 +620,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     results: list[dict[str, Any]] = []
     try:
-        run_matrix(cells, _nightly_runner(args), out_dir, jobs=args.jobs, results=results,
+        run_matrix(cells, _nightly_runner(args, table), out_dir, jobs=args.jobs, results=results,
                    progress=lambda s: print(s, file=sys.stderr, flush=True))
     finally:  # interrupted too: report what ran, the rest as MISSING (exit 2 via INCOMPLETE)
         order = {c: i for i, c in enumerate(cells)}
@@ -616,15 +628,21 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         summary = annotate(new_summary(cells, results, shard_spec=args.shard, started=started),
                            previous, issues)
         write_reports(summary, out_dir, args.kcidb, args.artifacts_url)
-    return _report_done(summary, out_dir, exit_status(summary))
+    return _report_done(summary, out_dir, exit_status(summary), args.format)
 
 
-def _report_done(summary: dict[str, Any], out_dir: Path, code: int) -> int:
+def _report_done(summary: dict[str, Any], out_dir: Path, code: int, fmt: str = "text") -> int:
+    from .ktap import from_nightly
+
+    # --format ktap: stdout is the KTAP document alone, the human lines go to stderr
+    emit = print if fmt == "text" else functools.partial(print, file=sys.stderr)
     for r in summary["results"]:
         mark = (f" [known issue {r['known_issue']['id']}]" if r.get("known_issue")
                 else f" [{r['change']}]" if r.get("change") else "")
-        print(f"{r['kernel_id']:10} {r['scenario']:24} {r['verdict']}{mark}")
-    print(f"reports: {out_dir}/index.html, junit.xml, summary.json; exit status {code}")
+        emit(f"{r['kernel_id']:10} {r['scenario']:24} {r['verdict']}{mark}")
+    emit(f"reports: {out_dir}/index.html, junit.xml, summary.json; exit status {code}")
+    if fmt == "ktap":
+        print(from_nightly(summary), end="")
     return code
 
 
@@ -640,7 +658,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise UsageError(f"merge: {exc}") from None
     summary = annotate(summary, previous, issues)
     write_reports(summary, out_dir, args.kcidb, args.artifacts_url)
-    return _report_done(summary, out_dir, exit_status(summary))
+    return _report_done(summary, out_dir, exit_status(summary), args.format)
 
 
 def _add_nightly_parsers(sub: Any) -> None:
@@ -649,7 +667,9 @@ def _add_nightly_parsers(sub: Any) -> None:
     s.add_argument("--kernels", metavar="A,B",
                    help="kernel ids as --kernel takes them: catalog, custom-*, Debian ABIs "
                         "(default: every catalog kernel cached or fetchable)")
-    s.add_argument("--scenarios", metavar="A,B", help="scenario names (default: all)")
+    s.add_argument("--scenarios", metavar="A,B",
+                   help="scenario names or scenario files FILE.toml (docs/scenarios.md); "
+                        "default: every built-in scenario")
     s.add_argument("--repeat", type=int, metavar="N", help="cycles of each scenario's steps")
     s.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based, deterministic)")
     s.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="parallel VMs (default 1)")
@@ -682,6 +702,8 @@ def _add_report_args(s: Any) -> None:
                    help="also write KCIDB-style JSON here")
     s.add_argument("--artifacts-url", metavar="URL",
                    help="where OUT is published: KCIDB output_files URLs are made from it")
+    s.add_argument("--format", choices=("text", "ktap"), default="text",
+                   help="stdout: text (default) or KTAP v1, one test per cell (the text lines go to stderr)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -760,7 +782,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_scenarios)
 
     s = sub.add_parser("repro", help="run one scenario under the probe and write a JSON verdict")
-    s.add_argument("scenario", metavar="SCENARIO", help="a name from `pokelab scenarios`")
+    s.add_argument("scenario", metavar="SCENARIO", nargs="?",
+                   help="a name from `pokelab scenarios`, or a scenario file FILE.toml (docs/scenarios.md)")
+    s.add_argument("--trigger", type=input_file_or_dir(), metavar="FILE|DIR",
+                   help="instead of a scenario: your trigger (a script, a binary, a .tc file or a dir of "
+                        ".tc files) copied in and run from vCPU 0, the default load on the others")
+    s.add_argument("--min-judged", type=int, metavar="N",
+                   help="the floor: fewer traps judged (at --function's site, if given) is INCONCLUSIVE")
+    s.add_argument("--format", choices=("text", "ktap"), default="text",
+                   help="stdout: text (default) or KTAP v1 (the text lines go to stderr)")
+    s.add_argument("--bisect-exit-codes", action="store_true",
+                   help="exit as `git bisect run` expects: 0 PASS, 1 FAIL/CRASH, 125 other verdicts, "
+                        "128 bad usage (aborts the bisect)")
     _add_vm_args(s)
     s.add_argument("--inject", choices=("wrong-target", "wrong-return", "skip-call"),
                    help="corrupt the emulation at chosen CALL traps (wrong-target: JMP32 ones too; "
@@ -775,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gdb", action="store_true",
                    help="at the first violation leave the guest stopped and print the gdb command; "
                         "Ctrl-C ends it")
-    s.add_argument("--function", help="trace this function instead (the real symbol)")
+    s.add_argument("--function", help="trace this function instead (the real symbol); with --trigger: the "
+                                      "function whose site is read back and whose traps count to the floor")
     s.add_argument("--json", type=output_file(), metavar="FILE", help="write the JSON verdict here too")
     s.set_defaults(func=cmd_repro)
 
@@ -937,8 +971,18 @@ def _bisect_debian(args: argparse.Namespace, policy: Any, replay: dict[str, list
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import RunInterrupted
+    from .verdict import exit_status
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bisect = "--bisect-exit-codes" in argv
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad command line must not mark a revision bad (verdict.BISECT_USAGE_EXIT)
+        if bisect and exc.code == EXIT_CODES["USAGE"]:
+            return exit_status("USAGE", bisect=True)
+        raise
     logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
                         format="pokelab: %(message)s", stream=sys.stderr)
     logging.getLogger("orchestrator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -954,7 +998,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pokelab: {verdict.lower().replace('_', ' ')}: {exc.title}", file=sys.stderr)
         if exc.tail and args.verbose:
             print(exc.tail, file=sys.stderr)
-        return EXIT_CODES[verdict]
+        return exit_status(verdict, bisect=bool(getattr(args, "bisect_exit_codes", False)))
+    except RunInterrupted as exc:  # its verdict.json is written
+        print(f"pokelab: interrupted by {exc.signal_name}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         print("pokelab: interrupted", file=sys.stderr)
         return 130

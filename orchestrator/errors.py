@@ -46,3 +46,18 @@ class Unsupported(PokelabError):
     """The kernel lacks something the check needs; the reason says what."""
 
     blame = "unsupported"
+
+
+class RunInterrupted(BaseException):
+    """A run ended by SIGINT or SIGTERM.  Not a PokelabError: nothing is to blame, and no
+    ``except PokelabError`` may swallow it.
+
+    ``out``: the run's verdict dict, already written to its ``verdict.json`` with
+    ``"interrupted": true``; ``code``: the exit status (128 + the signal number: 130, 143).
+    """
+
+    def __init__(self, out: dict, code: int, signal_name: str) -> None:  # type: ignore[type-arg]
+        super().__init__(f"interrupted by {signal_name}")
+        self.out = out
+        self.code = code
+        self.signal_name = signal_name

@@ -23,11 +23,11 @@ from .budget import TrapBudget, summary_line
 from .cache import cache_dir
 from .census import Census
 from .census_tables import load_tables
-from .errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported
+from .errors import BootError, InfraError, KernelCrash, PokelabError, RunInterrupted, Unsupported
 from .images import KernelArtifacts
 from .probe import Probe, read_trap_log
 from .symbols import KernelSymbolizer, load_symbols
-from .verdict import decide, probe_blame
+from .verdict import decide, interrupted_outcome, probe_blame
 from .vm import Vm, VmSpec
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,14 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
     guest before GDB attaches (requirement checks, baselines).  ``hold``
     (``--gdb``) runs at the first ``check_alive`` after a violation and ends
     the body by raising StoppedAtViolation.
+
+    SIGINT (KeyboardInterrupt) or SIGTERM (SystemExit, as the CLI raises it) ends the
+    run: GDB and the VM are closed, ``verdict.json`` is written with
+    ``"interrupted": true`` and the verdict of what was judged until then
+    (``verdict.interrupted_outcome``: never PASS), and RunInterrupted carries it out.
     """
     t0 = time.monotonic()
+    interrupted: RunInterrupted | None = None
     out.update({"kernel": kernel.release, "kernel_id": kernel.id, "build_id": kernel.build_id,
                 "kernel_package": kernel.package, "kernel_version": kernel.version,
                 "accel": spec.accel, "smp": spec.smp, **spec.qemu_record, "inject": inject,
@@ -238,6 +244,8 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
             out.setdefault("violation_examples", probe.violations[:5])
         if exc.tail:
             out["tail"] = exc.tail[-2000:]
+    except (KeyboardInterrupt, SystemExit) as exc:
+        interrupted = _interrupted(exc, out, vm, probe)
     finally:
         if probe is not None:
             probe.close()
@@ -247,12 +255,36 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
     out.setdefault("traps_judged", 0)
     out.setdefault("violations", 0)
     (spec.artifacts / "verdict.json").write_text(json.dumps(out, indent=2) + "\n")
+    if interrupted is not None:
+        raise interrupted
     return out
 
 
 def _breakpoint_stops(stats: dict[str, Any]) -> int:
     """The probe's breakpoint hits so far: handler entries, returns of a recorded trap, batches."""
     return int(stats.get("entries", 0)) + int(stats.get("traps", 0)) + int(stats.get("batches", 0))
+
+
+def _interrupted(exc: BaseException, out: dict[str, Any], vm: Vm, probe: Probe | None) -> RunInterrupted:
+    """Mark ``out`` interrupted, with the verdict of what was judged so far."""
+    if isinstance(exc, KeyboardInterrupt):
+        code, name = 130, "SIGINT"
+    else:
+        status = getattr(exc, "code", None)
+        code = status if isinstance(status, int) else 143
+        name = "SIGTERM" if code == 143 else f"exit {code}"
+    summary: dict[str, Any] = probe.summary() if probe is not None else {}
+    if probe is not None:
+        out.update({k: v for k, v in summary.items() if k not in out})
+        out.setdefault("violation_examples", probe.violations[:5])
+    try:
+        crashes = _crash_titles(vm)
+    except Exception:  # the console may be half closed: the verdict must still be written
+        crashes = []
+    outcome = interrupted_outcome(summary, crashes=crashes, signal_name=name)
+    out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
+    out["interrupted"] = True
+    return RunInterrupted(out, int(code), name)
 
 
 def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,

@@ -74,6 +74,8 @@ SITE_STATES = ("call", "nop")
 #: what a watched body site may be expected to hold (see ``Scenario.watch_body``)
 BODY_STATES = ("original", "jmp")
 
+#: a guest shell command, or Python that drives the guest and returns "" when it did what it
+#: should, else why not (a check that could not be made: the run is INCONCLUSIVE with it)
 GuestAction = str | Callable[[Vm], str]
 
 #: Guest commands that call a function for a moment from vCPU 0, whatever the load is:
@@ -236,9 +238,10 @@ class Step:
     """One guest action from vCPU 0, then checks.
 
     ``site``: what the watched function's fentry site must hold afterwards
-    ("call" or "nop").  ``evidence``: a guest command, run right after the
-    action, printing a count that must be > 0 over the run (the handler ran);
-    it must not depend on the load: system-wide counts, or ``{call}`` first.
+    ("call" or "nop"; "any": read back and recorded, not judged).  ``evidence``: a
+    guest command, run right after the action, printing a count that must be > 0
+    over the run (the handler ran); it must not depend on the load: system-wide
+    counts, or ``{call}`` first.
     ``target``: with ``site="call"``, the symbol (looked up in the guest's
     ``/proc/kallsyms``: it may be a module's) the call must reach.  ``body``:
     with ``Scenario.watch_body``, what the watched body site must hold
@@ -323,6 +326,8 @@ class Scenario:
             return f"trap(s) judged at {', '.join(self.floor_keys)} sites"
         if self.floor_anywhere:
             return "trap(s) judged (any site)"
+        if self.function is None and not self.floor_functions:
+            return "trap(s) judged"
         if self.floor_functions:
             return f"trap(s) judged in {', '.join(self.floor_functions)}"
         return f"trap(s) judged at {self.function}'s site"
@@ -515,7 +520,9 @@ class _ScenarioBody:
                 raise InfraError(f"step '{st.name}' failed ({res.status}): {cmd}: "
                                  f"{(res.stderr or res.stdout).strip()[-200:]}")
         else:
-            st.action(vm)
+            not_done = st.action(vm)
+            if not_done:
+                self.unknown.append(f"step '{st.name}': {not_done}")
         entry: dict[str, Any] = {"step": st.name, "cycle": rep, "s": round(time.monotonic() - t, 3)}
         if st.evidence:
             res = vm.run(f"taskset -c 0 sh -c {shlex.quote(self.expand(st.evidence))}")
@@ -607,7 +614,7 @@ class _ScenarioBody:
             if target and dest != want_target:
                 self.failed.append(f"{when}: {fn}'s fentry site calls {name or hex(dest)}, expected "
                                    f"{target} ({hex(want_target) if want_target else 'not in kallsyms'})")
-        if state != want:
+        if want != "any" and state != want:
             expect = "the 5-byte NOP 0f 1f 44 00 00" if want == "nop" else "a call (e8)"
             self.failed.append(f"{when}: {fn}'s fentry site holds {site.hex(' ')}, expected {expect}")
         return desc
@@ -746,12 +753,17 @@ def _write(spec: VmSpec, out: dict[str, Any]) -> dict[str, Any]:
 def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inject: str | None = None,
                  workload: Path | None = None, *, inject_every: int = 2,
                  progress: Progress = lambda s: None,
-                 hold: Callable[[Run], None] | None = None) -> dict[str, Any]:
-    """Run one scenario on one kernel; always a dict with ``verdict`` and ``reasons``."""
+                 hold: Callable[[Run], None] | None = None,
+                 info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one scenario on one kernel; always a dict with ``verdict`` and ``reasons``.
+
+    ``info``: more keys for the verdict (its values may be filled in during the run, e.g.
+    a trigger's results).  RunInterrupted (SIGINT/SIGTERM) is raised after the verdict is written.
+    """
     sc = scenario
     out: dict[str, Any] = {"scenario": sc.name, "description": sc.description,
                            "function": sc.function, "repeat": sc.repeat, "min_traps": sc.min_traps,
-                           "workload": str(workload) if workload else None}
+                           "workload": str(workload) if workload else None, **(info or {})}
     base = {"kernel": kernel.release, "kernel_id": kernel.id, **spec.qemu_record, "inject": inject,
             "artifacts": str(spec.artifacts)}
     if sc.unsupported:

@@ -151,3 +151,35 @@ BISECT_EXIT_CODES: dict[str, int] = {
     "INCONCLUSIVE": 125,
     "UNSUPPORTED": 125,
 }
+
+#: a usage error under ``--bisect-exit-codes``: the command line is wrong, not the revision.
+#: ``git bisect run`` takes 1-127 but 125 as "bad" and 125 as "skip" (which would skip every
+#: revision in turn); any status above 127 aborts the bisect at once, so the user sees the error.
+#: An interrupted run exits 130/143 (128 + signal) with or without the flag: it aborts too.
+BISECT_USAGE_EXIT = 128
+
+
+def exit_status(verdict: str, *, bisect: bool = False) -> int:
+    """The process exit status of a verdict (or "USAGE"): :data:`EXIT_CODES`, or with
+    ``bisect`` (``--bisect-exit-codes``) :data:`BISECT_EXIT_CODES` and :data:`BISECT_USAGE_EXIT`."""
+    if not bisect:
+        return EXIT_CODES[verdict]
+    if verdict == "USAGE":
+        return BISECT_USAGE_EXIT
+    return BISECT_EXIT_CODES[verdict]
+
+
+def interrupted_outcome(summary: dict[str, Any], *, crashes: list[str], signal_name: str) -> Outcome:
+    """The verdict of a run cut short by a signal: never PASS.
+
+    What was judged until then may already prove a failure (a violation, a site
+    holding other text, an oops on the console): that verdict stands.  Anything
+    else is INCONCLUSIVE: the run did not do what it was asked to.
+    """
+    full = decide(summary, crashes=crashes)
+    judged = int(summary.get("traps_judged", 0))
+    why = f"interrupted by {signal_name} after {judged} trap(s) judged"
+    if full.verdict in ("FAIL", "CRASH"):
+        return Outcome(full.verdict, (*full.reasons, why))
+    return Outcome("INCONCLUSIVE", (why + (f", {int(summary.get('violations', 0))} violations"
+                                           if judged else ": nothing proven"),))
