@@ -332,3 +332,29 @@ def test_signal_during_boot_leaves_nothing(start_cli, sig: int, rc: int) -> None
     assert "Traceback" not in "\n".join(run.stderr), run.stderr
     assert len(run.stderr) == 1, run.stderr
     assert_nothing_left(run)
+
+
+@pytest.mark.parametrize("sig, rc, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_during_repro_writes_an_interrupted_verdict(start_cli, sig: int, rc: int, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Interrupted while the probe judges traps: GDB and QEMU go, verdict.json stays, never PASS."""
+    import json
+
+    run = start_cli("repro", "ftrace-function", "--repeat", "40")
+    end = time.monotonic() + 240
+    while not any("cycle 1/40" in line for line in run.stderr):
+        if run.proc.poll() is not None or time.monotonic() > end:
+            pytest.fail(f"no first cycle; stderr {run.stderr}")
+        time.sleep(0.1)
+    run.proc.send_signal(sig)
+    assert run.wait_exit(EXIT_DEADLINE) == rc, run.stderr
+    time.sleep(0.2)
+    assert "Traceback" not in "\n".join(run.stderr), run.stderr
+    assert any(line.startswith(f"pokelab: interrupted by {name}: verdict written to ") for line in run.stderr)
+    v = json.loads((run.artifacts / "verdict.json").read_text())
+    assert v["interrupted"] is True and v["verdict"] == "INCONCLUSIVE", v.get("reasons")
+    assert v["traps_judged"] > 0 and v["violations"] == 0
+    assert v["reasons"][0].startswith(f"interrupted by {name} after {v['traps_judged']} trap(s) judged")
+    gdbs = [p for p in run.tracker.procs() if p.name == "gdb"]
+    assert gdbs, run.tracker.procs()
+    assert_nothing_left(run)  # QEMU and GDB both gone
