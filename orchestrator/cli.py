@@ -837,7 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--debian", metavar="GOOD..BAD",
                    help="bisect the Debian cloud-amd64 kernels apt knows between two versions, named by ABI "
                         "(6.1.0-47), release, package version (6.1.170-3) or catalog id (6.1)")
-    s.add_argument("--scenario", required=True, help="a name from `pokelab scenarios`")
+    s.add_argument("--scenario", required=True,
+                   help="a name from `pokelab scenarios`, or a scenario file FILE.toml")
     s.add_argument("--runs", type=int, default=3, metavar="N",
                    help="scenario runs per revision (default 3; good needs min(N, 3) clean runs and no "
                         "failure, bad needs 2 failing runs)")
@@ -873,6 +874,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     from .guest import default_artifacts
     from .loadgen import GUEST_PATH, ensure_loadgen
     from .scenario import guest_files, run_scenario
+    from .scenario_file import resolve as resolve_scenario
     from .scenarios_table import BY_NAME
 
     if args.debian is not None:
@@ -884,9 +886,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise UsageError("--runs must be >= 1")
     args.qemu = _check_qemu_arg(args.qemu)
-    sc = BY_NAME.get(args.scenario)
-    if sc is None:
-        raise UsageError(f"unknown scenario '{args.scenario}' (see: pokelab scenarios)")
+    sc = resolve_scenario(args.scenario, BY_NAME.get)  # a name or a FILE.toml
     if args.debian is not None:
         from .debian import parse_range
 

@@ -257,3 +257,30 @@ def test_tc_runner_results(tmp_path: Path) -> None:
                    "i-unresolved.tc": "UNRESOLVED"}, res.stdout + res.stderr
     assert "it broke" in (tests / "c-fail.tc.log").read_text()
     assert (tracing / "current_tracer").read_text() == "nop\n"  # initialize_ftrace ran
+
+
+def test_git_bisect_run_aborts_on_a_usage_error(tmp_path: Path) -> None:
+    """Real ``git bisect run`` over a tiny history with a bad pokelab command line: git stops at
+    once instead of marking the revision bad (or skipping every one)."""
+    import os
+    import sys
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True,
+                              timeout=60, check=False,
+                              env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+                                   "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"})
+
+    git("init", "-q", "-b", "main")
+    for i in range(4):
+        (tmp_path / "f").write_text(str(i))
+        git("add", "f")
+        git("commit", "-q", "-m", f"c{i}")
+    assert git("bisect", "start", "HEAD", "HEAD~3").returncode == 0
+    res = git("bisect", "run", sys.executable, "-m", "orchestrator.cli", "repro", "--bisect-exit-codes",
+              "--no-such-option")
+    assert res.returncode != 0
+    assert "128" in res.stdout + res.stderr, res.stdout + res.stderr
+    log = git("bisect", "log").stdout
+    assert log.count("# bad:") == 1 and log.count("# good:") == 1, log  # only the two endpoints
+    assert "skip" not in log
