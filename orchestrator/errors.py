@@ -48,9 +48,10 @@ class Unsupported(PokelabError):
     blame = "unsupported"
 
 
-class RunInterrupted(BaseException):
+class RunInterrupted(KeyboardInterrupt):
     """A run ended by SIGINT or SIGTERM.  Not a PokelabError: nothing is to blame, and no
-    ``except PokelabError`` may swallow it.
+    ``except PokelabError`` (or ``except Exception``) may swallow it; a KeyboardInterrupt,
+    so that what stops on Ctrl-C (pytest's session, a loop of runs) stops on it too.
 
     ``out``: the run's verdict dict, already written to its ``verdict.json`` with
     ``"interrupted": true``; ``code``: the exit status (128 + the signal number: 130, 143).
