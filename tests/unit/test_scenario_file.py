@@ -226,3 +226,11 @@ def test_fuzz_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert cli.main(["repro", str(f)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("pokelab: usage: scenario file "), err
+
+
+def test_nightly_plans_cells_for_scenario_files(capsys: pytest.CaptureFixture[str]) -> None:
+    files = ",".join(map(str, EXAMPLES))
+    argv = ["nightly", "--kernels", "6.1", "--scenarios", f"ftrace-function,{files}", "--dry-run"]
+    assert cli.main(argv) == 0
+    want = ["6.1 ftrace-function", *(f"6.1 {p.stem}" for p in EXAMPLES)]
+    assert capsys.readouterr().out.splitlines() == want

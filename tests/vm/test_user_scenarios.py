@@ -5,7 +5,8 @@
 * ``--trigger DIR`` runs kselftest-style ``.tc`` files from vCPU 0, one after another, records
   each result (an unmet ``# requires:`` is UNSUPPORTED) and PASSes with traps at ``--function``'s
   site, exiting 0 under ``--bisect-exit-codes``;
-* ``--trigger FILE`` runs the example script the same way.
+* ``--trigger FILE`` runs the example script the same way;
+* a trigger that fails (exit 3) after patching is INCONCLUSIVE, 125 under ``--bisect-exit-codes``.
 
 About a minute each on this host (repeat 1).
 """
@@ -78,3 +79,18 @@ def test_trigger_script(tmp_path: Path) -> None:
     assert run["exit"] == 0 and "kprobe hits: " in run["output_tail"], run
     assert "kprobe hits: none" not in run["output_tail"]
     assert v["floor_traps"] >= 1
+
+
+def test_a_failing_trigger_is_inconclusive(tmp_path: Path) -> None:
+    # it patches the site (a kprobe on, off) and then fails: the traps are judged, but what
+    # the trigger was written to exercise did not run as written
+    script = tmp_path / "fails.sh"
+    script.write_text("#!/bin/sh\nT=/sys/kernel/tracing\necho 'p:t/g __do_sys_getpid' >> $T/kprobe_events\n"
+                      "echo 1 > $T/events/t/g/enable\nsleep 0.2\necho 0 > $T/events/t/g/enable\n"
+                      "echo 'it broke' >&2\nexit 3\n")
+    res, v = repro(tmp_path, "--trigger", str(script), "--function", "__do_sys_getpid", "--bisect-exit-codes")
+    assert v["verdict"] == "INCONCLUSIVE", v.get("reasons")
+    assert res.returncode == 125  # git bisect run: skip this revision
+    assert "the trigger fails.sh did not run as written (run 1: exited 3: it broke)" in v["reasons"][0]
+    assert v["trigger"]["runs"][0]["exit"] == 3
+    assert v["traps_judged"] > 0 and v["violations"] == 0
