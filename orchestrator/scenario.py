@@ -454,8 +454,12 @@ class _ScenarioBody:
                              f"{run.probe.judged_count()} traps judged")
             for st in sc.teardown:
                 self._step(run, st, 0)
-        finally:
-            load_ok, load_info = self._stop_load(vm, cpus)
+        except (KeyboardInterrupt, SystemExit):
+            raise  # SIGINT/SIGTERM: the VM is closed next; a guest command could only delay that
+        except BaseException:
+            self._stop_load(vm, cpus)
+            raise
+        load_ok, load_info = self._stop_load(vm, cpus)
         self.out["load"] = load_info
         self._final(run)
         floor = self._floor(run)
