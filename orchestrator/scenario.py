@@ -67,6 +67,11 @@ log = logging.getLogger(__name__)
 TRACING = "/sys/kernel/tracing"
 NOP5 = bytes.fromhex("0f1f440000")
 ENDBR64 = bytes.fromhex("f30f1efa")
+#: the 4 bytes a function's fentry site may follow: ENDBR64, or an ENDBR the kernel sealed
+#: (CONFIG_X86_KERNEL_IBT: apply_seal_endbr() writes gen_endbr_poison() over the ENDBR of a
+#: function never called indirectly, arch/x86/include/asm/ibt.h): 0x001f0f66 "osp nopl (%rax)"
+#: since v5.18 (6.1, 6.12), 0xd6401f0f "nopl -42(%rax)" later, 0x0048b90f "ud1" with IBT_PLUS
+ENDBR_FORMS = (ENDBR64, bytes.fromhex("660f1f00"), bytes.fromhex("0f1f40d6"), bytes.fromhex("0fb94800"))
 WORKLOAD_GUEST_PATH = "/tmp/pokelab-workload"
 DEBUGFS = "/sys/kernel/debug"
 REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module", "debugfs", "sysfs")
@@ -402,7 +407,7 @@ def validate(s: Scenario) -> list[str]:
 
 def classify_fentry(text: bytes) -> tuple[int, str]:
     """(offset of the fentry site in the function, "nop"|"call"|"other") from its first 9 bytes."""
-    off = 4 if text[:4] == ENDBR64 else 0
+    off = 4 if text[:4] in ENDBR_FORMS else 0
     site = text[off:off + 5]
     if site == NOP5:
         return off, "nop"
