@@ -7,9 +7,12 @@ them here.  A file holds what a :class:`scenario.Scenario` declaration holds::
     description = "one line"                  # required, at most 100 characters
     function = "ksys_read"                    # the watched function (omit: no fentry checks)
     floor_functions = ["update_curr"]         # count the floor in these whole functions instead
+    floor_keys = ["static_call:cond_resched"] # or at the sites the census gives these user:key
+    record_batches = true                     # false: no stop per text_poke batch (see Scenario)
     min_traps = 1                             # the floor (default 1)
     repeat = 2                                # cycles of [[steps]] (default 2)
-    load = "read"                             # loadgen path on vCPUs 1..: getpid, read, yield
+    load = "read"                             # loadgen path on vCPUs 1..: getpid, read, yield, or
+    # load = {path = "read", max_cpus = 1, pace = [1, 0]}   # at most 1 vCPU, sleep 0 us every 1
     requires = ["CONFIG_KPROBE_EVENTS", "symbol:{function}", "tracefs:kprobe_events"]
 
     [[setup]]                                 # then [[steps]] (repeated), then [[teardown]]
@@ -18,6 +21,7 @@ them here.  A file holds what a :class:`scenario.Scenario` declaration holds::
     site = "nop"                              # the fentry site afterwards: call or nop
     evidence = "..."                          # prints a count that must be > 0 over the run
     target = "sym"                            # with site = "call": the symbol it must call
+    static_calls = {cond_resched = "ret0"}    # __SCT__<name> and its inline sites afterwards
 
     [final]
     site = "nop"                              # call, nop, or unchecked (default: nop with a function)
@@ -41,6 +45,7 @@ from .errors import UsageError
 from .scenario import SITE_STATES, FinalState, Load, Scenario, Step, validate
 
 LOADS = ("getpid", "read", "yield")
+LOAD_KEYS = ("path", "max_cpus", "pace")
 #: [final] site: "unchecked" is a declaration's ``FinalState(site=None)``
 FINAL_SITES = (*SITE_STATES, "unchecked")
 #: the longest file read (a scenario is a few dozen lines)
@@ -103,6 +108,13 @@ class _Fields:
                 raise ScenarioFileError(f"{self._key(key)}[{i}]: must be a string, not {_type_name(v)}")
         return tuple(items)
 
+    def pairs(self, key: str) -> tuple[tuple[str, str], ...]:
+        table = self.take(key, dict, default={})
+        for k, v in table.items():
+            if type(v) is not str:
+                raise ScenarioFileError(f"{self._key(key)}.{_show(k)}: must be a string, not {_type_name(v)}")
+        return tuple(table.items())
+
     def positive(self, key: str, default: int) -> int:
         value = self.take(key, int, default=default)
         if value < 1:
@@ -120,19 +132,40 @@ class _Fields:
                                     f"(allowed here: {', '.join(allowed)})")
 
 
-STEP_KEYS = ("name", "run", "site", "evidence", "target")
+STEP_KEYS = ("name", "run", "site", "evidence", "target", "static_calls")
 CHECK_KEYS = ("run", "expect")
 FINAL_KEYS = ("site", "checks")
-TOP_KEYS = ("name", "description", "function", "floor_functions", "min_traps", "repeat", "load",
-            "requires", "setup", "steps", "teardown", "final")
+TOP_KEYS = ("name", "description", "function", "floor_functions", "floor_keys", "record_batches",
+            "min_traps", "repeat", "load", "requires", "setup", "steps", "teardown", "final")
 
 
 def _step(table: Any, where: str) -> Step:
     f = _Fields(table, where)
     st = Step(name=str(f.text("name", required=True)), action=str(f.text("run", required=True)),
-              site=f.text("site", choices=SITE_STATES), evidence=f.text("evidence"), target=f.text("target"))
+              site=f.text("site", choices=SITE_STATES), evidence=f.text("evidence"), target=f.text("target"),
+              static_calls=f.pairs("static_calls"))
     f.done(STEP_KEYS)
     return st
+
+
+def _load(value: Any) -> Load:
+    """``load = "read"`` or ``load = {path = "read", max_cpus = 1, pace = [N, US]}``."""
+    if value is None or isinstance(value, str):
+        return Load(str(_Fields({"load": value} if value is not None else {}, "").text("load", choices=LOADS)
+                        or "getpid"))
+    if not isinstance(value, dict):
+        raise ScenarioFileError(f"load: must be a string or a table, "
+                                f"not {_type_name(value)} ({_show(value)})")
+    f = _Fields(value, "load")
+    path = str(f.text("path", choices=LOADS) or "getpid")
+    max_cpus = f.positive("max_cpus", 0) if "max_cpus" in f.table else None
+    pace = f.take("pace", list)
+    if pace is not None:
+        if len(pace) != 2 or any(type(v) is not int for v in pace) or pace[0] < 1 or pace[1] < 0:
+            raise ScenarioFileError(f"load.pace: must be [N, US] (N >= 1 iterations, US >= 0 "
+                                    f"microseconds), not {_show(pace)}")
+    f.done(LOAD_KEYS)
+    return Load(path, max_cpus=max_cpus, pace=(pace[0], pace[1]) if pace is not None else None)
 
 
 def _final(table: Any, has_function: bool) -> FinalState:
@@ -163,8 +196,9 @@ def parse(text: str) -> Scenario:
     floor_functions = f.strings("floor_functions")
     sc = Scenario(
         name=name, description=description, function=function, floor_functions=floor_functions,
+        floor_keys=f.strings("floor_keys"), record_batches=f.take("record_batches", bool, default=True),
         min_traps=f.positive("min_traps", 1), repeat=f.positive("repeat", 2),
-        load=Load(str(f.text("load", choices=LOADS) or "getpid")),
+        load=_load(f.table.pop("load", None)),
         requires=f.strings("requires"),
         setup=tuple(_step(t, w) for t, w in f.tables("setup")),
         steps=tuple(_step(t, w) for t, w in f.tables("steps")),
@@ -224,6 +258,8 @@ def _step_toml(kind: str, st: Step) -> list[str]:
     out = [f"[[{kind}]]", f"name = {_q(st.name)}", f"run = {_q(st.action)}"]
     out += [f"{k} = {_q(v)}" for k, v in (("site", st.site), ("evidence", st.evidence),
                                            ("target", st.target)) if v is not None]
+    if st.static_calls:
+        out.append("static_calls = {" + ", ".join(f"{_q(k)} = {_q(v)}" for k, v in st.static_calls) + "}")
     return [*out, ""]
 
 
@@ -236,7 +272,17 @@ def to_toml(sc: Scenario) -> str:
         out.append(f"function = {_q(sc.function)}")
     if sc.floor_functions:
         out.append(f"floor_functions = [{', '.join(map(_q, sc.floor_functions))}]")
-    out += [f"min_traps = {sc.min_traps}", f"repeat = {sc.repeat}", f"load = {_q(sc.load.path)}",
+    if sc.floor_keys:
+        out.append(f"floor_keys = [{', '.join(map(_q, sc.floor_keys))}]")
+    if not sc.record_batches:
+        out.append("record_batches = false")
+    load = _q(sc.load.path)
+    if sc.load.max_cpus is not None or sc.load.pace is not None:
+        load = "{" + ", ".join([f"path = {load}"] + ([f"max_cpus = {sc.load.max_cpus}"]
+                                                     if sc.load.max_cpus is not None else [])
+                               + ([f"pace = [{sc.load.pace[0]}, {sc.load.pace[1]}]"]
+                                  if sc.load.pace is not None else [])) + "}"
+    out += [f"min_traps = {sc.min_traps}", f"repeat = {sc.repeat}", f"load = {load}",
             f"requires = [{', '.join(map(_q, sc.requires))}]", ""]
     for kind, steps in (("setup", sc.setup), ("steps", sc.steps), ("teardown", sc.teardown)):
         for st in steps:

@@ -55,6 +55,14 @@ def test_every_builtin_scenario_is_expressible_as_a_file(sc: Scenario) -> None:
     assert parse(to_toml(sc)) == sc
 
 
+def test_the_newer_fields_load() -> None:
+    sc = parse('load = {path = "read", max_cpus = 1, pace = [1, 0]}\nfloor_keys = ["static_call:x"]\n'
+               + MINIMAL + 'static_calls = {cond_resched = "ret0", might_resched = "func:__cond_resched"}\n')
+    assert (sc.load.path, sc.load.max_cpus, sc.load.pace) == ("read", 1, (1, 0))
+    assert sc.floor_keys == ("static_call:x",) and sc.record_batches
+    assert sc.steps[0].static_calls == (("cond_resched", "ret0"), ("might_resched", "func:__cond_resched"))
+
+
 def test_defaults() -> None:
     sc = parse(MINIMAL)
     assert (sc.repeat, sc.min_traps, sc.load.path, sc.requires) == (2, 1, "getpid", ())
@@ -78,6 +86,15 @@ def test_defaults() -> None:
     ('repeat = true\n' + MINIMAL, "repeat: must be an integer, not a boolean"),
     ('min_traps = 1.5\n' + MINIMAL, "min_traps: must be an integer, not a number"),
     ('load = "spin"\n' + MINIMAL, "load: 'spin' is not one of getpid, read, yield"),
+    ('load = 3\n' + MINIMAL, "load: must be a string or a table, not an integer"),
+    ('load = {path = "read", pace = [0, 5]}\n' + MINIMAL, "load.pace: must be [N, US]"),
+    ('load = {path = "read", max_cpus = 0}\n' + MINIMAL, "load.max_cpus: must be >= 1"),
+    ('load = {path = "read", cpus = 1}\n' + MINIMAL, "load.cpus: unknown key"),
+    ('record_batches = 1\n' + MINIMAL, "record_batches: must be a boolean, not an integer"),
+    ('record_batches = false\n' + MINIMAL, "without batch recording the steps must read back"),
+    ('floor_keys = ["nobody:x"]\n' + MINIMAL, "floor key 'nobody:x'"),
+    (MINIMAL + 'static_calls = {cond_resched = 1}\n', "static_calls.'cond_resched': must be a string"),
+    (MINIMAL + 'static_calls = {cond_resched = "off"}\n', "static call 'cond_resched': form must be"),
     ('requires = "CONFIG_X"\n' + MINIMAL, "requires: must be an array, not a string"),
     ('requires = [1]\n' + MINIMAL, "requires[0]: must be a string, not an integer"),
     ('requires = ["what:ever"]\n' + MINIMAL, "bad requirement 'what:ever'"),
