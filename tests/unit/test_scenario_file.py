@@ -41,11 +41,11 @@ def test_there_are_example_files_and_they_load() -> None:
 
 def test_the_examples_use_what_a_declaration_holds() -> None:
     by = {p.stem: load_file(p) for p in EXAMPLES}
-    read, sched = by["kprobe-read"], by["tracepoint-sched-switch"]
+    read, sched = by["kprobe-read"], by["tracepoint-stat-runtime"]
     assert read.load.path == "read" and read.function == "ksys_read"
     assert [s.site for s in read.steps] == ["nop", "call", "nop", None]
     assert read.final_state.site == "nop" and read.final_state.checks
-    assert sched.function is None and sched.floor_functions == ("__schedule",)
+    assert sched.function is None and sched.floor_functions[0] == "update_curr"
     assert sched.final_state.site is None and sched.setup and sched.teardown
     assert any(s.evidence for s in read.steps) and any(s.evidence for s in sched.steps)
 
