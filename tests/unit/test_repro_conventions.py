@@ -16,6 +16,7 @@ import pytest
 
 from orchestrator import cli, probe_run, repro, trigger
 from orchestrator.errors import RunInterrupted, UsageError
+from orchestrator.images import KernelArtifacts
 from orchestrator.scenarios_table import BY_NAME
 from orchestrator.verdict import (
     BISECT_EXIT_CODES,
@@ -119,7 +120,9 @@ def test_run_probed_writes_the_verdict_of_an_interrupted_run(
     monkeypatch.setattr(probe_run, "Vm", lambda spec: _InterruptedVm(spec, exc))
     _InterruptedVm.closed.clear()
     spec = SimpleNamespace(artifacts=tmp_path, accel="tcg", smp=4)
-    kernel = SimpleNamespace(release="6.1.0-56-cloud-amd64", id="6.1", build_id="ab")
+    kernel = KernelArtifacts(id="6.1", release="6.1.0-56-cloud-amd64", bzimage=tmp_path / "bz",
+                             vmlinux=tmp_path / "vmlinux", system_map=None, config=None, modules_dir=None,
+                             build_id="ab")
     with pytest.raises(RunInterrupted) as err:
         probe_run.run_probed(spec, kernel, {}, lambda run: probe_run.BodyResult())  # type: ignore[arg-type]
     assert (err.value.code, err.value.signal_name) == (code, name)
