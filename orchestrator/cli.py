@@ -971,7 +971,7 @@ def _bisect_debian(args: argparse.Namespace, policy: Any, replay: dict[str, list
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .errors import RunInterrupted
+    from .errors import RunInterrupted, signal_exception
     from .verdict import exit_status
 
     parser = build_parser()
@@ -1008,6 +1008,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Terminated as exc:
         print("pokelab: terminated", file=sys.stderr)
         return int(exc.code or 143)
+    except BaseException as exc:  # a signal's exception raised inside a lock's wait may surface as
+        sig = signal_exception(exc)  # another error ("release unlocked lock"): still the signal
+        if sig is None:
+            raise
+        print("pokelab: interrupted" if isinstance(sig, KeyboardInterrupt) else "pokelab: terminated",
+              file=sys.stderr)
+        return 130 if isinstance(sig, KeyboardInterrupt) else int(getattr(sig, "code", None) or 143)
 
 
 if __name__ == "__main__":

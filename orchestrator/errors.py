@@ -62,3 +62,19 @@ class RunInterrupted(KeyboardInterrupt):
         self.out = out
         self.code = code
         self.signal_name = signal_name
+
+
+def signal_exception(exc: BaseException | None, depth: int = 8) -> BaseException | None:
+    """The KeyboardInterrupt (SIGINT) or SystemExit (the CLI's SIGTERM) behind ``exc``, if any.
+
+    A signal's exception is raised wherever the main thread is; raised inside a
+    ``threading.Condition.wait`` (an Event's wait), its unwinding can fail ("RuntimeError:
+    release unlocked lock") or a wait's own error can replace it: either way the signal is
+    only in the ``__context__`` chain, and the run was still interrupted.
+    """
+    while exc is not None and depth > 0:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        depth -= 1
+    return None

@@ -23,7 +23,15 @@ from .budget import TrapBudget, summary_line
 from .cache import cache_dir
 from .census import Census
 from .census_tables import load_tables
-from .errors import BootError, InfraError, KernelCrash, PokelabError, RunInterrupted, Unsupported
+from .errors import (
+    BootError,
+    InfraError,
+    KernelCrash,
+    PokelabError,
+    RunInterrupted,
+    Unsupported,
+    signal_exception,
+)
 from .images import KernelArtifacts
 from .probe import Probe, read_trap_log
 from .symbols import KernelSymbolizer, load_symbols
@@ -229,8 +237,11 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
             out["traps_per_min"] = round(summary["traps_judged"] / phases["body_s"] * 60, 1)
     except PokelabError as exc:
         crashes, blame = _judge_crashes(vm, probe, out)
+        sig = None if isinstance(exc, StoppedAtViolation) else signal_exception(exc.__context__)
         if isinstance(exc, StoppedAtViolation):
             out["verdict"], out["reasons"] = "FAIL", [exc.title]
+        elif sig is not None:  # a wait broken by SIGINT/SIGTERM: the run was interrupted
+            interrupted = _interrupted(sig, out, vm, probe)
         elif crashes and blame and not isinstance(exc, Unsupported):
             out["verdict"], out["reasons"] = "INCONCLUSIVE", ["; ".join(crashes[:3]) + " while " + blame]
         elif crashes and not isinstance(exc, Unsupported):
@@ -242,10 +253,13 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         if probe is not None:
             out.update({k: v for k, v in probe.summary().items() if k not in out})
             out.setdefault("violation_examples", probe.violations[:5])
-        if exc.tail:
+        if exc.tail and sig is None:
             out["tail"] = exc.tail[-2000:]
-    except (KeyboardInterrupt, SystemExit) as exc:
-        interrupted = _interrupted(exc, out, vm, probe)
+    except BaseException as exc:
+        sig = signal_exception(exc)
+        if sig is None:
+            raise
+        interrupted = _interrupted(sig, out, vm, probe)
     finally:
         if probe is not None:
             probe.close()

@@ -56,7 +56,7 @@ from . import kmod, loadgen
 from .budget import DEFAULT as DEFAULT_BUDGET
 from .budget import TrapBudget
 from .census import STATIC_CALL_FORMS, USERS, static_call_form, static_call_sites
-from .errors import InfraError, Unsupported
+from .errors import InfraError, Unsupported, signal_exception
 from .images import KernelArtifacts
 from .probe import TextCheck, read_trap_log
 from .probe_run import BodyResult, Progress, Run, run_probed
@@ -459,10 +459,9 @@ class _ScenarioBody:
                              f"{run.probe.judged_count()} traps judged")
             for st in sc.teardown:
                 self._step(run, st, 0)
-        except (KeyboardInterrupt, SystemExit):
-            raise  # SIGINT/SIGTERM: the VM is closed next; a guest command could only delay that
-        except BaseException:
-            self._stop_load(vm, cpus)
+        except BaseException as exc:
+            if signal_exception(exc) is None:  # SIGINT/SIGTERM: the VM is closed next; a guest
+                self._stop_load(vm, cpus)      # command could only delay that
             raise
         load_ok, load_info = self._stop_load(vm, cpus)
         self.out["load"] = load_info

@@ -287,3 +287,41 @@ def test_git_bisect_run_aborts_on_a_usage_error(tmp_path: Path) -> None:
     log = git("bisect", "log").stdout
     assert log.count("# bad:") == 1 and log.count("# good:") == 1, log  # only the two endpoints
     assert "skip" not in log
+
+
+def _broken_wait(sig: BaseException) -> RuntimeError:
+    """What a signal raised inside threading.Condition.wait can surface as."""
+    try:
+        try:
+            raise sig
+        except BaseException:
+            raise RuntimeError("release unlocked lock") from None
+    except RuntimeError as exc:
+        exc.__context__ = sig
+        return exc
+
+
+def test_signal_exception_finds_the_signal_behind_other_errors() -> None:
+    from orchestrator.errors import InfraError, signal_exception
+
+    ki = KeyboardInterrupt()
+    assert signal_exception(ki) is ki
+    assert signal_exception(_broken_wait(ki)) is ki
+    wrapped = InfraError("GDB did not answer")
+    wrapped.__context__ = _broken_wait(SystemExit(143))
+    assert isinstance(signal_exception(wrapped), SystemExit)
+    assert signal_exception(RuntimeError("x")) is None and signal_exception(None) is None
+
+
+@pytest.mark.parametrize("exc, code", [(_broken_wait(SystemExit(143)), 143),
+                                       (_broken_wait(KeyboardInterrupt()), 130)])
+def test_run_probed_sees_a_signal_behind_a_broken_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     exc: BaseException, code: int) -> None:
+    monkeypatch.setattr(probe_run, "Vm", lambda spec: _InterruptedVm(spec, exc))
+    spec = SimpleNamespace(artifacts=tmp_path, accel="tcg", smp=4)
+    kernel = KernelArtifacts(id="6.1", release="r", bzimage=tmp_path / "bz", vmlinux=tmp_path / "v",
+                             system_map=None, config=None, modules_dir=None, build_id="ab")
+    with pytest.raises(RunInterrupted) as err:
+        probe_run.run_probed(spec, kernel, {}, lambda run: probe_run.BodyResult())  # type: ignore[arg-type]
+    assert err.value.code == code
+    assert json.loads((tmp_path / "verdict.json").read_text())["interrupted"] is True
