@@ -9,6 +9,9 @@ them here.  A file holds what a :class:`scenario.Scenario` declaration holds::
     floor_functions = ["update_curr"]         # count the floor in these whole functions instead
     floor_keys = ["static_call:cond_resched"] # or at the sites the census gives these user:key
     record_batches = true                     # false: no stop per text_poke batch (see Scenario)
+    floor_anywhere = false                    # true: the floor counts every judged trap
+    budget = {first = 2, rate = 10.0, burst = 32, batches_per_burst = 8}  # budget.TrapBudget;
+                                              # "none" for no limit, omitted: its default
     min_traps = 1                             # the floor (default 1)
     repeat = 2                                # cycles of [[steps]] (default 2)
     load = "read"                             # loadgen path on vCPUs 1..: getpid, read, yield, or
@@ -38,14 +41,18 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .budget import DEFAULT as DEFAULT_BUDGET
+from .budget import TrapBudget
 from .errors import UsageError
 from .scenario import SITE_STATES, FinalState, Load, Scenario, Step, validate
 
 LOADS = ("getpid", "read", "yield")
 LOAD_KEYS = ("path", "max_cpus", "pace")
+BUDGET_KEYS = ("first", "rate", "burst", "batches_per_burst")
 #: [final] site: "unchecked" is a declaration's ``FinalState(site=None)``
 FINAL_SITES = (*SITE_STATES, "unchecked")
 #: the longest file read (a scenario is a few dozen lines)
@@ -136,7 +143,8 @@ STEP_KEYS = ("name", "run", "site", "evidence", "target", "static_calls")
 CHECK_KEYS = ("run", "expect")
 FINAL_KEYS = ("site", "checks")
 TOP_KEYS = ("name", "description", "function", "floor_functions", "floor_keys", "record_batches",
-            "min_traps", "repeat", "load", "requires", "setup", "steps", "teardown", "final")
+            "floor_anywhere", "budget", "min_traps", "repeat", "load", "requires", "setup", "steps",
+            "teardown", "final")
 
 
 def _step(table: Any, where: str) -> Step:
@@ -168,6 +176,33 @@ def _load(value: Any) -> Load:
     return Load(path, max_cpus=max_cpus, pace=(pace[0], pace[1]) if pace is not None else None)
 
 
+def _budget(value: Any) -> TrapBudget:
+    """``budget = {first = N, rate = R, burst = B, batches_per_burst = K}``: each a positive number
+    or "none" (no limit of that kind); a key left out keeps :data:`budget.DEFAULT`'s value."""
+    if value is None:
+        return DEFAULT_BUDGET
+    f = _Fields(value, "budget")
+    got: dict[str, Any] = {}
+    for key in BUDGET_KEYS:
+        if key not in f.table:
+            continue
+        v = f.table.pop(key)
+        if v == "none":
+            got[key] = None
+        elif type(v) is int or (key == "rate" and type(v) is float):
+            if v <= 0:
+                raise ScenarioFileError(f"budget.{key}: must be > 0 or \"none\", not {_show(v)}")
+            got[key] = v
+        else:
+            raise ScenarioFileError(f"budget.{key}: must be {'a number' if key == 'rate' else 'an integer'} "
+                                    f"or \"none\", not {_type_name(v)} ({_show(v)})")
+    f.done(BUDGET_KEYS)
+    try:
+        return replace(DEFAULT_BUDGET, **got)
+    except ValueError as exc:
+        raise ScenarioFileError(f"budget: {_one_line(str(exc))}") from None
+
+
 def _final(table: Any, has_function: bool) -> FinalState:
     f = _Fields(table, "final")
     site = f.text("site", choices=FINAL_SITES) or ("nop" if has_function else "unchecked")
@@ -197,6 +232,8 @@ def parse(text: str) -> Scenario:
     sc = Scenario(
         name=name, description=description, function=function, floor_functions=floor_functions,
         floor_keys=f.strings("floor_keys"), record_batches=f.take("record_batches", bool, default=True),
+        floor_anywhere=f.take("floor_anywhere", bool, default=False),
+        budget=_budget(f.take("budget", dict)),
         min_traps=f.positive("min_traps", 1), repeat=f.positive("repeat", 2),
         load=_load(f.table.pop("load", None)),
         requires=f.strings("requires"),
@@ -276,6 +313,12 @@ def to_toml(sc: Scenario) -> str:
         out.append(f"floor_keys = [{', '.join(map(_q, sc.floor_keys))}]")
     if not sc.record_batches:
         out.append("record_batches = false")
+    if sc.floor_anywhere:
+        out.append("floor_anywhere = true")
+    if sc.budget != DEFAULT_BUDGET:
+        values = {k: getattr(sc.budget, k) for k in BUDGET_KEYS}
+        out.append("budget = {" + ", ".join(f"{k} = {_q('none') if v is None else v}"
+                                            for k, v in values.items()) + "}")
     load = _q(sc.load.path)
     if sc.load.max_cpus is not None or sc.load.pace is not None:
         load = "{" + ", ".join([f"path = {load}"] + ([f"max_cpus = {sc.load.max_cpus}"]

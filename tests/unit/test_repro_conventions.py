@@ -9,7 +9,6 @@ import shutil
 import subprocess
 from importlib import resources
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
@@ -22,12 +21,14 @@ from orchestrator.verdict import (
     BISECT_EXIT_CODES,
     BISECT_USAGE_EXIT,
     EXIT_CODES,
-    VERDICTS,
     exit_status,
     interrupted_outcome,
 )
+from orchestrator.vm import VmSpec
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the verdicts of one run (decide, run_probed's errors); EXIT_CODES also has USAGE and matrix rows
+VERDICTS = ("PASS", "FAIL", "CRASH", "BOOT_FAIL", "INFRA", "UNSUPPORTED", "INCONCLUSIVE")
 TRIGGERS = ROOT / "scenarios" / "triggers"
 
 
@@ -119,12 +120,13 @@ def test_run_probed_writes_the_verdict_of_an_interrupted_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException, code: int, name: str) -> None:
     monkeypatch.setattr(probe_run, "Vm", lambda spec: _InterruptedVm(spec, exc))
     _InterruptedVm.closed.clear()
-    spec = SimpleNamespace(artifacts=tmp_path, accel="tcg", smp=4)
+    spec = VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
+                  artifacts=tmp_path)
     kernel = KernelArtifacts(id="6.1", release="6.1.0-56-cloud-amd64", bzimage=tmp_path / "bz",
                              vmlinux=tmp_path / "vmlinux", system_map=None, config=None, modules_dir=None,
                              build_id="ab")
     with pytest.raises(RunInterrupted) as err:
-        probe_run.run_probed(spec, kernel, {}, lambda run: probe_run.BodyResult())  # type: ignore[arg-type]
+        probe_run.run_probed(spec, kernel, {}, lambda run: probe_run.BodyResult())
     assert (err.value.code, err.value.signal_name) == (code, name)
     written = json.loads((tmp_path / "verdict.json").read_text())
     assert written == err.value.out
@@ -318,10 +320,11 @@ def test_signal_exception_finds_the_signal_behind_other_errors() -> None:
 def test_run_probed_sees_a_signal_behind_a_broken_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      exc: BaseException, code: int) -> None:
     monkeypatch.setattr(probe_run, "Vm", lambda spec: _InterruptedVm(spec, exc))
-    spec = SimpleNamespace(artifacts=tmp_path, accel="tcg", smp=4)
+    spec = VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
+                  artifacts=tmp_path)
     kernel = KernelArtifacts(id="6.1", release="r", bzimage=tmp_path / "bz", vmlinux=tmp_path / "v",
                              system_map=None, config=None, modules_dir=None, build_id="ab")
     with pytest.raises(RunInterrupted) as err:
-        probe_run.run_probed(spec, kernel, {}, lambda run: probe_run.BodyResult())  # type: ignore[arg-type]
+        probe_run.run_probed(spec, kernel, {}, lambda run: probe_run.BodyResult())
     assert err.value.code == code
     assert json.loads((tmp_path / "verdict.json").read_text())["interrupted"] is True

@@ -60,6 +60,8 @@ def test_the_newer_fields_load() -> None:
                + MINIMAL + 'static_calls = {cond_resched = "ret0", might_resched = "func:__cond_resched"}\n')
     assert (sc.load.path, sc.load.max_cpus, sc.load.pace) == ("read", 1, (1, 0))
     assert sc.floor_keys == ("static_call:x",) and sc.record_batches
+    b = parse('budget = {first = 2, rate = "none"}\nfloor_anywhere = true\n' + MINIMAL)
+    assert (b.budget.first, b.budget.rate, b.budget.burst) == (2, None, 256) and b.floor_anywhere
     assert sc.steps[0].static_calls == (("cond_resched", "ret0"), ("might_resched", "func:__cond_resched"))
 
 
@@ -95,6 +97,10 @@ def test_defaults() -> None:
     ('floor_keys = ["nobody:x"]\n' + MINIMAL, "floor key 'nobody:x'"),
     (MINIMAL + 'static_calls = {cond_resched = 1}\n', "static_calls.'cond_resched': must be a string"),
     (MINIMAL + 'static_calls = {cond_resched = "off"}\n', "static call 'cond_resched': form must be"),
+    ('budget = {first = 0}\n' + MINIMAL, "budget.first: must be > 0"),
+    ('budget = {rate = "fast"}\n' + MINIMAL, "budget.rate: must be a number or \"none\", not a string"),
+    ('budget = {first = 1, every = 2}\n' + MINIMAL, "budget.every: unknown key"),
+    ('floor_anywhere = "yes"\n' + MINIMAL, "floor_anywhere: must be a boolean"),
     ('requires = "CONFIG_X"\n' + MINIMAL, "requires: must be an array, not a string"),
     ('requires = [1]\n' + MINIMAL, "requires[0]: must be a string, not an integer"),
     ('requires = ["what:ever"]\n' + MINIMAL, "bad requirement 'what:ever'"),
