@@ -10,6 +10,8 @@ them here.  A file holds what a :class:`scenario.Scenario` declaration holds::
     floor_keys = ["static_call:cond_resched"] # or at the sites the census gives these user:key
     record_batches = true                     # false: no stop per text_poke batch (see Scenario)
     floor_anywhere = false                    # true: the floor counts every judged trap
+    watch_body = false                        # true: also watch the function's first body instruction
+    unsupported_if = {"sysctl:x.y" = "why"}   # UNSUPPORTED with the reason when the guest meets it
     budget = {first = 2, rate = 10.0, burst = 32, batches_per_burst = 8}  # budget.TrapBudget;
                                               # "none" for no limit, omitted: its default
     min_traps = 1                             # the floor (default 1)
@@ -25,6 +27,7 @@ them here.  A file holds what a :class:`scenario.Scenario` declaration holds::
     evidence = "..."                          # prints a count that must be > 0 over the run
     target = "sym"                            # with site = "call": the symbol it must call
     static_calls = {cond_resched = "ret0"}    # __SCT__<name> and its inline sites afterwards
+    body = "..."                              # with watch_body: the body site's state (BODY_STATES)
 
     [final]
     site = "nop"                              # call, nop, or unchecked (default: nop with a function)
@@ -48,7 +51,7 @@ from typing import Any
 from .budget import DEFAULT as DEFAULT_BUDGET
 from .budget import TrapBudget
 from .errors import UsageError
-from .scenario import SITE_STATES, FinalState, Load, Scenario, Step, validate
+from .scenario import BODY_STATES, SITE_STATES, FinalState, Load, Scenario, Step, validate
 
 LOADS = ("getpid", "read", "yield")
 LOAD_KEYS = ("path", "max_cpus", "pace")
@@ -139,19 +142,19 @@ class _Fields:
                                     f"(allowed here: {', '.join(allowed)})")
 
 
-STEP_KEYS = ("name", "run", "site", "evidence", "target", "static_calls")
+STEP_KEYS = ("name", "run", "site", "evidence", "target", "static_calls", "body")
 CHECK_KEYS = ("run", "expect")
-FINAL_KEYS = ("site", "checks")
+FINAL_KEYS = ("site", "checks", "body")
 TOP_KEYS = ("name", "description", "function", "floor_functions", "floor_keys", "record_batches",
-            "floor_anywhere", "budget", "min_traps", "repeat", "load", "requires", "setup", "steps",
-            "teardown", "final")
+            "floor_anywhere", "budget", "watch_body", "unsupported_if", "min_traps", "repeat", "load",
+            "requires", "setup", "steps", "teardown", "final")
 
 
 def _step(table: Any, where: str) -> Step:
     f = _Fields(table, where)
     st = Step(name=str(f.text("name", required=True)), action=str(f.text("run", required=True)),
               site=f.text("site", choices=SITE_STATES), evidence=f.text("evidence"), target=f.text("target"),
-              static_calls=f.pairs("static_calls"))
+              static_calls=f.pairs("static_calls"), body=f.text("body", choices=BODY_STATES))
     f.done(STEP_KEYS)
     return st
 
@@ -206,6 +209,7 @@ def _budget(value: Any) -> TrapBudget:
 def _final(table: Any, has_function: bool) -> FinalState:
     f = _Fields(table, "final")
     site = f.text("site", choices=FINAL_SITES) or ("nop" if has_function else "unchecked")
+    body = f.text("body", choices=BODY_STATES)
     checks = []
     for item, where in f.tables("checks"):
         c = _Fields(item, where)
@@ -213,7 +217,7 @@ def _final(table: Any, has_function: bool) -> FinalState:
         c.done(CHECK_KEYS)
         checks.append((str(cmd), str(rx)))
     f.done(FINAL_KEYS)
-    return FinalState(site=None if site == "unchecked" else site, checks=tuple(checks))
+    return FinalState(site=None if site == "unchecked" else site, checks=tuple(checks), body=body)
 
 
 def parse(text: str) -> Scenario:
@@ -233,7 +237,8 @@ def parse(text: str) -> Scenario:
         name=name, description=description, function=function, floor_functions=floor_functions,
         floor_keys=f.strings("floor_keys"), record_batches=f.take("record_batches", bool, default=True),
         floor_anywhere=f.take("floor_anywhere", bool, default=False),
-        budget=_budget(f.take("budget", dict)),
+        budget=_budget(f.take("budget", dict)), watch_body=f.take("watch_body", bool, default=False),
+        unsupported_if=f.pairs("unsupported_if"),
         min_traps=f.positive("min_traps", 1), repeat=f.positive("repeat", 2),
         load=_load(f.table.pop("load", None)),
         requires=f.strings("requires"),
@@ -295,6 +300,8 @@ def _step_toml(kind: str, st: Step) -> list[str]:
     out = [f"[[{kind}]]", f"name = {_q(st.name)}", f"run = {_q(st.action)}"]
     out += [f"{k} = {_q(v)}" for k, v in (("site", st.site), ("evidence", st.evidence),
                                            ("target", st.target)) if v is not None]
+    if st.body is not None:
+        out.append(f"body = {_q(st.body)}")
     if st.static_calls:
         out.append("static_calls = {" + ", ".join(f"{_q(k)} = {_q(v)}" for k, v in st.static_calls) + "}")
     return [*out, ""]
@@ -315,6 +322,10 @@ def to_toml(sc: Scenario) -> str:
         out.append("record_batches = false")
     if sc.floor_anywhere:
         out.append("floor_anywhere = true")
+    if sc.watch_body:
+        out.append("watch_body = true")
+    if sc.unsupported_if:
+        out.append("unsupported_if = {" + ", ".join(f"{_q(k)} = {_q(v)}" for k, v in sc.unsupported_if) + "}")
     if sc.budget != DEFAULT_BUDGET:
         values = {k: getattr(sc.budget, k) for k in BUDGET_KEYS}
         out.append("budget = {" + ", ".join(f"{k} = {_q('none') if v is None else v}"
@@ -331,7 +342,10 @@ def to_toml(sc: Scenario) -> str:
         for st in steps:
             out += _step_toml(kind, st)
     checks = ", ".join(f"{{run = {_q(c)}, expect = {_q(rx)}}}" for c, rx in sc.final_state.checks)
-    out += ["[final]", f"site = {_q(sc.final_state.site or 'unchecked')}", f"checks = [{checks}]", ""]
+    out += ["[final]", f"site = {_q(sc.final_state.site or 'unchecked')}", f"checks = [{checks}]"]
+    if sc.final_state.body is not None:
+        out.append(f"body = {_q(sc.final_state.body)}")
+    out.append("")
     return "\n".join(out)
 
 
