@@ -74,7 +74,7 @@ ENDBR64 = bytes.fromhex("f30f1efa")
 ENDBR_FORMS = (ENDBR64, bytes.fromhex("660f1f00"), bytes.fromhex("0f1f40d6"), bytes.fromhex("0fb94800"))
 WORKLOAD_GUEST_PATH = "/tmp/pokelab-workload"
 DEBUGFS = "/sys/kernel/debug"
-REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module", "debugfs", "sysfs")
+REQUIREMENT_KINDS = ("config", "symbol", "tracefs", "sysctl", "module", "debugfs", "sysfs", "offers")
 SITE_STATES = ("call", "nop")
 #: what a watched body site may be expected to hold (see ``Scenario.watch_body``)
 BODY_STATES = ("original", "jmp")
@@ -109,7 +109,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-/{}]+$")
 
 
 def parse_requirement(text: str) -> Requirement:
-    """``CONFIG_X[=v]``, ``symbol:``, ``tracefs:``, ``sysctl:a.b``, ``module:``, ``sysfs:PATH``.  Pure."""
+    """``CONFIG_X[=v]``, ``symbol:``, ``tracefs:``, ``sysctl:a.b``, ``module:``, ``sysfs:PATH``, and
+    ``offers:DEBUGFS_PATH:WORD`` (the debugfs file lists WORD as a choice, e.g.
+    ``offers:sched/preempt:none``: 7.x kernels with PREEMPT_LAZY offer only ``full lazy``).  Pure."""
     text = text.strip()
     m = _CONFIG_RE.match(text)
     if m:
@@ -118,6 +120,11 @@ def parse_requirement(text: str) -> Requirement:
     if not sep or kind not in REQUIREMENT_KINDS or kind == "config":
         raise ValueError(f"bad requirement '{text}' (CONFIG_X[=v], symbol:, tracefs:, sysctl:, module:, "
                          "debugfs:, sysfs:)")
+    if kind == "offers":
+        path, _, word = name.rpartition(":")
+        if not path or not _NAME_RE.match(path) or ".." in path or not re.fullmatch(r"[A-Za-z0-9_]+", word):
+            raise ValueError(f"bad requirement '{text}': offers:DEBUGFS_PATH:WORD")
+        return Requirement(kind, name)
     if not name or not _NAME_RE.match(name) or ".." in name:
         raise ValueError(f"bad requirement '{text}': the name '{name}' is empty or has odd characters")
     return Requirement(kind, name)
@@ -166,6 +173,9 @@ def guest_check_script(reqs: Iterable[Requirement]) -> str:
             t = f"test -e /proc/sys/{r.name.replace('.', '/')}"
         elif r.kind == "sysfs":
             t = f"test -e /sys/{r.name}"
+        elif r.kind == "offers":
+            path, _, word = r.name.rpartition(":")
+            t = f"grep -qw {shlex.quote(word)} {DEBUGFS}/{path}"
         elif r.kind == "module":
             t = f"find /lib/modules/$(uname -r) -name {shlex.quote(r.name + '.ko')} | grep -q ."
         else:
