@@ -435,7 +435,7 @@ class _Batch(_Hook):
         size = _STATE["info"]["loc_size"]
         if _STATE["info"].get("batch_exits"):  # only if its end is seen too
             _STATE["in_batch"] = _STATE.get("in_batch", 0) + 1
-        _poke_batch_entry()
+        _poke_batch_entry(vec, nr)
         _budget_batch(nr)
         if 0 < nr <= 65536 and vec >= KERNEL_MIN:
             _STATE["batches"] += 1
@@ -985,9 +985,11 @@ def _poke_arm():
             b.enabled = want
 
 
-def _poke_batch_entry():
+def _poke_batch_entry(vec, nr):
     """At a batch's entry: no plain write is watched until it returns."""
     if _STATE.get("poke_bps") and not _STATE["info"].get("batch_exits"):
+        # bp_desc is set a few instructions later: until then its vec may be a stale stack address
+        _STATE["poke_batch"] = (vec, nr)
         _STATE["poke_depth"] = 1  # batches never nest (text_mutex): a missed return cannot stick
     _poke_arm()
 
@@ -1029,6 +1031,8 @@ def pokelab_inflight():
         else:
             desc = reader.read(0)
             live = desc["refs"] != 0 or st.get("poke_depth", 0) > 0
+            if st.get("poke_depth", 0) > 0 and st.get("poke_batch"):
+                desc["vec"], desc["nr_entries"] = st["poke_batch"]
             out["refs"] = [desc["refs"]]
         out["in_batch"] = st.get("in_batch", 0) if info.get("batch_exits") else st.get("poke_depth", 0)
         nr = desc["nr_entries"]
