@@ -396,3 +396,55 @@ def check_final_text(site_bytes: bytes, last_written: bytes) -> tuple[bool, str]
             f"int3 left at the site: [{format_bytes(got)}], expected [{format_bytes(last_written)}]",
         )
     return False, f"site holds [{format_bytes(got)}], expected [{format_bytes(last_written)}]"
+
+
+def check_in_flight(site_bytes: bytes, new: bytes, before: bytes | None,
+                    old_first: int | None) -> tuple[bool, str]:
+    """A site of a batch still in flight (a live descriptor's vector): may it hold these bytes now?
+
+    The int3 protocol (arch/x86/kernel/alternative.c, ``text_poke_bp_batch`` up to 6.15,
+    ``smp_text_poke_batch_finish`` 6.16+) writes int3 at the first byte, then the new tail,
+    then the new first byte; so the site may hold the old text, int3 + the old tail, int3 +
+    a tail being written (each byte old or new), or the new text.  ``before`` is the text
+    the site held before (the previous write seen), None if this batch is the first one
+    seen at the site: then the old tail is not known and only its first byte
+    (``text_poke_loc.old``, ``old_first``) is.  Returns (may hold it, why).
+    """
+    n = len(new)
+    got = bytes(site_bytes[:n])
+    if len(got) < n or n == 0:
+        return False, f"read back {len(got)} bytes, need {n}"
+    if got == new:
+        return True, "holds the new text"
+    old = before if before is not None and len(before) == n else None
+    first_old = old[0] if old is not None else old_first
+    tail_mixed = old is not None and all(
+        g in (a, b) for g, a, b in zip(got[1:], old[1:], new[1:], strict=True))
+    if got[0] == INT3:
+        if got[1:] == new[1:]:
+            return True, "int3 + the new tail (the batch's last write is still to come)"
+        if tail_mixed:
+            return True, "int3 + the old tail, or a tail being written (each byte old or new)"
+        if old is None:
+            return True, ("int3 + a tail other than the new one; the old tail is not known "
+                          "(this batch is the first write seen at the site)")
+        return False, f"int3 + [{format_bytes(got[1:])}], neither the old tail nor the new one"
+    if old is not None and got == old:
+        return True, "still holds the old text (the batch has not written it yet)"
+    if old is None and first_old is not None and got[0] == first_old:
+        return True, ("still holds the old first byte; the old tail is not known "
+                      "(this batch is the first write seen at the site)")
+    return False, (f"site holds [{format_bytes(got)}]: not the old text, int3 + a tail, "
+                   f"or the new text [{format_bytes(new)}] of the batch in flight")
+
+
+def check_poke_in_flight(site_bytes: bytes, written: bytes, before: bytes | None) -> tuple[bool, str]:
+    """A site a plain ``text_poke()`` was still writing when the guest stopped: each byte old or new."""
+    n = len(written)
+    got = bytes(site_bytes[:n])
+    if got == written:
+        return True, "holds the text written"
+    if len(got) == n and before is not None and len(before) == n and all(
+            g in (a, b) for g, a, b in zip(got, before, written, strict=True)):
+        return True, "a text_poke() was still writing it: each byte is the old or the new one"
+    return False, f"site holds [{format_bytes(got)}], expected [{format_bytes(written)}]"

@@ -29,7 +29,7 @@ from .budget import DEFAULT as DEFAULT_BUDGET
 from .budget import TrapBudget
 from .buildid import elf_build_id, notes_build_id
 from .errors import InfraError, Unsupported, UsageError
-from .judge import check_final_text, check_vector, judge
+from .judge import check_final_text, check_in_flight, check_poke_in_flight, check_vector, judge
 from .mi import MiError, MiSession, gdb_argv
 from .symbols import KernelSymbolizer
 from .trapdata import (
@@ -37,6 +37,7 @@ from .trapdata import (
     Layout,
     LayoutError,
     RecordError,
+    TextPokeLoc,
     TrapRecord,
     parse_batch_record,
     parse_layout,
@@ -104,6 +105,10 @@ class SiteState:
     written: bytes
     name: str
     traps: int = 0
+    #: the text before the last write (the previous write seen), None if not known
+    before: bytes | None = None
+    #: who wrote it last: "batch" (an int3 batch) or "poke" (a plain text_poke())
+    by: str = "batch"
 
 
 @dataclass
@@ -197,6 +202,27 @@ class Counts:
     batch_users: dict[str, int] = field(default_factory=dict)
 
 
+def in_flight_from_report(rep: dict[str, Any], layout: Layout | None
+                          ) -> tuple[dict[int, TextPokeLoc], list[tuple[int, int]]]:
+    """Parse ``POKELAB-INFLIGHT {"live", "n", "entries", "pending": [[addr, len], ...]}``:
+    (the live vector's entries by site, the plain writes entered but not returned).
+    A malformed report counts as nothing in flight (every mismatch stays one)."""
+    live: dict[int, TextPokeLoc] = {}
+    if rep.get("live") and layout is not None:
+        try:
+            batch = parse_batch_record({"n": rep.get("n"), "entries": rep.get("entries")}, layout)
+            live = {e.site: e for e in batch.entries}
+        except (RecordError, LayoutError) as exc:
+            log.warning("malformed in-flight report: %s", exc)
+    pending: list[tuple[int, int]] = []
+    for p in rep.get("pending") or []:
+        try:
+            pending.append((int(p[0]), int(p[1])))
+        except (TypeError, ValueError, IndexError):
+            log.warning("malformed pending write in the in-flight report: %r", p)
+    return live, pending
+
+
 class Probe:
     """Owns one GDB session attached to one VM's gdbstub."""
 
@@ -243,6 +269,14 @@ class Probe:
         self._module_fields: tuple[tuple[str, str, str], ...] | None = None
         #: patched sites not read back because the budget went blind before the check
         self.blind_unchecked = 0
+        #: sites read while a batch or a plain write was in flight: {"site", "name", "reason"}
+        #: (not checked then; read again at the next check)
+        self.in_flight_sites: list[dict[str, str]] = []
+        #: plain text_poke() writes (outside an int3 batch) seen, and the sites they rewrote
+        self.pokes = 0
+        self.poked_sites = 0
+        #: sites whose expected text became unknown (a plain write longer than reported)
+        self.poke_unknown: list[dict[str, str]] = []
         self.stats: dict[str, Any] = {}
         #: GDB thread -> Linux CPU whose per-CPU refs are read (6.16+), from POKELAB-CPU lines
         self.cpu_map: dict[int, int] = {}
@@ -431,7 +465,9 @@ class Probe:
         elif tag == "POKELAB-STATS":
             with self._lock:
                 self.stats = obj
-        elif tag in ("POKELAB-READ", "POKELAB-BATCHES"):
+        elif tag == "POKELAB-POKE":
+            self._on_poke(obj)
+        elif tag in ("POKELAB-READ", "POKELAB-BATCHES", "POKELAB-INFLIGHT"):
             with self._lock:
                 self._replies[tag] = obj
         elif tag == "POKELAB-OPS":
@@ -483,8 +519,66 @@ class Probe:
                 if st is None:
                     self.sites[e.site] = SiteState(e.written, self.sym(e.site) or "?", 0)
                 else:
-                    st.written = e.written
+                    st.before = st.written if len(st.written) == len(e.written) else None
+                    st.written, st.by = e.written, "batch"
                 self.dirty_sites.add(e.site)
+
+    #: a site is at most this long (JMP32/CALL): sites that may overlap a write start this far before it
+    SITE_MAX = 5
+
+    def _on_poke(self, obj: dict[str, Any]) -> None:
+        """A plain ``text_poke()`` / ``text_poke_copy()`` / ``text_poke_set()`` outside an int3 batch
+        (``POKELAB-POKE {"addr", "len", "data"}``, from the recorder's ``__text_poke`` hook):
+        every known site it overlaps must now hold what it wrote there."""
+        try:
+            addr, length = int(obj["addr"]), int(obj["len"])
+            data = bytes.fromhex(str(obj.get("data", "")))
+        except (KeyError, TypeError, ValueError):
+            with self._lock:
+                self.counts.bad_records += 1
+            return
+        with self._lock:
+            self.pokes += 1
+            if length <= 64:
+                near = [s for s in range(addr - self.SITE_MAX + 1, addr + length) if s in self.sites]
+            else:
+                near = [s for s, st in self.sites.items() if s < addr + length and s + len(st.written) > addr]
+            for site in near:
+                st = self.sites[site]
+                new = bytearray(st.written)
+                unknown = False
+                for i in range(len(new)):
+                    off = site + i - addr
+                    if 0 <= off < length:
+                        if off < len(data):
+                            new[i] = data[off]
+                        else:
+                            unknown = True
+                if unknown:
+                    del self.sites[site]
+                    self.dirty_sites.discard(site)
+                    self.poke_unknown.append({"site": f"{site:#x}", "name": st.name, "reason":
+                                              f"rewritten by a plain {length}-byte text_poke write at "
+                                              f"{addr:#x}, longer than the {len(data)} bytes reported"})
+                    continue
+                if bytes(new) != st.written:
+                    st.before, st.written = st.written, bytes(new)
+                st.by = "poke"
+                self.poked_sites += 1
+                self.dirty_sites.add(site)
+
+    def _in_flight(self) -> tuple[dict[int, TextPokeLoc], list[tuple[int, int]]]:
+        """While paused: the live batch's entries by site, and plain writes entered but not returned."""
+        assert self._mi is not None
+        with self._lock:
+            self._replies.pop("POKELAB-INFLIGHT", None)
+        try:
+            self._mi.console("python pokelab_inflight()")
+        except MiError as exc:
+            log.warning("cannot read what is in flight: %s", exc)
+        with self._lock:
+            rep = self._replies.pop("POKELAB-INFLIGHT", None) or {}
+        return in_flight_from_report(rep, self.layout)
 
     def _on_trap(self, obj: dict[str, Any]) -> None:
         layout = self.layout
@@ -649,6 +743,8 @@ class Probe:
             live = [replace(r, owner=r.owner.removesuffix("+0x0")) for r in live]
             self._trampolines.update((r.start, r) for r in live)
             core = self.core_text()
+            flight = self._in_flight()
+            in_flight: list[dict[str, str]] = []
             modules: list[TextRegion] | None = None
             for site in chosen:
                 written, name, _ = todo[site]
@@ -673,14 +769,41 @@ class Probe:
                                   "trampoline: its text was freed"})
                     continue
                 ok, reason = check_final_text(now, written)
+                if not ok:
+                    why = self._why_in_flight(site, now, flight)
+                    if why is not None:
+                        in_flight.append({"site": f"{site:#x}", "name": name, "reason": why,
+                                          "bytes_read": now.hex()})
+                        continue
                 checks.append(TextCheck(site, name, ok, reason, now.hex()))
         for f in freed:
             log.info("not checked: %s %s: %s", f["site"], f["name"], f["reason"])
+        for f in in_flight:
+            log.info("not checked (in flight): %s %s: %s", f["site"], f["name"], f["reason"])
         with self._lock:
             self.text_checks.extend(checks)
             self.freed_sites.extend(freed)
+            self.in_flight_sites.extend(in_flight)
+            self.dirty_sites.update(int(f["site"], 16) for f in in_flight)  # read again next time
             self.unchecked_sites += len(quiet) - min(len(quiet), self.MAX_UNTRAPPED_READBACKS)
         return checks
+
+    def _why_in_flight(self, site: int, now: bytes,
+                       flight: tuple[dict[int, TextPokeLoc], list[tuple[int, int]]]) -> str | None:
+        """Why a site that does not hold its last write is not (yet) a mismatch, or None if it is."""
+        live, pending = flight
+        with self._lock:
+            st = self.sites.get(site)
+        if st is None:
+            return None
+        e = live.get(site)
+        if e is not None:
+            ok, why = check_in_flight(now, e.written, st.before, e.old)
+            return f"a batch of {len(live)} site(s) is in flight: {why}" if ok else None
+        if any(a < site + len(st.written) and site < a + n for a, n in pending):
+            ok, why = check_poke_in_flight(now, st.written, st.before)
+            return why if ok else None
+        return None
 
     def _locate(self, site: int, name: str,
                 live: list[TextRegion]) -> tuple[TextRegion | None, str, str | None]:
@@ -849,6 +972,10 @@ class Probe:
                 "text_mismatches": sum(1 for t in self.text_checks if not t.ok),
                 "text_unchecked": self.unchecked_sites + self.blind_unchecked,
                 "text_freed": len(self.freed_sites),
+                "text_in_flight": len(self.in_flight_sites),
+                "text_pokes": self.pokes,
+                "text_poked_sites": self.poked_sites,
+                "text_poke_unknown": len(self.poke_unknown),
                 "batches": self.batches,
                 "budget": (self.stats.get("budget") if self.stats else None) or self.setup_info.get("budget"),
                 "trap_cost_ms_median": statistics.median(costs) if costs else None,

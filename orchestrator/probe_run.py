@@ -220,6 +220,8 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         summary["text_mismatches"] = len(mismatched)
         out["text_mismatch_examples"] = mismatched[:5]
         out["text_freed_examples"] = probe.freed_sites[:5]
+        out["text_in_flight_examples"] = probe.in_flight_sites[:5]
+        out["text_poke_unknown_examples"] = probe.poke_unknown[:5]
         summary["lost"] = int(stats.get("lost", 0))
         summary["recorder"] = stats
         out.update(summary)
