@@ -226,3 +226,14 @@ def test_tracepoint_static_call_names_the_function_each_step_wants() -> None:
     assert sc.floor_keys == ("static_call:tp_func_sys_enter",) and sc.record_batches
     bad = replace(sc.steps[0], static_calls=(("tp_func_sys_enter", "ret0:x"),))
     assert validate(replace(sc, steps=(bad,)))
+
+
+def test_offers_requirement_checks_a_word_of_a_debugfs_choice_file() -> None:
+    from orchestrator.scenario import guest_check_script, parse_requirement
+
+    r = parse_requirement("offers:sched/preempt:none")
+    assert (r.kind, r.name) == ("offers", "sched/preempt:none")
+    assert "grep -qw none /sys/kernel/debug/sched/preempt" in guest_check_script([r])
+    for bad in ("offers:sched/preempt", "offers::none", "offers:../x:none", "offers:sched/preempt:no ne"):
+        with pytest.raises(ValueError):
+            parse_requirement(bad)
