@@ -84,7 +84,7 @@ host: setup images
 	$(BIN)/pytest -q -m host tests/host
 
 vm: setup images
-	$(BIN)/pytest -q -m vm tests/vm scenarios
+	$(BIN)/pytest -q -m vm --durations=15 tests/vm scenarios
 
 test: setup images lint types unit host vm
 
