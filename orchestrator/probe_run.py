@@ -247,7 +247,14 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         elif crashes and blame and not isinstance(exc, Unsupported):
             out["verdict"], out["reasons"] = "INCONCLUSIVE", ["; ".join(crashes[:3]) + " while " + blame]
         elif crashes and not isinstance(exc, Unsupported):
-            out["verdict"], out["reasons"] = "CRASH", crashes[:3]
+            # the guest died mid-body: what the probe judged before the oops still counts
+            # (a violation seen first makes a FAIL naming the crash, as in ``decide``)
+            seen = probe.summary() if probe is not None else {}
+            if int(seen.get("violations", 0)):
+                outcome = decide(seen, crashes=crashes, inject=inject)
+                out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
+            else:
+                out["verdict"], out["reasons"] = "CRASH", crashes[:3]
         else:
             verdict = {KernelCrash: "CRASH", BootError: "BOOT_FAIL",
                        Unsupported: "UNSUPPORTED"}.get(type(exc), "INFRA")
