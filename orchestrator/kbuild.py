@@ -65,11 +65,48 @@ def default_source(cache: Path) -> Path:
         return tree
     if not DEFAULT_TARBALL.is_file():
         raise UsageError(f"no --source and {DEFAULT_TARBALL} is missing: apt-get install linux-source-6.1")
+    _untar(DEFAULT_TARBALL, dest, tree)
+    stamp.write_text("")
+    return tree
+
+
+def _untar(tarball: Path, dest: Path, tree: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     if tree.exists():
         shutil.rmtree(tree)
-    procs.run(["tar", "-C", str(dest), "-xf", str(DEFAULT_TARBALL)], timeout=1800, what="unpack linux-source")
-    stamp.write_text("")
+    procs.run(["tar", "-C", str(dest), "-xf", str(tarball)], timeout=1800, what="unpack linux-source")
+
+
+def source_from_deb(deb: Path, cache: Path) -> Path:
+    """The tree of a Debian ``linux-source-X.Y`` package file, unpacked into the cache once per version.
+
+    ``deb``: ``linux-source-7.3_7.3.4-1~bpo13+1_all.deb`` (from pokelab's own apt sources, any
+    suite); it holds ``/usr/src/linux-source-X.Y.tar.xz``.  Returns ``<cache>/src/linux-source-X.Y``
+    (a new version replaces the old tree; ``.linux-source-X.Y.complete`` holds the version).
+    UsageError when the file is not such a package.
+    """
+    package, _, rest = deb.name.partition("_")
+    version = rest.rpartition("_")[0]
+    if not package.startswith("linux-source-") or not version or not deb.is_file():
+        raise UsageError(f"{deb} is not a Debian linux-source-X.Y package file")
+    dest = cache / "src"
+    tree = dest / package
+    stamp = dest / f".{package}.complete"
+    if stamp.is_file() and stamp.read_text().strip() == version and tree.is_dir():
+        return tree
+    scratch = dest / f".{package}.deb-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        procs.run(["dpkg-deb", "-x", str(deb), str(scratch)], timeout=1800, what=f"unpack {deb.name}")
+        tarball = scratch / "usr" / "src" / f"{package}.tar.xz"
+        if not tarball.is_file():
+            raise UsageError(f"{deb} holds no /usr/src/{package}.tar.xz")
+        stamp.unlink(missing_ok=True)
+        _untar(tarball, dest, tree)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    stamp.write_text(version + "\n")
     return tree
 
 

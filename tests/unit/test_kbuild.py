@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import images
+from orchestrator.errors import UsageError
 from orchestrator.kbuild import (
     BuildError,
     apply_patches,
@@ -106,3 +107,47 @@ def test_custom_kernel_unknown(tmp_path: Path) -> None:
 
     with pytest.raises(UsageError, match="built kernels: none"):
         images.custom_kernel("custom-123", tmp_path)
+
+
+def _source_deb(tmp: Path, package: str, version: str, text: str) -> Path:
+    """A miniature linux-source-X.Y package, built like Debian's (a tarball under /usr/src)."""
+    import subprocess
+
+    tree = tmp / "t" / package
+    tree.mkdir(parents=True)
+    (tree / "Makefile").write_text(text)
+    root = tmp / f"root-{version}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+    (root / "usr" / "src").mkdir(parents=True)
+    subprocess.run(["tar", "-C", str(tmp / "t"), "-cJf", str(root / "usr" / "src" / f"{package}.tar.xz"),
+                    package], check=True)
+    deb = tmp / f"{package}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(deb)], check=True,
+                   capture_output=True)
+    return deb
+
+
+def test_source_from_deb_unpacks_once_per_version(tmp_path: Path) -> None:
+    from orchestrator.kbuild import source_from_deb
+
+    cache = tmp_path / "cache"
+    old = _source_deb(tmp_path / "a", "linux-source-7.3", "7.3.4-1~bpo13+1", "VERSION = 7.3.4\n")
+    tree = source_from_deb(old, cache)
+    assert tree == cache / "src" / "linux-source-7.3"
+    assert (tree / "Makefile").read_text() == "VERSION = 7.3.4\n"
+    (tree / "Makefile").write_text("touched")          # same version: kept as it is
+    assert (source_from_deb(old, cache) / "Makefile").read_text() == "touched"
+    new = _source_deb(tmp_path / "b", "linux-source-7.3", "7.3.5-1", "VERSION = 7.3.5\n")
+    assert (source_from_deb(new, cache) / "Makefile").read_text() == "VERSION = 7.3.5\n"
+    assert [p.name for p in (cache / "src").iterdir() if p.name.startswith(".linux-source-7.3.deb")] == []
+
+
+def test_source_from_deb_refuses_other_files(tmp_path: Path) -> None:
+    from orchestrator.kbuild import source_from_deb
+
+    other = tmp_path / "linux-image-7.3_1_amd64.deb"
+    other.write_text("x")
+    with pytest.raises(UsageError):
+        source_from_deb(other, tmp_path)
