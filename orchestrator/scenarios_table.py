@@ -104,6 +104,22 @@ LP_STUCK = ("for p in /proc/[0-9]*; do s=$(cat $p/patch_state 2>/dev/null); [ \"
             "echo \"stuck ${p#/proc/} $(cat $p/comm) $s $(cat $p/stack 2>/dev/null | head -3 | "
             "awk '{print $2}' | tr '\\n' ' ')\" >&2; done")
 
+#: a tracepoint's static key (sched_process_exec: one site, in bprm_execve(), cold under a getpid load),
+#: flipped in a loop on vCPU 1 while vCPU 0 switches the function tracer, inside one step (so the
+#: read-back after it sees no patching in flight).  Each flip queues the key's jump sites with
+#: smp_text_poke_batch_add(), dropping text_mutex after each (x86 arch_jump_label_transform_queue()),
+#: then writes them in one batch.  (sched_schedstats was tried first: 7.3's update_se() site trapped
+#: ~30,000 times in 3 min under the probe and the step timed out.)
+TPEV = "/sys/kernel/tracing/events/sched/sched_process_exec/enable"
+SWITCHES_UNDER_FLIPS = (
+    "rm -f /tmp/flips /tmp/flips.stop; "
+    "taskset -c 1 sh -c \"while [ ! -e /tmp/flips.stop ]; do echo 1 > " + TPEV + "; echo 0 > "
+    + TPEV + "; echo >> /tmp/flips; done\" & flipper=$!; "
+    f"for i in 1 2 3 4; do echo function > {T}/current_tracer && echo nop > {T}/current_tracer; done; "
+    f"echo function > {T}/current_tracer; touch /tmp/flips.stop; wait $flipper; "
+    # the flipper flipped (an empty count fails the step), the tracer is on
+    f"test -s /tmp/flips && grep -qx function {T}/current_tracer")
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="ftrace-function",
@@ -217,6 +233,22 @@ SCENARIOS: tuple[Scenario, ...] = (
                tp_step("a-off", "a", 0, "__traceiter_sys_enter")),
         teardown=(Step("rmdir", f"rmdir {T}/instances/pokelab_a {T}/instances/pokelab_b"),),
         final_state=FinalState(site=None, checks=((f"ls {T}/instances; echo end", r"^end\s*$"),)),
+    ),
+    Scenario(
+        name="single-poke-in-batch",
+        description="function tracer on/off (single pokes) while a trace event flips on vCPU 1 (batches)",
+        requires=(*FTRACE, "CONFIG_JUMP_LABEL", "tracefs:events/sched/sched_process_exec/enable"),
+        # The tracer switch rewrites ftrace_call/ftrace_regs_call with smp_text_poke_single() (6.16+;
+        # text_poke_bp() before); ftrace_64.S links below kernel/ and fs/, so a single poke that joins
+        # the jump-label batch in flight lands out of order: the c8976ade0c1b class (fixed by
+        # 2aebf5ee43bf), brought back by images/patches/0002-*.  Several switches per step: each
+        # is one more chance to take text_mutex between two queued jump sites.
+        setup=(SET_FILTER,),
+        steps=(Step("switches-under-flips", SWITCHES_UNDER_FLIPS, site="call", evidence=TRACE_HITS),
+               TRACER_OFF),
+        repeat=3,
+        teardown=(CLEAR_FILTER,),
+        final_state=FinalState(site="nop", checks=((f"cat {TPEV}", r"^0\s*$"),)),
     ),
     Scenario(
         name="ftrace-direct",
