@@ -98,8 +98,10 @@ clean:
 
 # End to end, slow (a cold kernel build is minutes; not part of `make test`): build Debian's
 # linux-source-6.1 with and without images/patches/0001-*.patch (pokelab build-kernel) and
-# check the probe's verdicts: FAIL with violations on the patched kernel, PASS on the other.
-# POKELAB_KERNEL_SOURCE=DIR uses another 6.1 tree.
+# check the probe's verdicts: FAIL with violations on the patched kernel, PASS on the other;
+# the same for the newest linux-source-7.x of pokelab's own apt sources and 0002-*.patch
+# (scenario single-poke-in-batch).  POKELAB_KERNEL_SOURCE=DIR / POKELAB_KERNEL_SOURCE_7X=DIR
+# use other trees.
 .PHONY: e2e-patched
 
 e2e-patched: setup
