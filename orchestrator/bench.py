@@ -12,6 +12,9 @@ phase (boots alternate one by one), so the machine's noise hits both:
 * ``boot_to_console_marker_s`` / ``boot_to_ssh_s``: median over N boots, from
   QEMU's launch to the init's ``POKELAB-READY`` line / to the first answered
   SSH command.
+* ``boot_to_console_marker_microvm_s`` / ``boot_to_ssh_microvm_s``: the same, same kernel,
+  initramfs and QEMU, on ``-M microvm`` (``--machine microvm``), its boots alternating with
+  the ``pc`` boots above; ``boot_microvm_ratio`` = ``boot_to_ssh_microvm_s`` / ``boot_to_ssh_s``.
 * ``bare_stop_ms``: a plain GDB breakpoint on a hot function
   (``__x64_sys_getpid`` under the getpid load), stopped and continued over MI:
   median of the wall time per ``-exec-continue`` -> ``*stopped`` cycle.
@@ -205,16 +208,27 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
     # one QEMU after the other in each phase, so the machine's noise hits both
     markers: list[list[float]] = [[] for _ in specs]
     sshs: list[list[float]] = [[] for _ in specs]
+    # and the first QEMU's boot on microvm, alternating with the pc boots
+    micro = replace(spec, machine="microvm", artifacts=art / "microvm" / "boot")
+    micro_markers: list[float] = []
+    micro_sshs: list[float] = []
     for i in range(boots):
         for c, s in enumerate(specs):
             m, t = _boot_once(s)
             markers[c].append(m)
             sshs[c].append(t)
             progress(f"{names[c]}: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s")
+        m, t = _boot_once(micro)
+        micro_markers.append(m)
+        micro_sshs.append(t)
+        progress(f"{names[0]} microvm: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s")
     for c in range(len(specs)):
         cols[c]["boot_to_console_marker_s"] = round(statistics.median(markers[c]), 3)
         cols[c]["boot_to_ssh_s"] = round(statistics.median(sshs[c]), 3)
         cols[c]["boot_samples"] = len(sshs[c])
+    cols[0]["boot_to_console_marker_microvm_s"] = round(statistics.median(micro_markers), 3)
+    cols[0]["boot_to_ssh_microvm_s"] = round(statistics.median(micro_sshs), 3)
+    cols[0]["boot_microvm_ratio"] = round(cols[0]["boot_to_ssh_microvm_s"] / cols[0]["boot_to_ssh_s"], 3)
     for c, s in enumerate(specs):
         cols[c].update(_column(s, kernel, dirs[c], stops, toggles, progress))
     figures: dict[str, Any] = {"kernel": kernel.release, "accel": spec.accel, "smp": spec.smp,

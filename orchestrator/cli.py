@@ -86,6 +86,7 @@ def _add_vm_args(p: argparse.ArgumentParser, choose_kernel: bool = True) -> None
                    help="auto: KVM where it was seen to boot a guest, else TCG (default auto)")
     g.add_argument("--tcg-thread", default="single", choices=("single", "multi"),
                    help="TCG threading; 'multi' is known unstable for text_poke (default single)")
+    _add_machine_arg(g)
     g.add_argument("--gdb-port", type=int, metavar="PORT",
                    help="gdbstub port on 127.0.0.1 (default: a free one)")
     g.add_argument("--ssh-port", type=int, metavar="PORT", help="SSH port on 127.0.0.1 (default: a free one)")
@@ -94,6 +95,12 @@ def _add_vm_args(p: argparse.ArgumentParser, choose_kernel: bool = True) -> None
     _add_qemu_arg(g)
     if choose_kernel:
         g.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
+
+
+def _add_machine_arg(g: Any) -> None:
+    g.add_argument("--machine", default="pc", choices=("pc", "microvm"),
+                   help="QEMU machine: pc (i440FX, virtio on PCI) or microvm (no PCI or legacy "
+                        "timers, virtio-mmio found through ACPI; boots faster) (default pc)")
 
 
 def _add_qemu_arg(g: Any) -> None:
@@ -131,7 +138,8 @@ def _vm_from_args(args: argparse.Namespace, command: str, extra_files: dict[str,
             check_port_free(port)
     qemu_path = _check_qemu_arg(getattr(args, "qemu", None))
     spec, kernel = prepare(choice, artifacts=artifacts, smp=args.smp, accel=args.accel,
-                           tcg_thread=args.tcg_thread, memory_mb=args.memory,
+                           tcg_thread=args.tcg_thread, machine=getattr(args, "machine", "pc"),
+                           memory_mb=args.memory,
                            gdb_port=args.gdb_port, ssh_port=args.ssh_port, extra_files=extra_files,
                            kernel_files=kernel_files, qemu_path=qemu_path)
     return spec, kernel
@@ -543,6 +551,7 @@ def _nightly_runner(args: argparse.Namespace,
         sc = with_options(table[scenario], repeat=args.repeat)
         ns = argparse.Namespace(kernel=kernel, bzimage=None, vmlinux=None, modules=None, smp=args.smp,
                                 memory=args.memory, accel=args.accel, tcg_thread=args.tcg_thread,
+                                machine=args.machine,
                                 gdb_port=None, ssh_port=None, artifacts=artifacts, dry_run=False,
                                 qemu=args.qemu)
         try:
@@ -680,6 +689,7 @@ def _add_nightly_parsers(sub: Any) -> None:
     s.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM (default 1024)")
     s.add_argument("--accel", default="auto", choices=("auto", "tcg", "kvm"))
     s.add_argument("--tcg-thread", default="single", choices=("single", "multi"))
+    _add_machine_arg(s)
     _add_qemu_arg(s)
     s.add_argument("--dry-run", action="store_true", help="print the cells this run would do and exit")
     s.set_defaults(func=cmd_nightly)

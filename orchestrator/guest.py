@@ -104,7 +104,8 @@ def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, k
 
 
 def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str = "auto",
-            tcg_thread: str = "single", memory_mb: int = 1024, gdb_port: int | None = None,
+            tcg_thread: str = "single", machine: str = "pc", memory_mb: int = 1024,
+            gdb_port: int | None = None,
             ssh_port: int | None = None, extra_files: Mapping[str, Path] | None = None,
             append: tuple[str, ...] = (),
             kernel_files: KernelFiles | None = None,
@@ -125,6 +126,7 @@ def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str =
     chosen = choose_accel(accel, kernel, initrd, key, cache, qemu_bin)
     spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key, artifacts=artifacts,
                   release=kernel.release, smp=smp, memory_mb=memory_mb, accel=chosen,
-                  tcg_thread=tcg_thread, gdb_port=gdb_port, ssh_port=ssh_port, append=append,
+                  tcg_thread=tcg_thread, machine=machine, gdb_port=gdb_port, ssh_port=ssh_port,
+                  append=append,
                   qemu=qemu_bin)
     return spec, kernel

@@ -23,6 +23,18 @@ QEMU = "qemu-system-x86_64"
 BASE_APPEND = ("console=ttyS0", "nokaslr", "panic=-1", "earlyprintk=serial,ttyS0",
                "loglevel=6", "lpj=4231920")
 
+#: The machine types pokelab boots (``--machine``).  ``pc`` (i440FX, PCI, the default) or
+#: ``microvm`` (no PCI, no firmware tables but ACPI's; virtio-mmio devices it lists in its DSDT).
+MACHINES = ("pc", "microvm")
+
+#: microvm's options: no legacy PIC/PIT/RTC (the kernel routes through the IOAPIC and ticks on
+#: the local APIC timer; under TCG it marks the TSC unstable and keeps time on jiffies), the
+#: ISA UART that is ``ttyS0`` kept, ACPI on (the virtio-mmio devices are found through it:
+#: Debian's kernels have ``CONFIG_VIRTIO_MMIO=m`` without ``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES``).
+#: qboot (``bios-microvm.bin``) loads the bzImage through its linuxboot option ROM, so option
+#: ROMs stay on.
+MICROVM = "microvm,pit=off,pic=off,rtc=off,isa-serial=on,acpi=on"
+
 #: TCG's CPU: the default qemu64 plus RDRAND, so the guest's CRNG is ready at once
 #: (without it dropbear's first login waited for entropy).
 TCG_CPU = "qemu64,+rdrand"
@@ -41,6 +53,10 @@ class QemuConfig:
     memory_mb: int = 1024
     accel: str = "tcg"  # "tcg" or "kvm"
     tcg_thread: str = "single"  # "multi" is known unstable for text_poke (see docs)
+    machine: str = "pc"  # one of MACHINES
+    #: the host's TSC rate in kHz, given to a microvm guest as ``tsc_early_khz=`` (it has no
+    #: PM timer or HPET to calibrate the TSC against); see ``host.tsc.host_tsc_khz``
+    tsc_khz: int | None = None
     append: tuple[str, ...] = ()
     qemu: str = QEMU
     #: ``-L`` directories (BIOS, option ROMs), first wins; empty: the binary's built-in ones
@@ -50,6 +66,10 @@ class QemuConfig:
     def __post_init__(self) -> None:
         if self.accel not in ("tcg", "kvm"):
             raise UsageError(f"unknown accelerator '{self.accel}' (tcg or kvm)")
+        if self.machine not in MACHINES:
+            raise UsageError(f"unknown machine '{self.machine}' ({' or '.join(MACHINES)})")
+        if self.machine == "microvm" and self.accel == "tcg" and not self.tsc_khz:
+            raise UsageError("a microvm guest under TCG needs the host's TSC rate (tsc_khz)")
         if self.tcg_thread not in ("single", "multi"):
             raise UsageError(f"unknown TCG thread mode '{self.tcg_thread}' (single or multi)")
         if not 1 <= self.smp <= 64:
@@ -70,11 +90,20 @@ class QemuConfig:
 
     @property
     def cmdline(self) -> str:
-        return " ".join(BASE_APPEND + self.append)
+        tsc = (f"tsc_early_khz={self.tsc_khz}",) if self.machine == "microvm" and self.tsc_khz else ()
+        return " ".join(BASE_APPEND + tsc + self.append)
 
 
 def build_argv(cfg: QemuConfig) -> list[str]:
-    """The QEMU command line, as a list.  Pure: same config, same argv."""
+    """The QEMU command line, as a list.  Pure: same config, same argv.
+
+    The virtio devices sit on PCI for ``pc`` (``virtio-*-pci``) and on virtio-mmio for
+    ``microvm`` (``virtio-*-device``); everything else is the same.
+    """
+    if cfg.machine == "microvm":
+        machine, bus = MICROVM, "device"
+    else:
+        machine, bus = "pc", "pci"
     if cfg.accel == "kvm":
         accel = ["-accel", "kvm", "-cpu", "host"]
     else:
@@ -83,7 +112,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         cfg.qemu,
         *[a for d in cfg.data_dirs for a in ("-L", d)],
         "-name", "pokelab",
-        "-machine", "pc",
+        "-machine", machine,
         *accel,
         "-smp", str(cfg.smp),
         "-m", str(cfg.memory_mb),
@@ -99,8 +128,8 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         "-serial", "chardev:con0",
         "-gdb", f"tcp:127.0.0.1:{cfg.gdb_port}",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=n0,romfile=",
-        "-device", "virtio-rng-pci",
+        "-device", f"virtio-net-{bus},netdev=n0" + (",romfile=" if bus == "pci" else ""),
+        "-device", f"virtio-rng-{bus}",
         *cfg.extra,
     ]
 

@@ -44,7 +44,9 @@ ROOT_PACKAGES = ("busybox-static", "dropbear-bin")
 #: the suite of pokelab's apt sources the guest's packages come from, whatever the host runs
 ROOT_SUITE = "bookworm"
 GUEST_BINARIES = ("bin/busybox", "usr/sbin/dropbear")
-GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_rng")
+#: both virtio transports (``pc``: PCI, ``microvm``: virtio-mmio); the init loads the one whose bus
+#: has virtio devices
+GUEST_MODULES = ("virtio_pci", "virtio_mmio", "virtio_net", "virtio_rng")
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
 KEY_NAME = "id_ed25519"
 HOST_KEY_NAME = "dropbear_ed25519_host_key"

@@ -50,6 +50,7 @@ class VmSpec:
     memory_mb: int = 1024
     accel: str = "tcg"
     tcg_thread: str = "single"
+    machine: str = "pc"  # qemu.MACHINES
     gdb_port: int | None = None  # None: pick a free one
     ssh_port: int | None = None
     append: tuple[str, ...] = ()
@@ -103,10 +104,16 @@ class Vm:
         """The QEMU config; the scaled watchdog thresholds come before the user's words (theirs win)."""
         s = self.spec
         wd = s.watchdogs
+        tsc_khz = None
+        if s.machine == "microvm" and s.accel == "tcg":
+            from .host.tsc import host_tsc_khz
+
+            tsc_khz = host_tsc_khz()
         return qemu.QemuConfig(
             bzimage=s.bzimage, initrd=s.initrd, workdir=workdir, gdb_port=gdb_port,
             ssh_port=ssh_port, smp=s.smp, memory_mb=s.memory_mb, accel=s.accel,
-            tcg_thread=s.tcg_thread, append=(wd.kernel_args() if wd else ()) + s.append,
+            tcg_thread=s.tcg_thread, machine=s.machine, tsc_khz=tsc_khz,
+            append=(wd.kernel_args() if wd else ()) + s.append,
             extra=s.extra_qemu, qemu=str(s.qemu.path) if s.qemu else qemu.QEMU,
             data_dirs=tuple(str(d) for d in s.qemu.data_dirs) if s.qemu else ())
 

@@ -70,6 +70,31 @@ def test_golden_built_qemu() -> None:
     assert argv[5:] == build_argv(_config())[1:]  # nothing else changes
 
 
+def test_golden_microvm() -> None:
+    """``--machine microvm``: virtio-mmio devices, no legacy timers, the host TSC rate on the
+    command line; everything else as on ``pc``."""
+    cfg = _config(machine="microvm", tsc_khz=2595456)
+    argv = build_argv(cfg)
+    _check_golden("qemu_argv_tcg_microvm.txt", argv)
+    assert _value(argv, "-machine").split(",")[0] == "microvm"
+    assert _values(argv, "-device") == ["virtio-net-device,netdev=n0", "virtio-rng-device"]
+    assert "tsc_early_khz=2595456" in _value(argv, "-append").split()
+    pc = build_argv(_config())
+    differ = {i for i, (a, b) in enumerate(zip(argv, pc, strict=True)) if a != b}
+    assert {argv[i - 1] for i in differ} == {"-machine", "-append", "-device"}
+
+
+def test_microvm_needs_the_tsc_rate() -> None:
+    with pytest.raises(UsageError, match="TSC"):
+        _config(machine="microvm")
+    assert "tsc_early_khz" not in _config(tsc_khz=2595456).cmdline  # pc calibrates on its PM timer
+
+
+def test_bad_machine() -> None:
+    with pytest.raises(UsageError, match="machine"):
+        _config(machine="q35")
+
+
 def test_build_argv_is_pure() -> None:
     cfg = _config(append=("quiet",), extra=("-d", "guest_errors"))
     assert build_argv(cfg) == build_argv(cfg)
