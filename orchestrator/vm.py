@@ -70,10 +70,12 @@ class VmSpec:
 
     @property
     def qemu_record(self) -> dict[str, Any]:
-        """``{"qemu": path, "qemu_version": "10.2.2", ...}``: what every verdict says it ran on."""
+        """``{"qemu": path, "qemu_version": "10.2.2", ..., "machine": "pc"}``: what every verdict
+        says it ran on."""
         if self.qemu is None:
-            return {"qemu": qemu.QEMU, "qemu_version": None, "qemu_tb_flushes_per_stop": None}
-        return self.qemu.record()
+            return {"qemu": qemu.QEMU, "qemu_version": None, "qemu_tb_flushes_per_stop": None,
+                    "machine": self.machine}
+        return {**self.qemu.record(), "machine": self.machine}
 
 
 class Vm:
