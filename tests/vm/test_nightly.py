@@ -41,7 +41,8 @@ def test_short_nightly(tmp_path: Path) -> None:
     for k in KERNELS:
         for s in SCENARIOS:
             assert f'id="{k}--{s}"' in page
-    assert page.count("<svg") == 4 and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    # one trap timeline per cell, and the traps-by-user chart of the census
+    assert page.count("<svg") == 4 + 1 and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
     summary = json.loads((out / "summary.json").read_text())
     assert [r["verdict"] for r in summary["results"]] == ["PASS"] * 4

@@ -32,7 +32,9 @@ def test_default_kernel_toggles_pass_and_session_does_not_stall(tmp_path: Path) 
     assert per[9] >= 50, f"10 toggles judged only {per[9]} traps"
     assert s["violations"] == 0 and s["false_flags"] == 0
     stops = s["recorder"]["entries"] + s["recorder"]["traps"]
-    assert stops >= 1000, f"only {stops} GDB stops: not a long session"
+    # a long session (a pygdbmi session once went deaf after ~150 stops): 20 toggles made
+    # 1000+ stops on QEMU 7.2 and ~750 on 10.2, whose cheaper traps leave a shorter int3 window
+    assert stops >= 600, f"only {stops} GDB stops: not a long session"
     # no stall: the last toggles still produced judged traps
     assert per[-1] > per[-4], per
     assert s["text_checks"] > 0 and s["text_mismatches"] == 0
