@@ -57,7 +57,9 @@ def test_static_call_injection_flags_every_injected_trap(name: str, run_scenario
     out = run_scenario(BY_NAME[name], "6.1", inject="wrong-target")
     assert out["verdict"] == "FAIL", out.get("reasons")
     assert out["injected_flagged"] == out["injected"] > 0 and out["false_flags"] == 0
-    assert all(v.get("user") == "static_call" for v in out["violation_examples"])
+    # wrong-target also corrupts JMP32 entries that are not NOPs (the tracepoint's jump labels)
+    users = {v.get("user") for v in out["violation_examples"]}
+    assert "static_call" in users and users <= {"static_call", "jump_label"}, users
 
 
 def test_injection_ends_fail_with_the_violation(run_scenario) -> None:  # type: ignore[no-untyped-def]
