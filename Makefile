@@ -72,6 +72,7 @@ demo: setup qemu
 
 lint: venv
 	$(BIN)/ruff check orchestrator tests scenarios
+	$(BIN)/lint-imports
 
 types: venv
 	$(BIN)/mypy orchestrator

@@ -1,3 +1,3 @@
 """Scenario tests: options and fixtures come from the pokelab pytest plugin."""
 
-pytest_plugins = ["orchestrator.pytest_plugin"]
+pytest_plugins = ["orchestrator.jobs.pytest_plugin"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.pytest_plugin import expect_pass, kernels
-from orchestrator.scenarios_table import BY_NAME, SCENARIOS
+from orchestrator.jobs.pytest_plugin import expect_pass, kernels
+from orchestrator.run.scenarios_table import BY_NAME, SCENARIOS
 
 pytestmark = pytest.mark.vm
 
@@ -88,8 +88,8 @@ def test_trigger_that_does_nothing_is_inconclusive(run_scenario) -> None:  # typ
 def test_user_workload_runs_as_the_load(run_scenario, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # a user's static binary, copied in over SSH and pinned on vCPUs 1..: here loadgen itself
     # (with no arguments it spins in getpid until killed)
-    from orchestrator.cache import cache_dir
-    from orchestrator.loadgen import ensure_loadgen
+    from orchestrator.host.cache import cache_dir
+    from orchestrator.kernels.loadgen import ensure_loadgen
 
     out = run_scenario(replace(BY_NAME["ftrace-function"], repeat=1), "6.1",
                        workload=ensure_loadgen(cache_dir()))

@@ -1,5 +1,6 @@
-"""The host side of pokelab: what runs on this machine for it (apt, QEMU builds).
+"""The host: child processes (:mod:`.procs`), the cache and its locks, deadlines, pokelab's own apt,
+build roots, the host's TSC.
 
-Modules here start processes only through :mod:`orchestrator.procs`, with a
-deadline, and never import the layers above them (probe, scenarios, CLI).
+Modules here start processes only through :mod:`orchestrator.host.procs`, with a
+deadline, and import only :mod:`orchestrator.core`.
 """

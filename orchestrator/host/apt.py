@@ -41,10 +41,9 @@ from pathlib import Path
 from debian.deb822 import Packages, PkgRelation
 from debian.debian_support import version_compare
 
-from .. import procs
-from ..cache import file_lock
-from ..errors import InfraError, UsageError
-from ..kernels import images_dir
+from ..core.errors import InfraError, UsageError
+from . import procs
+from .cache import file_lock, images_dir
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ So every Debian kernel's module is built the same way on every host:
    (:func:`bwrap_argv`).
 
 debootstrap needs root; bwrap does not.  Every process goes through
-:mod:`orchestrator.procs` with a deadline.
+:mod:`orchestrator.host.procs` with a deadline.
 
 Measured on a Debian 12 host (2 busy cores): a root takes 67-155 s cold and
 345-395 MB (bookworm 345, trixie 360, sid 395); a 7.x ABI's headers are 94 MB
@@ -54,9 +54,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import procs
-from ..cache import file_lock, tree_size
-from ..errors import InfraError
+from ..core.errors import InfraError
+from . import procs
+from .cache import file_lock, tree_size
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import statistics
 import time
 from functools import cache
 
-from ..errors import InfraError
+from ..core.errors import InfraError
 
 #: rdtsc; shl rdx, 32; or rax, rdx; ret  (x86-64 SysV: the 64-bit count in rax)
 _RDTSC = bytes((0x0F, 0x31, 0x48, 0xC1, 0xE2, 0x20, 0x48, 0x09, 0xD0, 0xC3))

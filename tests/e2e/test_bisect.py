@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli
-from orchestrator.bisect import worktree_path
-from orchestrator.cache import cache_dir
-from orchestrator.kbuild import default_source, registered, unregister, work_dir
-from orchestrator.kernels import images_dir
+from orchestrator.cli import commands as cli
+from orchestrator.host.cache import cache_dir, images_dir
+from orchestrator.jobs.bisect import worktree_path
+from orchestrator.kernels.kbuild import default_source, registered, unregister, work_dir
 
 pytestmark = pytest.mark.slow
 

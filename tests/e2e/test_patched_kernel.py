@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli
-from orchestrator.cache import cache_dir
-from orchestrator.kbuild import build_kernel, source_from_deb
-from orchestrator.kernels import images_dir
+from orchestrator.cli import commands as cli
+from orchestrator.host.cache import cache_dir, images_dir
+from orchestrator.kernels.kbuild import build_kernel, source_from_deb
 
 pytestmark = pytest.mark.slow
 

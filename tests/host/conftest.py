@@ -15,10 +15,10 @@ import pytest
 # the CLI-subprocess helpers and the fake kernel pair are shared with tests/unit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 
-from orchestrator.cache import cache_dir
-from orchestrator.debian import cached_spec
-from orchestrator.images import KernelArtifacts, ensure_kernel
-from orchestrator.kernels import Catalog
+from orchestrator.host.cache import cache_dir
+from orchestrator.kernels.catalog import Catalog
+from orchestrator.kernels.debian import cached_spec
+from orchestrator.kernels.images import KernelArtifacts, ensure_kernel
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

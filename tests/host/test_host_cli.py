@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from clirun import assert_one_line_error, pokelab
 
-from orchestrator.cache import cache_dir
-from orchestrator.cli import main
-from orchestrator.images import KernelArtifacts
-from orchestrator.qemu import QEMU
+from orchestrator.cli.commands import main
+from orchestrator.host.cache import cache_dir
+from orchestrator.kernels.images import KernelArtifacts
+from orchestrator.machine.qemu import QEMU
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_bad_numbers(args: list[str], needle: str, art: Path,
 
 def test_repro_unsupported_scenario_writes_json_without_booting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_kernel_cached: KernelArtifacts) -> None:
-    from orchestrator import scenarios_table
+    from orchestrator.run import scenarios_table
 
     # every scenario in the table runs here: declare one this version cannot run
     sc = replace(scenarios_table.BY_NAME["ops-one"], name="not-here",

@@ -10,10 +10,10 @@ import pytest
 from fakekernel import fake_bzimage
 from test_bench_kbuild import apply_patch
 
-from orchestrator.bench_kbuild import MARKED_FILE, marker_patch, with_marker
-from orchestrator.cache import cache_dir
-from orchestrator.errors import UsageError
-from orchestrator.images import KernelArtifacts, artifacts_from_paths
+from orchestrator.core.errors import UsageError
+from orchestrator.host.cache import cache_dir
+from orchestrator.jobs.bench_kbuild import MARKED_FILE, marker_patch, with_marker
+from orchestrator.kernels.images import KernelArtifacts, artifacts_from_paths
 
 TRUE = Path(shutil.which("true") or "/bin/true").resolve()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator import crash
+from orchestrator.core import crash
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "console"
 EXPECTED = DATA / "expected.json"

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import bench, kbuild, procs
-from orchestrator.bench_kbuild import MARKED_FILE, marker_line, marker_patch, replace_file, with_marker
-from orchestrator.errors import UsageError
+from orchestrator.core.errors import UsageError
+from orchestrator.host import procs
+from orchestrator.jobs import bench
+from orchestrator.jobs.bench_kbuild import MARKED_FILE, marker_line, marker_patch, replace_file, with_marker
+from orchestrator.kernels import kbuild
 
 C_FILE = "#include <linux/kernel.h>\n\nvoid f(void)\n{\n}\n"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bisect import (
+from orchestrator.core.bisect_logic import BUILD_FAIL, FAIL, INFRA, PASS, Decision
+from orchestrator.jobs.bisect import (
     BisectAborted,
     BisectError,
     debian_report,
@@ -18,9 +19,8 @@ from orchestrator.bisect import (
     run_debian_bisect,
     worktree_path,
 )
-from orchestrator.bisect_logic import BUILD_FAIL, FAIL, INFRA, PASS, Decision
-from orchestrator.debian import DebianKernel, kernels_from, parse_show, select_range
-from orchestrator.images import exclusive_lock
+from orchestrator.kernels.debian import DebianKernel, kernels_from, parse_show, select_range
+from orchestrator.kernels.images import exclusive_lock
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from orchestrator.bisect_logic import (
+from orchestrator.core.bisect_logic import (
     BOOT_FAIL,
     BUILD_FAIL,
     CRASH,

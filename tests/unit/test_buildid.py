@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fakekernel import fake_bzimage
 
-from orchestrator import buildid
-from orchestrator.errors import UsageError
-from orchestrator.images import artifacts_from_paths, decompress_payload
+from orchestrator.core import buildid
+from orchestrator.core.errors import UsageError
+from orchestrator.kernels.images import artifacts_from_paths, decompress_payload
 
 TRUE = Path(shutil.which("true") or "/bin/true").resolve()
 

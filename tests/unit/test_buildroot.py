@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InfraError
+from orchestrator.core.errors import InfraError
 from orchestrator.host import buildroot as br
 
 DATA = Path(__file__).parent.parent / "data" / "buildroot" / "controls.txt"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import census
-from orchestrator.census import (
+from orchestrator.core import census
+from orchestrator.core.census import (
     Census,
     KernelTables,
     TableError,

@@ -14,7 +14,7 @@ import pytest
 from clirun import assert_one_line_error, pokelab
 from fakekernel import write_pair
 
-from orchestrator.cli import main
+from orchestrator.cli.commands import main
 
 
 @pytest.fixture
@@ -370,8 +370,8 @@ def test_build_kernel_checks_the_tree_before_the_tools(tmp_path: Path) -> None:
 
 
 def test_missing_build_tools_name_the_command_that_installs_them() -> None:
-    from orchestrator.errors import InfraError
-    from orchestrator.kbuild import check_build_tools
+    from orchestrator.core.errors import InfraError
+    from orchestrator.kernels.kbuild import check_build_tools
 
     with pytest.raises(InfraError) as exc:
         check_build_tools(lambda tool: None if tool in ("ccache", "flex") else f"/usr/bin/{tool}")

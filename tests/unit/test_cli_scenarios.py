@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.scenarios_table import SCENARIOS
+from orchestrator.cli.commands import main
+from orchestrator.run.scenarios_table import SCENARIOS
 
 
 def test_scenarios_lists_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:

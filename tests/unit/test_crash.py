@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from crash_golden import DATA, EXPECTED, LOGS, parse
 
-from orchestrator import crash
+from orchestrator.core import crash
 
 
 @pytest.mark.parametrize("log", LOGS, ids=[p.name for p in LOGS])

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.debian import (
+from orchestrator.core.errors import UsageError
+from orchestrator.kernels.catalog import Catalog, parse_name
+from orchestrator.kernels.debian import (
     DebianKernel,
     _save_resolved,
     compare_versions,
@@ -20,8 +22,6 @@ from orchestrator.debian import (
     resolve_spec,
     select_range,
 )
-from orchestrator.errors import UsageError
-from orchestrator.kernels import Catalog, parse_name
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "apt"
 SHOW = (DATA / "apt-cache-show-cloud-amd64.txt").read_text()

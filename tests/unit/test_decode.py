@@ -1,10 +1,10 @@
-"""orchestrator.decode: capstone decode of the instructions text_poke writes, and naming."""
+"""orchestrator.core.decode: capstone decode of the instructions text_poke writes, and naming."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator.decode import DecodeError, TableSymbolizer, decode, describe, format_bytes
+from orchestrator.core.decode import DecodeError, TableSymbolizer, decode, describe, format_bytes
 
 SITE = 0xFFFFFFFF810E7A20  # __do_sys_getpid (6.1.0-47-cloud)
 TRAMPOLINE = 0xFFFFFFFFC0201000  # dynamically allocated ftrace trampoline

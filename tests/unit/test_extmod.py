@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import extmod
-from orchestrator.errors import InfraError
+from orchestrator.core.errors import InfraError
+from orchestrator.kernels import extmod
 
 
 def _touch(root: Path, *names: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.scenario import classify_fentry
+from orchestrator.run.scenario import classify_fentry
 
 #: (first 9 bytes of the function, offset of the site, state); the first two read on 6.12.117
 CASES = [

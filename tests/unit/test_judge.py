@@ -1,4 +1,4 @@
-"""orchestrator.trapdata + orchestrator.judge on synthetic records built with struct.pack.
+"""orchestrator.core.trapdata + orchestrator.core.judge on synthetic records built with struct.pack.
 
 Values are realistic for a 6.1 cloud kernel (``_stext`` 0xffffffff81000000,
 ftrace site ``__do_sys_getpid`` 0xffffffff810e7a20, an ftrace trampoline at
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.decode import TableSymbolizer
-from orchestrator.judge import Judgement, check_final_text, jcc_taken, judge
-from orchestrator.trapdata import (
+from orchestrator.core.decode import TableSymbolizer
+from orchestrator.core.judge import Judgement, check_final_text, jcc_taken, judge
+from orchestrator.core.trapdata import (
     LayoutError,
     RecordError,
     TrapRecord,

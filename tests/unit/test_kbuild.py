@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import images
-from orchestrator.errors import UsageError
-from orchestrator.kbuild import (
+from orchestrator.core.errors import UsageError
+from orchestrator.kernels import images
+from orchestrator.kernels.kbuild import (
     BuildError,
     apply_patches,
     config_values,
@@ -103,7 +103,7 @@ def test_patch_that_does_not_apply(tmp_path: Path) -> None:
 
 
 def test_custom_kernel_unknown(tmp_path: Path) -> None:
-    from orchestrator.errors import UsageError
+    from orchestrator.core.errors import UsageError
 
     with pytest.raises(UsageError, match="built kernels: none"):
         images.custom_kernel("custom-123", tmp_path)
@@ -130,7 +130,7 @@ def _source_deb(tmp: Path, package: str, version: str, text: str) -> Path:
 
 
 def test_source_from_deb_unpacks_once_per_version(tmp_path: Path) -> None:
-    from orchestrator.kbuild import source_from_deb
+    from orchestrator.kernels.kbuild import source_from_deb
 
     cache = tmp_path / "cache"
     old = _source_deb(tmp_path / "a", "linux-source-7.3", "7.3.4-1~bpo13+1", "VERSION = 7.3.4\n")
@@ -145,7 +145,7 @@ def test_source_from_deb_unpacks_once_per_version(tmp_path: Path) -> None:
 
 
 def test_source_from_deb_refuses_other_files(tmp_path: Path) -> None:
-    from orchestrator.kbuild import source_from_deb
+    from orchestrator.kernels.kbuild import source_from_deb
 
     other = tmp_path / "linux-image-7.3_1_amd64.deb"
     other.write_text("x")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.images import _lay_out_image
-from orchestrator.rootfs import _copy_module, _module_closure
+from orchestrator.kernels.images import _lay_out_image
+from orchestrator.kernels.rootfs import _copy_module, _module_closure
 
 REL = "7.3.4+deb13-amd64"
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="no dpkg-deb here")

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import UsageError
-from orchestrator.kernels import Catalog, KernelRequest, KernelSpec, images_dir, line_of, parse_name
+from orchestrator.core.errors import UsageError
+from orchestrator.kernels.catalog import (
+    Catalog,
+    KernelRequest,
+    KernelSpec,
+    images_dir,
+    line_of,
+    parse_name,
+)
 
 GOOD = images_dir() / "kernels.toml"
 

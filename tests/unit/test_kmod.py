@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import kmod
-from orchestrator.errors import Unsupported
-from orchestrator.images import KernelArtifacts
-from orchestrator.scenario import guest_files, module_guest_path
-from orchestrator.scenarios_table import BY_NAME
+from orchestrator.core.errors import Unsupported
+from orchestrator.kernels import kmod
+from orchestrator.kernels.images import KernelArtifacts
+from orchestrator.run.scenario import guest_files, module_guest_path
+from orchestrator.run.scenarios_table import BY_NAME
 
 
 def _kernel(kid: str, release: str = "6.1.0-56-cloud-amd64") -> KernelArtifacts:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.mi import console_lines, parse_transcript
-from orchestrator.probe import Probe, _int3_before
-from orchestrator.symbols import KernelSymbolizer
+from orchestrator.gdb.mi import console_lines, parse_transcript
+from orchestrator.gdb.probe import Probe, _int3_before
+from orchestrator.gdb.symbols import KernelSymbolizer
 
 LOG = Path(__file__).resolve().parent.parent / "data" / "mi" / "kprobe-optimized-7.3-pass.mi.log"
 SITE = 0xFFFFFFFF813797A9  # __x64_sys_getpid+0x9 in 7.3.4+deb13-cloud-amd64

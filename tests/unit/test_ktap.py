@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import ktap
-from orchestrator.verdict import BISECT_EXIT_CODES, EXIT_CODES
+from orchestrator.core import ktap
+from orchestrator.core.verdict import BISECT_EXIT_CODES, EXIT_CODES
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "nightly" / "summary.json"
 RESULT = re.compile(r"^(ok|not ok) (\d+) ([^#]+?)(?: # (SKIP|TODO|ERROR)(?: (.*))?)?$")

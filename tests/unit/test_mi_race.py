@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.mi import MiSession, MiTimeout
-from orchestrator.probe import Probe
-from orchestrator.symbols import KernelSymbolizer
+from orchestrator.gdb.mi import MiSession, MiTimeout
+from orchestrator.gdb.probe import Probe
+from orchestrator.gdb.symbols import KernelSymbolizer
 
 FAKE = Path(__file__).resolve().parent / "fakegdb.py"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import nightly
-from orchestrator.cli import EXIT_CODES, main
+from orchestrator.cli.commands import EXIT_CODES, main
+from orchestrator.jobs import nightly
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "nightly"
 RECORDED = DATA / "summary.json"

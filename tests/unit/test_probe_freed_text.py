@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.mi import MiError, MiSession
-from orchestrator.probe import Probe, SiteState, TextRegion, freed_reason
-from orchestrator.symbols import KernelSymbolizer
+from orchestrator.gdb.mi import MiError, MiSession
+from orchestrator.gdb.probe import Probe, SiteState, TextRegion, freed_reason
+from orchestrator.gdb.symbols import KernelSymbolizer
 
 FAKE = Path(__file__).resolve().parent / "fakegdb.py"
 
@@ -159,7 +159,7 @@ def test_freed_reason_rules() -> None:
 
 
 def test_freed_text_is_not_a_mismatch_and_is_said() -> None:
-    from orchestrator.verdict import decide
+    from orchestrator.core.verdict import decide
 
     out = decide({"traps_judged": 40, "violations": 0, "text_checks": 12, "text_mismatches": 0,
                   "text_freed": 2}, crashes=[])
@@ -169,7 +169,7 @@ def test_freed_text_is_not_a_mismatch_and_is_said() -> None:
 
 
 def test_module_sites_are_named_by_the_module() -> None:
-    from orchestrator.probe import region_name
+    from orchestrator.gdb.probe import region_name
 
     mod = TextRegion("module", "pokelab_ops", 0x1000, 0x2000)
     assert region_name("?", 0x1050, mod) == "pokelab_ops.text+0x50"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.mi import console_lines, parse_transcript
-from orchestrator.probe import Probe
-from orchestrator.symbols import KernelSymbolizer
+from orchestrator.gdb.mi import console_lines, parse_transcript
+from orchestrator.gdb.probe import Probe
+from orchestrator.gdb.symbols import KernelSymbolizer
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "mi"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import qemu
-from orchestrator.errors import UsageError
-from orchestrator.qemu import QemuConfig, build_argv, repro_script
+from orchestrator.core.errors import UsageError
+from orchestrator.machine import qemu
+from orchestrator.machine.qemu import QemuConfig, build_argv, repro_script
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden"
 UPDATE = os.environ.get("POKELAB_UPDATE_GOLDEN") == "1"

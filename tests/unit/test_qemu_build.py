@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InfraError, UsageError
-from orchestrator.host import qemu_build
-from orchestrator.host.qemu_build import (
+from orchestrator.core.errors import InfraError, UsageError
+from orchestrator.machine import qemu_build
+from orchestrator.machine.qemu_build import (
     QemuBinary,
     check_given,
     choose,

@@ -24,9 +24,9 @@ from typing import Any
 
 from test_probe_freed_text import OPS_EMPTY, STEXT, probe_on
 
-from orchestrator.judge import check_in_flight, check_poke_in_flight
-from orchestrator.mi import console_lines, parse_transcript
-from orchestrator.probe import Probe, SiteState, in_flight_from_report, layout_from_setup
+from orchestrator.core.judge import check_in_flight, check_poke_in_flight
+from orchestrator.gdb.mi import console_lines, parse_transcript
+from orchestrator.gdb.probe import Probe, SiteState, in_flight_from_report, layout_from_setup
 
 CAPTURE = Path(__file__).resolve().parent.parent / "data" / "mi" / "probe-6.1-pass.mi.log"
 SCT = 0xFFFFFFFF810B0F40  # a core-text site (the static call trampoline of the issue)

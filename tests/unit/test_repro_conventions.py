@@ -13,18 +13,20 @@ from typing import Any, ClassVar
 
 import pytest
 
-from orchestrator import cli, probe_run, repro, trigger
-from orchestrator.errors import RunInterrupted, UsageError
-from orchestrator.images import KernelArtifacts
-from orchestrator.scenarios_table import BY_NAME
-from orchestrator.verdict import (
+from orchestrator.cli import commands as cli
+from orchestrator.core.errors import RunInterrupted, UsageError
+from orchestrator.core.verdict import (
     BISECT_EXIT_CODES,
     BISECT_USAGE_EXIT,
     EXIT_CODES,
     exit_status,
     interrupted_outcome,
 )
-from orchestrator.vm import VmSpec
+from orchestrator.jobs import repro
+from orchestrator.kernels.images import KernelArtifacts
+from orchestrator.machine.vm import VmSpec
+from orchestrator.run import probe_run, trigger
+from orchestrator.run.scenarios_table import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the verdicts of one run (decide, run_probed's errors); EXIT_CODES also has USAGE and matrix rows
@@ -252,7 +254,7 @@ def test_tc_runner_results(tmp_path: Path) -> None:
              "i-unresolved.tc": "exit_unresolved\n"}
     for name, body in cases.items():
         (tests / name).write_text(body)
-    runner = resources.files("orchestrator").joinpath("data/tc_runner.sh")
+    runner = resources.files("orchestrator.run").joinpath("data/tc_runner.sh")
     res = subprocess.run(["sh", str(runner), str(tracing), "1", *sorted(str(tests / n) for n in cases)],
                          capture_output=True, text=True, timeout=60, check=False)
     got = {Path(r["test"]).name: r["result"] for r in trigger.parse_tc_results(res.stdout)}
@@ -304,7 +306,7 @@ def _broken_wait(sig: BaseException) -> RuntimeError:
 
 
 def test_signal_exception_finds_the_signal_behind_other_errors() -> None:
-    from orchestrator.errors import InfraError, signal_exception
+    from orchestrator.core.errors import InfraError, signal_exception
 
     ki = KeyboardInterrupt()
     assert signal_exception(ki) is ki

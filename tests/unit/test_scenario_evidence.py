@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from orchestrator.scenario import (
+from orchestrator.core.verdict import decide
+from orchestrator.run.scenario import (
     CALLERS,
     Scenario,
     Step,
@@ -20,8 +21,7 @@ from orchestrator.scenario import (
     validate,
     workload_start_command,
 )
-from orchestrator.scenarios_table import BY_NAME, SCENARIOS
-from orchestrator.verdict import decide
+from orchestrator.run.scenarios_table import BY_NAME, SCENARIOS
 
 #: system-wide kernel state: schedstat counters; the PREEMPT_DYNAMIC mode (static-call-preempt)
 SYSTEM_WIDE = ("/proc/schedstat", "/sys/kernel/debug/sched/preempt")

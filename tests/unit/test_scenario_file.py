@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, scenario_file
-from orchestrator.errors import UsageError
-from orchestrator.scenario import Scenario
-from orchestrator.scenario_file import ScenarioFileError, load_file, nightly_table, parse, to_toml
-from orchestrator.scenarios_table import BY_NAME, SCENARIOS
+from orchestrator.cli import commands as cli
+from orchestrator.core.errors import UsageError
+from orchestrator.run import scenario_file
+from orchestrator.run.scenario import Scenario
+from orchestrator.run.scenario_file import ScenarioFileError, load_file, nightly_table, parse, to_toml
+from orchestrator.run.scenarios_table import BY_NAME, SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "scenarios" / "examples").glob("*.toml"))

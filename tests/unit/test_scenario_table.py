@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.scenario import (
+from orchestrator.core.verdict import decide
+from orchestrator.run.scenario import (
     Requirement,
     Scenario,
     Step,
@@ -19,8 +20,7 @@ from orchestrator.scenario import (
     unmet_config,
     validate,
 )
-from orchestrator.scenarios_table import BY_NAME, SCENARIOS
-from orchestrator.verdict import decide
+from orchestrator.run.scenarios_table import BY_NAME, SCENARIOS
 
 
 def test_every_scenario_validates_and_names_are_unique() -> None:
@@ -196,8 +196,8 @@ def test_static_call_preempt_declares_its_read_back() -> None:
 
 
 def test_load_cpus_and_pace() -> None:
-    from orchestrator import loadgen
-    from orchestrator.scenario import Load
+    from orchestrator.kernels import loadgen
+    from orchestrator.run.scenario import Load
 
     assert Load("read").cpus(4) == [1, 2, 3] and Load("read", max_cpus=1).cpus(4) == [1]
     cmd = loadgen.start_command("read", [1, 2], pace=(1, 0))
@@ -208,7 +208,7 @@ def test_count_keys_on_captured_traps() -> None:
     import json
     from pathlib import Path
 
-    from orchestrator.scenario import count_keys
+    from orchestrator.run.scenario import count_keys
 
     data = json.loads((Path(__file__).parents[1] / "data" / "census" / "debian-6.1.0-56.json").read_text())
     recs = data["traps"]
@@ -229,7 +229,7 @@ def test_tracepoint_static_call_names_the_function_each_step_wants() -> None:
 
 
 def test_offers_requirement_checks_a_word_of_a_debugfs_choice_file() -> None:
-    from orchestrator.scenario import guest_check_script, parse_requirement
+    from orchestrator.run.scenario import guest_check_script, parse_requirement
 
     r = parse_requirement("offers:sched/preempt:none")
     assert (r.kind, r.name) == ("offers", "sched/preempt:none")

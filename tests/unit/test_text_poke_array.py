@@ -23,11 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.judge import check_vector, judge
-from orchestrator.mi import console_lines, parse_transcript
-from orchestrator.probe import Probe, layout_from_setup
-from orchestrator.symbols import KernelSymbolizer
-from orchestrator.trapdata import Layout, parse_batch_record, parse_trap_record
+from orchestrator.core.judge import check_vector, judge
+from orchestrator.core.trapdata import Layout, parse_batch_record, parse_trap_record
+from orchestrator.gdb.mi import console_lines, parse_transcript
+from orchestrator.gdb.probe import Probe, layout_from_setup
+from orchestrator.gdb.symbols import KernelSymbolizer
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "mi"
 PASS, UNSORTED = "probe-7.3-pass.mi.log", "probe-7.3-unsorted.mi.log"

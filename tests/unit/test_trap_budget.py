@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import budget, verdict
+from orchestrator.core import budget, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "data" / "budget" / "unfiltered-6.1-no-budget.events"
@@ -20,7 +20,7 @@ EVENTS = ROOT / "tests" / "data" / "budget" / "unfiltered-6.1-no-budget.events"
 
 def _module() -> Any:
     spec = importlib.util.spec_from_file_location(
-        "pokelab_budget", ROOT / "orchestrator" / "data" / "pokelab_budget.py")
+        "pokelab_budget", ROOT / "orchestrator" / "gdb" / "data" / "pokelab_budget.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

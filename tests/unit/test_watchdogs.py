@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import crash, verdict, watchdogs
-from orchestrator.probe import Probe
-from orchestrator.symbols import KernelSymbolizer
-from orchestrator.vm import Vm, VmSpec
+from orchestrator.core import crash, verdict, watchdogs
+from orchestrator.gdb.probe import Probe
+from orchestrator.gdb.symbols import KernelSymbolizer
+from orchestrator.machine.vm import Vm, VmSpec
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STALL_LOG = DATA / "console" / "rcu-stall-soft-lockup-probe-6.1.log"

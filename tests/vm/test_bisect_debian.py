@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cache import cache_dir
-from orchestrator.debian import available, resolve, select_range
-from orchestrator.kernels import Catalog
+from orchestrator.host.cache import cache_dir
+from orchestrator.kernels.catalog import Catalog
+from orchestrator.kernels.debian import available, resolve, select_range
 
 pytestmark = pytest.mark.vm
 

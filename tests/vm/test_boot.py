@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cache import cache_dir
-from orchestrator.debian import cached_spec
-from orchestrator.errors import InfraError
-from orchestrator.guest import KernelChoice, prepare
-from orchestrator.images import KernelArtifacts
-from orchestrator.kernels import Catalog
-from orchestrator.vm import Vm
+from orchestrator.core.errors import InfraError
+from orchestrator.host.cache import cache_dir
+from orchestrator.kernels.catalog import Catalog
+from orchestrator.kernels.debian import cached_spec
+from orchestrator.kernels.images import KernelArtifacts
+from orchestrator.machine.vm import Vm
+from orchestrator.run.prepare import KernelChoice, prepare
 
 pytestmark = pytest.mark.vm
 

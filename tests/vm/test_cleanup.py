@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cache import cache_dir
-from orchestrator.debian import cached_spec
-from orchestrator.kernels import Catalog
+from orchestrator.host.cache import cache_dir
+from orchestrator.kernels.catalog import Catalog
+from orchestrator.kernels.debian import cached_spec
 
 pytestmark = pytest.mark.vm
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cache import cache_dir
-from orchestrator.debian import cached_spec
-from orchestrator.images import ensure_kernel
-from orchestrator.kernels import Catalog, KernelSpec
+from orchestrator.host.cache import cache_dir
+from orchestrator.kernels.catalog import Catalog, KernelSpec
+from orchestrator.kernels.debian import cached_spec
+from orchestrator.kernels.images import ensure_kernel
 
 pytestmark = pytest.mark.vm
 

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import kmod
-from orchestrator.cache import cache_dir
-from orchestrator.debian import cached_spec
-from orchestrator.guest import KernelChoice, prepare
-from orchestrator.kernels import Catalog, KernelRequest
-from orchestrator.loadgen import GUEST_PATH, ensure_loadgen
-from orchestrator.scenario import module_guest_path
-from orchestrator.vm import Vm
+from orchestrator.host.cache import cache_dir
+from orchestrator.kernels.catalog import Catalog, KernelRequest, kmod
+from orchestrator.kernels.debian import cached_spec
+from orchestrator.kernels.loadgen import GUEST_PATH, ensure_loadgen
+from orchestrator.machine.vm import Vm
+from orchestrator.run.prepare import KernelChoice, prepare
+from orchestrator.run.scenario import module_guest_path
 
 pytestmark = pytest.mark.vm
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.kernels import Catalog
+from orchestrator.kernels.catalog import Catalog
 
 pytestmark = pytest.mark.vm
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cache import cache_dir
-from orchestrator.host import qemu_build
+from orchestrator.host.cache import cache_dir
+from orchestrator.machine import qemu_build
 
 pytestmark = pytest.mark.vm
 

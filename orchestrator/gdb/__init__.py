@@ -1,0 +1,3 @@
+"""GDB: the MI session (pygdbmi), the probe that drives the in-GDB recorder (``data/pokelab_gdb.py``),
+kernel symbols and the census tables read from the vmlinux.  Imports core and host only.
+"""

@@ -1,0 +1,143 @@
+"""The one place that starts child processes.
+
+Every child gets an owner: it runs in its own session (so a terminal ^C does
+not reach it behind our back), it is killed with SIGKILL if the thread that
+started it dies (``PR_SET_PDEATHSIG``, so even a SIGKILL of the runner takes
+it along), and :meth:`Child.close` ends it gracefully, then by force, with a
+deadline, idempotently.  Start children from the main thread: Linux delivers
+the parent-death signal when the *thread* that forked exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from ..core.errors import InfraError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_hook() -> Callable[[], None]:
+    """A preexec hook, prepared in the parent so the child only makes one libc call."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return hook
+
+
+def which(tool: str, package: str) -> str:
+    """Path of ``tool`` or a one-line InfraError naming the Debian package."""
+    path = shutil.which(tool)
+    if path is None:
+        raise InfraError(f"{tool} not found: install the Debian package '{package}' (make setup)")
+    return path
+
+
+class Child:
+    """One owned child process."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+        stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+        stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+        cwd: Path | None = None,
+    ) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("%s started from a non-main thread: it dies when that thread exits", name)
+        self.name = name
+        self.argv = list(argv)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=cwd,
+                preexec_fn=_pdeathsig_hook(),  # noqa: PLW1509 - one prctl() call, prepared in the parent
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise InfraError(f"cannot start {name} ({self.argv[0]}): {exc.strerror}") from exc
+        self._closed = False
+        log.debug("started %s pid %d", name, self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self, grace: float = 3.0, sig: int = signal.SIGTERM) -> int | None:
+        """Ask the process group to stop, wait up to ``grace`` s, then SIGKILL it. Idempotent."""
+        if self._closed:
+            return self.proc.returncode
+        self._closed = True
+        if self.proc.poll() is None:
+            self._signal_group(sig)
+            if self.wait(grace) is None:
+                self._signal_group(signal.SIGKILL)
+                self.wait(5.0)
+        else:
+            # the leader is gone; make sure nothing it forked lingers in its group
+            self._signal_group(signal.SIGKILL)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        return self.proc.returncode
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run(argv: Sequence[str], *, timeout: float, what: str, cwd: Path | None = None,
+        stdin_data: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """Run a short host command to completion with a deadline; InfraError with its stderr tail on failure.
+
+    ``check=False`` hands back a non-zero exit status instead (the deadline still raises).
+    """
+    child = Child(argv, name=what, cwd=cwd,
+                  stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.proc.communicate(stdin_data, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.close(grace=1.0)
+        raise InfraError(f"{what} did not finish within {timeout:.0f} s") from None
+    finally:
+        child.close(grace=1.0)
+    result = subprocess.CompletedProcess(child.argv, child.proc.returncode, out, err)
+    if check and result.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-5:]
+        raise InfraError(f"{what} failed with status {result.returncode}", "\n".join(tail))
+    return result

@@ -1,0 +1,271 @@
+"""``pokelab bench``: the performance figures, measured on real guests and builds, written as flat JSON.
+
+Two parts: ``vm`` (below) and ``kbuild`` (:mod:`orchestrator.jobs.bench_kbuild`).  A run of every part
+writes a new file; a run of some parts keeps the figures the file already has from the others.
+
+Part ``vm`` (all on the default kernel, TCG here, 4 vCPUs unless said; ``kernel``, ``accel``,
+``smp``, ``date`` say what and when; ``qemu``, ``qemu_version`` which QEMU, chosen as every VM
+command chooses it or given with ``--qemu``).  With ``--qemu-compare PATH`` the same figures of a
+second QEMU go under ``compare``, measured in the same run, one QEMU after the other in each
+phase (boots alternate one by one), so the machine's noise hits both:
+
+* ``boot_to_console_marker_s`` / ``boot_to_ssh_s``: median over N boots, from
+  QEMU's launch to the init's ``POKELAB-READY`` line / to the first answered
+  SSH command.
+* ``boot_to_console_marker_microvm_s`` / ``boot_to_ssh_microvm_s``: the same, same kernel,
+  initramfs and QEMU, on ``-M microvm`` (``--machine microvm``), its boots alternating with
+  the ``pc`` boots above; ``boot_microvm_ratio`` = ``boot_to_ssh_microvm_s`` / ``boot_to_ssh_s``.
+* ``bare_stop_ms``: a plain GDB breakpoint on a hot function
+  (``__x64_sys_getpid`` under the getpid load), stopped and continued over MI:
+  median of the wall time per ``-exec-continue`` -> ``*stopped`` cycle.
+* ``py_stop_ms``: the same breakpoint handled inside GDB (Python ``stop()``
+  returning False): median interval between consecutive hits.
+* ``switch_without_probe_s`` / ``switch_with_probe_s``: median host time of one
+  function-tracer switch (``function`` <-> ``nop`` on ``__do_sys_getpid``, under the
+  getpid load) before GDB attaches / under the probe; ``probe_overhead`` = with / without
+  (target <= 1.10).
+* ``trap_ms``: host cost per inspected trap, measured from outside: (wall time of
+  a switch with the probe - without) x switches / traps judged.  This counts
+  everything a trap costs, including what happens in QEMU after GDB resumes it
+  (the re-translation after a flush).
+* ``trap_inside_ms``: median, over the probe's real traps, of the time from
+  handling the entry stop to the end of handling the return stop (GDB-side):
+  the part of ``trap_ms`` that GDB's Python sees.
+* ``trap_cost_ratio`` = ``trap_ms`` / ``bare_stop_ms`` (target <= 1.5).
+* ``tb_flushes_per_stop``: QEMU's ``TB flush count`` (HMP ``info jit``) after the
+  probe's toggles minus before, per breakpoint hit of the probe in between
+  (``probe_stops``: handler entries, returns, batches; each hit is GDB's stop plus its
+  step-over).  Target 0: QEMU >= 10.2 does not flush at a debug stop (2 with 7.2).
+  ``qemu_tb_flushes_per_stop`` is the same measured on single-steps when the binary
+  was chosen (:mod:`orchestrator.machine.qemu_build`).
+* ``traps_per_min``: judged traps per wall minute of the probe's toggle phase.
+  Information only: a slower probe keeps more vCPUs in each int3 window, so it
+  rises when the probe gets slower.
+
+Part ``kbuild`` (Debian's linux-source-6.1, default config fragments; definitions in
+:mod:`orchestrator.jobs.bench_kbuild`):
+
+* ``kernel_build_full_s`` (``_make_s``: the make alone): a build with an empty ccache and O= dir.
+* ``kernel_build_incremental_s`` (``_make_s``): then the same with a one-line patch.
+* ``bisect_step_s``: one ``pokelab bisect`` step: another one-line change, an incremental build
+  (``bisect_step_build_s``), then ``bisect_step_runs`` runs of ``bisect_step_scenario``, all PASS.
+* ``kernel_build_jobs`` (make -j), ``kbuild_release``, ``kbuild_date``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import InfraError, UsageError
+from ..gdb.mi import MiSession, gdb_argv
+from ..gdb.probe import GDB_SCRIPT
+from ..kernels import loadgen
+from ..kernels.images import KernelArtifacts
+from ..machine.vm import Vm, VmSpec
+from ..run.prepare import KernelChoice, prepare
+from ..run.probe_run import ProbeOptions, run_probe
+from .bench_kbuild import STEP_RUNS, run_kbuild_bench
+
+log = logging.getLogger(__name__)
+
+HOT_FUNCTION = "__x64_sys_getpid"
+PARTS = ("vm", "kbuild")
+
+
+def _boot_once(spec: VmSpec) -> tuple[float, float]:
+    with Vm(spec) as vm:
+        t0 = time.monotonic()
+        vm.start()
+        assert vm.console is not None
+        m = vm.console.wait_for(r"POKELAB-READY", vm.timeouts.get("boot_marker"), abort=vm.qemu_exited)
+        t_marker = time.monotonic() - t0
+        if m is None:
+            raise InfraError("no readiness marker during the boot benchmark")
+        vm.wait_ready()
+        vm.check("true")
+        return t_marker, time.monotonic() - t0
+
+
+def _stop_costs(spec: VmSpec, kernel: KernelArtifacts, n: int) -> dict[str, float]:
+    with Vm(spec) as vm:
+        vm.start()
+        vm.wait_ready()
+        vm.check(loadgen.start_command("getpid", list(range(1, spec.smp)) or [0]))
+        mi = MiSession(gdb_argv(kernel.vmlinux), spec.artifacts / "bench-mi.log",
+                       vm.timeouts.get("gdb_command"))
+        try:
+            bench_lines: list[str] = []
+            mi.add_console_hook(lambda line: bench_lines.append(line)
+                                if line.startswith("POKELAB-BENCH ") else None)
+            mi.command("-gdb-set mi-async on")
+            start = mi.async_count
+            mi.command(f"-target-select remote {vm.gdb_address}")
+            mi.wait_async(lambda r: r.get("message") == "stopped", 30.0, start)
+            hw = "-h " if spec.accel == "kvm" else ""
+            mi.command(f"-break-insert {hw}*&{HOT_FUNCTION}")
+            cycles: list[float] = []
+            for _ in range(n + 5):
+                start = mi.async_count
+                t = time.monotonic()
+                mi.command("-exec-continue")
+                if mi.wait_async(lambda r: r.get("message") == "stopped", 30.0, start) is None:
+                    raise InfraError("the hot-function breakpoint stopped hitting")
+                cycles.append((time.monotonic() - t) * 1000.0)
+            mi.command("-break-delete")
+            addr = int(str(mi.command(f'-data-evaluate-expression "(unsigned long)&{HOT_FUNCTION}"')
+                           ["payload"]["value"]).split()[0], 0)
+            mi.console(f"source {GDB_SCRIPT}")
+            mi.console(f"python pokelab_bench_stops({addr}, {n + 1}, {spec.accel == 'kvm'})")
+            mi.command("-exec-continue")
+            end = time.monotonic() + 60.0
+            while not bench_lines and time.monotonic() < end:
+                time.sleep(0.05)
+            if not bench_lines:
+                raise InfraError("the in-GDB breakpoint benchmark did not finish")
+            intervals = json.loads(bench_lines[0].split(" ", 1)[1])["intervals_ms"]
+        finally:
+            mi.close()
+        return {"bare_stop_ms": round(statistics.median(cycles[5:]), 3),
+                "py_stop_ms": round(statistics.median(intervals), 3)}
+
+
+def merge_figures(old: dict[str, Any], new: dict[str, Any], complete: bool) -> dict[str, Any]:
+    """What to write: every part run replaces the file; some parts run update the old figures."""
+    return dict(new) if complete else {**old, **new}
+
+
+def read_figures(out: Path) -> dict[str, Any]:
+    """The figures already in ``out`` ({} if there is no file)."""
+    if not out.is_file():
+        return {}
+    try:
+        data = json.loads(out.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{out} is not a bench JSON file ({exc}): move it away or run every part") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{out} is not a bench JSON file (not an object): move it away or run every part")
+    return data
+
+
+def _column(spec: VmSpec, kernel: KernelArtifacts, art: Path, stops: int, toggles: int,
+            progress: Callable[[str], None]) -> dict[str, Any]:
+    """The stop-cost and probe figures of one QEMU (the boot figures are taken apart)."""
+    name = f"QEMU {spec.qemu.version if spec.qemu else '?'}"
+    fig: dict[str, Any] = {}
+    costs = _stop_costs(replace(spec, artifacts=art / "stops"), kernel, stops)
+    fig.update(costs)
+    progress(f"{name}: bare stop {costs['bare_stop_ms']:.2f} ms, in-GDB stop {costs['py_stop_ms']:.2f} ms")
+    pspec = replace(spec, artifacts=art / "probe")
+    (art / "probe").mkdir(parents=True, exist_ok=True)
+    res = run_probe(pspec, kernel, ProbeOptions(toggles=toggles, baseline_switches=2 * toggles),
+                    lambda s: progress(f"{name}: {s}"))
+    if res["verdict"] != "PASS":
+        raise InfraError(f"the probe run of the benchmark on {name} ended {res['verdict']}: "
+                         f"{res.get('reasons')}")
+    base = res["baseline_switch_s"]
+    probed = statistics.median(host for _, host, _ in res["switch_times"])
+    switches = len(res["switch_times"])
+    fig["switch_without_probe_s"] = round(base, 3)
+    fig["switch_with_probe_s"] = round(probed, 3)
+    fig["probe_overhead"] = round(probed / base, 3)
+    fig["trap_ms"] = round((probed - base) * switches / res["traps_judged"] * 1000.0, 3)
+    inside = res.get("trap_cost_ms_median")
+    fig["trap_inside_ms"] = None if inside is None else round(inside, 3)
+    fig["trap_cost_ratio"] = round(fig["trap_ms"] / costs["bare_stop_ms"], 3)
+    fig["tb_flushes_per_stop"] = res.get("tb_flushes_per_stop")
+    fig["tb_flushes"] = res.get("tb_flushes")
+    fig["probe_stops"] = res.get("probe_stops")
+    fig["traps_per_min"] = res.get("traps_per_min")
+    fig["probe_traps_judged"] = res.get("traps_judged")
+    fig["probe_toggle_s"] = res.get("phases", {}).get("toggle_s")
+    progress(f"{name}: trap {fig['trap_ms']:.2f} ms (ratio {fig['trap_cost_ratio']:.2f}), probe overhead "
+             f"{fig['probe_overhead']:.2f}, TB flushes per stop {fig['tb_flushes_per_stop']}")
+    return fig
+
+
+def _run_vm(art: Path, boots: int, stops: int, toggles: int,
+            progress: Callable[[str], None], qemu: Path | None = None,
+            qemu_compare: Path | None = None) -> dict[str, Any]:
+    from ..host.cache import cache_dir
+    from ..machine import qemu_build
+
+    extra = {loadgen.GUEST_PATH: loadgen.ensure_loadgen(cache_dir())}
+    spec, kernel = prepare(KernelChoice(), artifacts=art / "boot", extra_files=extra, qemu_path=qemu)
+    specs = [spec]
+    if qemu_compare is not None:
+        other = qemu_build.select(qemu_compare, cache_dir())
+        specs.append(replace(spec, qemu=other, artifacts=art / "compare" / "boot"))
+    dirs = [art, art / "compare"]
+    cols: list[dict[str, Any]] = [dict(s.qemu_record) for s in specs]
+    names = [f"QEMU {c['qemu_version']}" for c in cols]
+    # one QEMU after the other in each phase, so the machine's noise hits both
+    markers: list[list[float]] = [[] for _ in specs]
+    sshs: list[list[float]] = [[] for _ in specs]
+    # and the first QEMU's boot on microvm, alternating with the pc boots
+    micro = replace(spec, machine="microvm", artifacts=art / "microvm" / "boot")
+    micro_markers: list[float] = []
+    micro_sshs: list[float] = []
+    for i in range(boots):
+        for c, s in enumerate(specs):
+            m, t = _boot_once(s)
+            markers[c].append(m)
+            sshs[c].append(t)
+            progress(f"{names[c]}: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s")
+        m, t = _boot_once(micro)
+        micro_markers.append(m)
+        micro_sshs.append(t)
+        progress(f"{names[0]} microvm: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s")
+    for c in range(len(specs)):
+        cols[c]["boot_to_console_marker_s"] = round(statistics.median(markers[c]), 3)
+        cols[c]["boot_to_ssh_s"] = round(statistics.median(sshs[c]), 3)
+        cols[c]["boot_samples"] = len(sshs[c])
+    cols[0]["boot_to_console_marker_microvm_s"] = round(statistics.median(micro_markers), 3)
+    cols[0]["boot_to_ssh_microvm_s"] = round(statistics.median(micro_sshs), 3)
+    cols[0]["boot_microvm_ratio"] = round(cols[0]["boot_to_ssh_microvm_s"] / cols[0]["boot_to_ssh_s"], 3)
+    for c, s in enumerate(specs):
+        cols[c].update(_column(s, kernel, dirs[c], stops, toggles, progress))
+    figures: dict[str, Any] = {"kernel": kernel.release, "accel": spec.accel, "smp": spec.smp,
+                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **cols[0]}
+    if len(cols) > 1:
+        figures["compare"] = cols[1]
+    return figures
+
+
+def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,
+        progress: Callable[[str], None] = lambda s: None, *, parts: Sequence[str] = PARTS,
+        jobs: int = 2, step_runs: int = STEP_RUNS, qemu: Path | None = None,
+        qemu_compare: Path | None = None) -> dict[str, Any]:
+    """Run ``parts`` (of :data:`PARTS`), write the figures to ``out``, return what was written.
+
+    ``jobs`` is the kernel builds' make -j, ``step_runs`` the bisect step's runs (part kbuild);
+    ``qemu`` overrides the QEMU choice, ``qemu_compare`` measures a second one (part vm).
+    The file is written after each part, so a later part's failure does not lose an earlier one's.
+    """
+    if not parts:
+        raise UsageError(f"no bench part given: the parts are {', '.join(PARTS)}")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise UsageError(f"unknown bench part {', '.join(unknown)}: the parts are {', '.join(PARTS)}")
+    complete = set(parts) == set(PARTS)
+    old = {} if complete else read_figures(out)  # before the hour of measuring, not after
+    art = out.parent / "bench-artifacts"
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "vm": lambda: _run_vm(art, boots, stops, toggles, progress, qemu, qemu_compare),
+        "kbuild": lambda: run_kbuild_bench(art / "kbuild", jobs=jobs, runs=step_runs, progress=progress),
+    }
+    new: dict[str, Any] = {}
+    figures = old
+    for part in PARTS:
+        if part in parts:
+            new.update(runners[part]())
+            figures = merge_figures(old, new, complete)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures

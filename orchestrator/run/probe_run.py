@@ -1,0 +1,420 @@
+"""``pokelab probe``: boot, load every vCPU but one with getpid, toggle the function tracer
+on ``__do_sys_getpid`` from the remaining one under the probe, judge, summarize.
+
+Blame: a guest that does not boot is BOOT_FAIL, an oops on the console is
+CRASH, a broken host tool is INFRA, a kernel layout the probe does not know is
+UNSUPPORTED; only a run that judged traps can PASS or FAIL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.budget import DEFAULT as DEFAULT_BUDGET
+from ..core.budget import TrapBudget, summary_line
+from ..core.census import Census
+from ..core.errors import (
+    BootError,
+    InfraError,
+    KernelCrash,
+    PokelabError,
+    RunInterrupted,
+    Unsupported,
+    signal_exception,
+)
+from ..core.verdict import decide, interrupted_outcome, probe_blame
+from ..gdb.census_tables import load_tables
+from ..gdb.probe import Probe, read_trap_log
+from ..gdb.symbols import KernelSymbolizer, load_symbols
+from ..host.cache import cache_dir
+from ..kernels import loadgen
+from ..kernels.images import KernelArtifacts
+from ..machine.vm import Vm, VmSpec
+from . import ftrace
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FUNCTION = "__do_sys_getpid"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    toggles: int = 10
+    function: str = DEFAULT_FUNCTION
+    inject: str | None = None
+    inject_every: int = 2
+    min_judged: int = 1
+    #: switches of the tracer to time before the probe attaches (benchmarks only)
+    baseline_switches: int = 0
+
+
+def _crash_titles(vm: Vm) -> list[str]:
+    return [c.title for c in vm.crashes()]
+
+
+def _judge_crashes(vm: Vm, probe: Probe | None, out: dict[str, Any]) -> tuple[list[str], str | None]:
+    """The console's crash titles (each once) and, for stall reports under a busy probe, why the probe
+    may have caused them (``verdict.probe_blame``); both written into ``out["crashes"]``."""
+    found = vm.crashes()
+    if not found:
+        return [], None
+    rate = probe.stop_rate() if probe is not None else None
+    blame = probe_blame([c.type for c in found], rate)
+    out["crashes"] = [{"type": c.type, "title": c.title, "probe_may_have_caused": blame is not None}
+                      for c in found[:10]]
+    out["probe_stops_per_s_30s"] = round(rate, 2) if rate is not None else None
+    if blame:
+        out["crash_attribution"] = blame
+    return list(dict.fromkeys(c.title for c in found)), blame
+
+
+@dataclass
+class Run:
+    """What the body of a probed run works with: the booted VM, the attached probe, symbols."""
+
+    spec: VmSpec
+    kernel: KernelArtifacts
+    vm: Vm
+    probe: Probe
+    sym: KernelSymbolizer
+    #: (address, size, name) text symbols of the vmlinux
+    symbols: list[tuple[int, int, str]]
+    out: dict[str, Any]
+    phases: dict[str, float]
+    progress: Progress
+    #: called once, from the main thread, at the first check after a violation (``--gdb``)
+    hold: Callable[[Run], None] | None = None
+
+    def check_alive(self, what: str) -> None:
+        """KernelCrash if QEMU is gone or the console shows an oops; ``hold`` after a violation."""
+        if self.hold is not None and self.probe.violation_seen.is_set():
+            hold, self.hold = self.hold, None
+            hold(self)
+        titles = _crash_titles(self.vm)
+        if self.vm.qemu_exited() or titles:
+            raise KernelCrash(f"guest crashed while {what}: " +
+                              "; ".join(titles[:2] or [self.vm.qemu_exited() or "?"]))
+
+    def function_range(self, name: str) -> tuple[int, int] | None:
+        """[start, end) of a text symbol (the widest of its aliases), or None."""
+        addr = self.sym.by_name.get(name)
+        if addr is None:
+            return None
+        size = max((sz for a, sz, _n in self.symbols if a == addr), default=1)
+        return addr, addr + max(size, 1)
+
+    def traps_in(self, ranges: list[tuple[int, int]]) -> int:
+        return sum(v.traps for s, v in self.probe.sites.items()
+                   if any(lo <= s < hi for lo, hi in ranges))
+
+
+@dataclass
+class BodyResult:
+    """What the body found: the evidence ``decide`` needs beyond the probe's counts."""
+
+    load_ok: bool = True
+    #: traps at the sites that matter (None: all judged traps count)
+    floor_count: int | None = None
+    floor_what: str = "traps judged"
+    #: scenario checks that failed (each one makes the run FAIL)
+    failed_checks: list[str] = field(default_factory=list)
+    #: scenario checks that could not be made, with the reason (INCONCLUSIVE, never FAIL)
+    unknown_checks: list[str] = field(default_factory=list)
+
+
+Body = Callable[[Run], BodyResult]
+
+
+class StoppedAtViolation(PokelabError):
+    """Raised by a ``hold`` once the person is done with the stopped guest: the run FAILs."""
+
+
+def stop_for_gdb(run: Run) -> str:
+    """Leave the guest stopped with no debugger attached; the gdb command that attaches to it.
+
+    GDB's interrupt stops the guest, QMP ``stop`` keeps it stopped once GDB
+    detaches (a gdbstub detach resumes the VM), then the probe's GDB ends.
+    """
+    vm, probe = run.vm, run.probe
+    probe.pause()
+    assert vm.qmp is not None
+    vm.qmp.cmd("stop")
+    probe.close()
+    status = vm.qmp.cmd("query-status") or {}
+    if status.get("running"):
+        vm.qmp.cmd("stop")
+    return vm.gdb_command(run.kernel.vmlinux)
+
+
+
+def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body: Body, *,
+               inject: str | None = None, inject_every: int = 2, min_judged: int = 1,
+               pre_attach: Callable[[Vm], None] | None = None,
+               progress: Progress = lambda s: None,
+               hold: Callable[[Run], None] | None = None,
+               budget: TrapBudget = DEFAULT_BUDGET) -> dict[str, Any]:
+    """Boot, attach the probe, run ``body``, judge; always returns ``out`` with a verdict.
+
+    The one runner behind ``pokelab probe`` and every scenario: it never raises
+    PokelabError (errors become verdicts by blame) and always writes
+    ``verdict.json`` into the artifact dir.  ``pre_attach`` runs on the booted
+    guest before GDB attaches (requirement checks, baselines).  ``hold``
+    (``--gdb``) runs at the first ``check_alive`` after a violation and ends
+    the body by raising StoppedAtViolation.
+
+    SIGINT (KeyboardInterrupt) or SIGTERM (SystemExit, as the CLI raises it) ends the
+    run: GDB and the VM are closed, ``verdict.json`` is written with
+    ``"interrupted": true`` and the verdict of what was judged until then
+    (``verdict.interrupted_outcome``: never PASS), and RunInterrupted carries it out.
+    """
+    t0 = time.monotonic()
+    interrupted: RunInterrupted | None = None
+    out.update({"kernel": kernel.release, "kernel_id": kernel.id, "build_id": kernel.build_id,
+                "kernel_package": kernel.package, "kernel_version": kernel.version,
+                "accel": spec.accel, "smp": spec.smp, **spec.qemu_record, "inject": inject,
+                "artifacts": str(spec.artifacts)})
+    wd = spec.watchdogs
+    out["watchdogs"] = wd.as_dict() if wd else "kernel defaults"
+    out["trap_budget"] = budget.args()
+    vm = Vm(spec)
+    probe: Probe | None = None
+    phases: dict[str, float] = {}
+    try:
+        t = time.monotonic()
+        vm.start()
+        vm.wait_ready()
+        phases["boot_s"] = time.monotonic() - t
+        progress(f"booted {vm.release} in {phases['boot_s']:.1f} s")
+        if pre_attach is not None:
+            pre_attach(vm)
+        t = time.monotonic()
+        symbols = load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id)
+        sym = KernelSymbolizer(
+            symbols,
+            load_symbols(kernel.system_map, kernel.vmlinux, cache_dir(), kernel.build_id,
+                         types=set("dDbB")))
+        tables = load_tables(kernel.vmlinux, kernel.system_map, cache_dir(), kernel.build_id)
+        probe = Probe(kernel.vmlinux, vm.gdb_address, spec.artifacts, sym,
+                      vm.timeouts.get("gdb_command"), inject=inject,
+                      inject_every=inject_every, hardware=spec.accel == "kvm", census=Census(tables),
+                      budget=budget)
+        probe.attach()
+        phases["attach_s"] = time.monotonic() - t
+        progress(f"probe attached to {probe.setup_info.get('handler')} in {phases['attach_s']:.1f} s")
+        run = Run(spec, kernel, vm, probe, sym, symbols, out, phases, progress, hold)
+        t = time.monotonic()
+        res = body(run)
+        phases["body_s"] = time.monotonic() - t
+        stats = probe.recorder_stats()
+        probe.finish()
+        summary = probe.summary()
+        mismatched = [{"site": f"{tc.site:#x}", "name": tc.name, "reason": tc.reason,
+                       "read": tc.bytes_read} for tc in probe.text_checks if not tc.ok]
+        summary["text_mismatches"] = len(mismatched)
+        out["text_mismatch_examples"] = mismatched[:5]
+        out["text_freed_examples"] = probe.freed_sites[:5]
+        out["text_in_flight_examples"] = probe.in_flight_sites[:5]
+        out["text_poke_unknown_examples"] = probe.poke_unknown[:5]
+        summary["lost"] = int(stats.get("lost", 0))
+        summary["recorder"] = stats
+        out.update(summary)
+        titles, blame = _judge_crashes(vm, probe, out)
+        outcome = decide(summary, crashes=titles, min_judged=min_judged,
+                         inject=inject, load_ok=res.load_ok, floor_count=res.floor_count,
+                         floor_what=res.floor_what, failed_checks=res.failed_checks,
+                         unknown_checks=res.unknown_checks, probe_blame=blame)
+        out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
+        if inject and outcome.verdict == "FAIL":
+            ok = summary["injected_flagged"] == summary["injected"] and summary["false_flags"] == 0
+            out["injection_check"] = "every injected trap flagged, no other" if ok else "MISMATCH"
+        out["violation_examples"] = probe.violations[:5]
+        if phases.get("body_s"):
+            out["traps_per_min"] = round(summary["traps_judged"] / phases["body_s"] * 60, 1)
+    except PokelabError as exc:
+        crashes, blame = _judge_crashes(vm, probe, out)
+        sig = None if isinstance(exc, StoppedAtViolation) else signal_exception(exc.__context__)
+        if isinstance(exc, StoppedAtViolation):
+            out["verdict"], out["reasons"] = "FAIL", [exc.title]
+        elif sig is not None:  # a wait broken by SIGINT/SIGTERM: the run was interrupted
+            interrupted = _interrupted(sig, out, vm, probe)
+        elif crashes and blame and not isinstance(exc, Unsupported):
+            out["verdict"], out["reasons"] = "INCONCLUSIVE", ["; ".join(crashes[:3]) + " while " + blame]
+        elif crashes and not isinstance(exc, Unsupported):
+            # the guest died mid-body: what the probe judged before the oops still counts
+            # (a violation seen first makes a FAIL naming the crash, as in ``decide``)
+            seen = probe.summary() if probe is not None else {}
+            if int(seen.get("violations", 0)):
+                outcome = decide(seen, crashes=crashes, inject=inject)
+                out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
+            else:
+                out["verdict"], out["reasons"] = "CRASH", crashes[:3]
+        else:
+            verdict = {KernelCrash: "CRASH", BootError: "BOOT_FAIL",
+                       Unsupported: "UNSUPPORTED"}.get(type(exc), "INFRA")
+            out["verdict"], out["reasons"] = verdict, [exc.title]
+        if probe is not None:
+            out.update({k: v for k, v in probe.summary().items() if k not in out})
+            out.setdefault("violation_examples", probe.violations[:5])
+        if exc.tail and sig is None:
+            out["tail"] = exc.tail[-2000:]
+    except BaseException as exc:
+        sig = signal_exception(exc)
+        if sig is None:
+            raise
+        interrupted = _interrupted(sig, out, vm, probe)
+    finally:
+        if probe is not None:
+            probe.close()
+        vm.close()
+    phases["total_s"] = time.monotonic() - t0
+    out["phases"] = {k: round(v, 2) for k, v in phases.items()}
+    out.setdefault("traps_judged", 0)
+    out.setdefault("violations", 0)
+    (spec.artifacts / "verdict.json").write_text(json.dumps(out, indent=2) + "\n")
+    if interrupted is not None:
+        raise interrupted
+    return out
+
+
+def _breakpoint_stops(stats: dict[str, Any]) -> int:
+    """The probe's breakpoint hits so far: handler entries, returns of a recorded trap, batches."""
+    return int(stats.get("entries", 0)) + int(stats.get("traps", 0)) + int(stats.get("batches", 0))
+
+
+def _interrupted(exc: BaseException, out: dict[str, Any], vm: Vm, probe: Probe | None) -> RunInterrupted:
+    """Mark ``out`` interrupted, with the verdict of what was judged so far."""
+    if isinstance(exc, KeyboardInterrupt):
+        code, name = 130, "SIGINT"
+    else:
+        status = getattr(exc, "code", None)
+        code = status if isinstance(status, int) else 143
+        name = "SIGTERM" if code == 143 else f"exit {code}"
+    summary: dict[str, Any] = probe.summary() if probe is not None else {}
+    if probe is not None:
+        out.update({k: v for k, v in summary.items() if k not in out})
+        out.setdefault("violation_examples", probe.violations[:5])
+    try:
+        crashes = _crash_titles(vm)
+    except Exception:  # the console may be half closed: the verdict must still be written
+        crashes = []
+    outcome = interrupted_outcome(summary, crashes=crashes, signal_name=name)
+    out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
+    out["interrupted"] = True
+    return RunInterrupted(out, int(code), name)
+
+
+def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
+              progress: Progress = lambda s: None) -> dict[str, Any]:
+    """One probed run; always returns a summary dict with a verdict (never raises PokelabError)."""
+    out: dict[str, Any] = {"function": opts.function, "toggles": opts.toggles}
+    load_cpus = list(range(1, spec.smp)) or [0]
+
+    def baseline(vm: Vm) -> None:
+        if not opts.baseline_switches:
+            return
+        vm.check(loadgen.start_command("getpid", load_cpus))
+        ftrace.set_filter(vm, [opts.function])
+        times = []
+        for i in range(opts.baseline_switches):
+            t = time.monotonic()
+            ftrace.set_tracer(vm, "function" if i % 2 == 0 else "nop")
+            times.append(time.monotonic() - t)
+        vm.check(loadgen.STOP_COMMAND)
+        out["baseline_switch_s"] = statistics.median(times)
+
+    def body(run: Run) -> BodyResult:
+        vm, probe = run.vm, run.probe
+        if not ftrace.available(vm, opts.function):
+            raise Unsupported(f"{opts.function} is not in available_filter_functions")
+        vm.check(loadgen.start_command("getpid", load_cpus))
+        ftrace.set_filter(vm, [opts.function])
+        flushes0, stops0 = vm.tb_flush_count(), _breakpoint_stops(probe.recorder_stats())
+        t = time.monotonic()
+        per_toggle: list[int] = []
+        out["judged_after_toggle"] = per_toggle
+        switch_times: list[tuple[float, float, float]] = []  # guest s, host s, read-back s
+        out["switch_times"] = switch_times
+        for i in range(opts.toggles):
+            for tracer in ("function", "nop"):
+                t_sw = time.monotonic()
+                guest_s = ftrace.set_tracer(vm, tracer)
+                t_chk = time.monotonic()
+                probe.check_sites()
+                switch_times.append((round(guest_s, 3), round(t_chk - t_sw, 3),
+                                     round(time.monotonic() - t_chk, 3)))
+                run.check_alive("toggling")
+            per_toggle.append(probe.judged_count())
+            progress(f"toggle {i + 1}/{opts.toggles}: {per_toggle[-1]} traps judged")
+        run.phases["toggle_s"] = time.monotonic() - t
+        flushes1 = vm.tb_flush_count()
+        out["probe_stops"] = _breakpoint_stops(probe.recorder_stats()) - stops0
+        if flushes0 is not None and flushes1 is not None:
+            out["tb_flushes"] = flushes1 - flushes0
+            out["tb_flushes_per_stop"] = (round(out["tb_flushes"] / out["probe_stops"], 3)
+                                          if out["probe_stops"] else None)
+        counts = loadgen.parse_counts(vm.check(loadgen.STOP_COMMAND))
+        out["load_iterations"] = {str(k): v for k, v in sorted(counts.items())}
+        rng = run.function_range(opts.function)
+        site_traps = run.traps_in([(rng[0], rng[0] + 16)]) if rng else 0
+        out["function_site_traps"] = site_traps
+        return BodyResult(load_ok=all(counts.get(c, 0) > 0 for c in load_cpus),
+                          floor_count=site_traps if rng else None,
+                          floor_what=f"trap(s) judged at {opts.function}'s site")
+
+    out = run_probed(spec, kernel, out, body, inject=opts.inject, inject_every=opts.inject_every,
+                     min_judged=opts.min_judged, pre_attach=baseline, progress=progress)
+    if out["phases"].get("toggle_s"):
+        out["traps_per_min"] = round(out["traps_judged"] / out["phases"]["toggle_s"] * 60, 1)
+    return out
+
+
+def print_summary(out: dict[str, Any], write: Callable[[str], None]) -> None:
+    write(f"verdict: {out['verdict']}  ({'; '.join(out.get('reasons', []))})")
+    pkg = f" ({out['kernel_package']} {out.get('kernel_version')})" if out.get("kernel_package") else ""
+    write(f"kernel {out['kernel']}{pkg}  traps seen {out.get('traps_seen', 0)}, judged "
+          f"{out.get('traps_judged', 0)}, violations {out.get('violations', 0)}, "
+          f"not text_poke {out.get('not_text_poke', 0)}")
+    budget_line = summary_line(out.get("budget"))
+    if budget_line:
+        write(budget_line)
+    if out.get("inject"):
+        write(f"injected {out.get('injected', 0)}, flagged {out.get('injected_flagged', 0)}, "
+              f"false flags {out.get('false_flags', 0)}")
+    for site, info in list((out.get("sites") or {}).items())[:10]:
+        write(f"  site {site} {info['name']}: {info['traps']} traps")
+    if out.get("opcodes"):
+        write("  opcodes: " + ", ".join(f"{k}: {v}" for k, v in out["opcodes"].items()))
+    if out.get("users"):
+        write("  users: " + ", ".join(f"{k}: {v}" for k, v in out["users"].items()))
+    for v in out.get("violation_examples", [])[:3]:
+        write(f"  violation at {v.get('symbol')}: {v.get('reason')}")
+    if out.get("trap_log"):
+        write(f"trap log: {out['trap_log']}")
+    write(f"artifacts: {out['artifacts']}")
+
+
+def write_json(out: dict[str, Any], path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    except OSError as exc:
+        raise InfraError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def trap_targets(trap_log: str | Path | None) -> list[tuple[str, int]]:
+    """(target name, count) of the judged traps in a trap log, most frequent first."""
+    counts: dict[str, int] = {}
+    for rec in read_trap_log(trap_log):
+        if rec.get("kind") == "judged" and rec.get("target"):
+            name = rec.get("target_name") or rec["target"]
+            counts[name] = counts.get(name, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])
