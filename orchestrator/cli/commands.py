@@ -17,8 +17,9 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..core.errors import BootError, InfraError, KernelCrash, PokelabError, Unsupported, UsageError
+from ..core.errors import PokelabError, UsageError
 from ..core.verdict import EXIT_CODES as verdict_exit_codes
+from ..core.verdict import verdict_for
 from .paths import input_dir, input_file, input_file_or_dir, output_dir, output_file
 
 log = logging.getLogger("pokelab")
@@ -26,24 +27,6 @@ log = logging.getLogger("pokelab")
 #: One table maps every verdict to the process exit status: it lives in verdict.py
 #: (pure data, so the nightly code can use it without importing the CLI).
 EXIT_CODES = verdict_exit_codes
-
-#: Which verdict an error stands for.
-ERROR_VERDICT: tuple[tuple[type[PokelabError], str], ...] = (
-    (UsageError, "USAGE"),
-    (KernelCrash, "CRASH"),
-    (BootError, "BOOT_FAIL"),
-    (Unsupported, "UNSUPPORTED"),
-    (InfraError, "INFRA"),
-    (PokelabError, "INFRA"),
-)
-
-
-def verdict_of(exc: PokelabError) -> str:
-    for cls, verdict in ERROR_VERDICT:
-        if isinstance(exc, cls):
-            return verdict
-    return "INFRA"
-
 
 class _Terminated(SystemExit):
     pass
@@ -433,7 +416,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..core.errors import RunInterrupted
-    from ..core.verdict import FAILURE_VERDICTS, exit_status
+    from ..core.verdict import REPRODUCED, exit_status
     from ..host.cache import cache_dir
     from ..jobs.repro import choose, combine, ktap_text
     from ..kernels.loadgen import GUEST_PATH, ensure_loadgen
@@ -474,7 +457,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
             results.append(out)
             if args.runs is not None:
                 say(f"run {i + 1}/{n}: {out['verdict']} in {out.get('phases', {}).get('total_s', 0):.1f} s")
-            if args.until_fail and out["verdict"] in FAILURE_VERDICTS:
+            if args.until_fail and out["verdict"] in REPRODUCED:
                 break
     except KeyboardInterrupt:  # between runs
         stopped = ("SIGINT", 130)
@@ -560,7 +543,7 @@ def _nightly_runner(args: argparse.Namespace,
                 spec, kern = _vm_from_args(ns, f"nightly-{scenario}", extra,
                                            kernel_files=lambda k, c: guest_files(sc, k, c))
         except PokelabError as exc:
-            return {"kernel_id": kernel, "verdict": verdict_of(exc), "reasons": [exc.title]}
+            return {"kernel_id": kernel, "verdict": verdict_for(exc), "reasons": [exc.title]}
         return run_scenario(spec, kern, sc, progress=lambda s: log.debug("%s %s: %s", kernel, scenario, s))
 
     return run
@@ -1004,7 +987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except PokelabError as exc:
-        verdict = verdict_of(exc)
+        verdict = verdict_for(exc)
         print(f"pokelab: {verdict.lower().replace('_', ' ')}: {exc.title}", file=sys.stderr)
         if exc.tail and args.verbose:
             print(exc.tail, file=sys.stderr)

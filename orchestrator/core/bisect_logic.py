@@ -26,11 +26,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-#: run outcomes: the probe's verdicts plus what can go wrong before it runs
-PASS, FAIL, CRASH, INFRA, BOOT_FAIL, BUILD_FAIL = "PASS", "FAIL", "CRASH", "INFRA", "BOOT_FAIL", "BUILD_FAIL"
-FAILING = frozenset({FAIL, CRASH})
+from . import verdict as run_verdict
+
+#: run outcomes: the probe's verdicts plus what can go wrong before it runs (a revision that does
+#: not build)
+_V = run_verdict.Verdict
+PASS, FAIL, CRASH, INFRA, BOOT_FAIL = _V.PASS, _V.FAIL, _V.CRASH, _V.INFRA, _V.BOOT_FAIL
+BUILD_FAIL = "BUILD_FAIL"
+FAILING = run_verdict.REPRODUCED
 #: verdicts that say nothing about the kernel (the host or the harness broke)
-INFRA_LIKE = frozenset({INFRA, "INCONCLUSIVE", "UNSUPPORTED"})
+INFRA_LIKE = run_verdict.PROVES_NOTHING
 OUTCOMES = frozenset({PASS, BOOT_FAIL, BUILD_FAIL}) | FAILING | INFRA_LIKE
 
 

@@ -1,16 +1,19 @@
 """Errors that say who is to blame.
 
-Every failure pokelab reports belongs to exactly one of these classes.  The
-CLI maps them to verdicts, and verdicts to exit codes in one table (``verdict.EXIT_CODES``).
+Every failure pokelab reports belongs to exactly one of these classes, and each
+class carries the verdict it stands for (``verdict``; :func:`.verdict.verdict_for`);
+verdicts map to exit codes in one table (:data:`.verdict.EXIT_CODES`).
 """
 
 from __future__ import annotations
+
+from .verdict import Verdict
 
 
 class PokelabError(Exception):
     """Base class.  ``title`` is one line; ``tail`` is optional context (console tail, log tail)."""
 
-    blame = "infra"
+    verdict = Verdict.INFRA
 
     def __init__(self, title: str, tail: str = "") -> None:
         super().__init__(title)
@@ -21,31 +24,31 @@ class PokelabError(Exception):
 class UsageError(PokelabError):
     """Bad input from the user: wrong path, unknown id, KASLR on, busy port, ..."""
 
-    blame = "usage"
+    verdict = Verdict.USAGE
 
 
 class InfraError(PokelabError):
     """The host side broke: a tool is missing, a download failed, QEMU or GDB died."""
 
-    blame = "infra"
+    verdict = Verdict.INFRA
 
 
 class BootError(PokelabError):
     """The kernel did not reach the readiness marker (or SSH) in time."""
 
-    blame = "boot"
+    verdict = Verdict.BOOT_FAIL
 
 
 class KernelCrash(PokelabError):
     """The guest kernel crashed (oops, panic, BUG, lockup) while we ran."""
 
-    blame = "crash"
+    verdict = Verdict.CRASH
 
 
 class Unsupported(PokelabError):
     """The kernel lacks something the check needs; the reason says what."""
 
-    blame = "unsupported"
+    verdict = Verdict.UNSUPPORTED
 
 
 class RunInterrupted(KeyboardInterrupt):

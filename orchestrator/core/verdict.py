@@ -1,24 +1,52 @@
-"""Verdicts from counts: one pure function, so every caller judges a run the same way."""
+"""The verdict vocabulary and verdicts from counts: one pure module, so every caller judges alike.
+
+:class:`Verdict` is the one set of names; each error class of :mod:`.errors` carries
+the verdict it stands for (:func:`verdict_for`); :data:`EXIT_CODES` maps verdicts
+(and the nightly matrix's cell states) to process exit statuses; the verdict sets
+every job uses (:data:`REPRODUCED`, :data:`FAILING`, :data:`PROVES_NOTHING`) are named here once.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .budget import let_through
 
-#: One table maps every verdict to the process exit status (README documents it;
-#: the CLI re-exports it as ``cli.EXIT_CODES``).
+
+class Verdict(enum.StrEnum):
+    """What one run says about the kernel (a ``str``: JSON and comparisons see ``"PASS"``)."""
+
+    PASS = "PASS"  # every emulation judged was right, enough were judged
+    FAIL = "FAIL"  # the kernel emulated wrong (or a scenario's own check failed)
+    CRASH = "CRASH"  # the kernel oopsed, panicked or locked up, and the probe had seen nothing wrong
+    BOOT_FAIL = "BOOT_FAIL"  # the kernel did not boot to SSH
+    INFRA = "INFRA"  # pokelab or the host broke: nothing is said about the kernel
+    INCONCLUSIVE = "INCONCLUSIVE"  # the run proved nothing (too few traps, a load that did not run, ...)
+    UNSUPPORTED = "UNSUPPORTED"  # the kernel lacks what the check needs
+    USAGE = "USAGE"  # the command line or a file given was wrong
+
+
+#: the runs that reproduce a bug: ``repro --runs`` counts them, ``--until-fail`` stops at one,
+#: a bisect revision with enough of them is bad
+REPRODUCED = frozenset({Verdict.FAIL, Verdict.CRASH})
+#: the verdicts that fail a nightly cell (exit 1): the kernel did wrong, booting included
+FAILING = frozenset({Verdict.FAIL, Verdict.CRASH, Verdict.BOOT_FAIL})
+#: verdicts that say nothing about the kernel (the host, the harness or the check's reach)
+PROVES_NOTHING = frozenset({Verdict.INFRA, Verdict.INCONCLUSIVE, Verdict.UNSUPPORTED})
+
+#: One table maps every verdict to the process exit status (README documents it).
 EXIT_CODES: dict[str, int] = {
-    "PASS": 0,
-    "FAIL": 1,
-    "CRASH": 1,
-    "BOOT_FAIL": 1,
-    "INFRA": 2,
-    "INCONCLUSIVE": 2,
-    "UNSUPPORTED": 2,
-    "USAGE": 2,
+    Verdict.PASS: 0,
+    Verdict.FAIL: 1,
+    Verdict.CRASH: 1,
+    Verdict.BOOT_FAIL: 1,
+    Verdict.INFRA: 2,
+    Verdict.INCONCLUSIVE: 2,
+    Verdict.UNSUPPORTED: 2,
+    Verdict.USAGE: 2,
     # matrix cells (pokelab nightly/merge, nightly.exit_key): an UNSUPPORTED cell is a skip,
     # a failure a known-issues entry explains does not fail the night, a cell not run does
     "SKIP": 0,
@@ -26,6 +54,11 @@ EXIT_CODES: dict[str, int] = {
     "INCOMPLETE": 2,
 }
 
+
+def verdict_for(exc: BaseException) -> Verdict:
+    """The verdict an error stands for: its class's ``verdict`` (:mod:`.errors`), else INFRA."""
+    v = getattr(type(exc), "verdict", None)
+    return v if isinstance(v, Verdict) else Verdict.INFRA
 
 
 #: crash types reported by the guest's own hang detectors (``crash.FORMATS``): they measure guest
@@ -126,14 +159,10 @@ def decide(summary: dict[str, Any], *, crashes: list[str], min_judged: int = 1,
                             + (f"; {unstopped}" if unstopped else ""),))
 
 
-#: the verdicts that count as a reproduction in ``pokelab repro --runs`` (syz-crush style)
-FAILURE_VERDICTS = ("FAIL", "CRASH")
-
-
 def run_rate(verdicts: Sequence[str]) -> dict[str, Any]:
     """``runs``, ``failures`` (FAIL or CRASH) and ``rate`` (failures / runs) of repeated runs, and the
     overall verdict: the first failure's, else the first non-PASS one, else PASS.  Pure."""
-    failures = [v for v in verdicts if v in FAILURE_VERDICTS]
+    failures = [v for v in verdicts if v in REPRODUCED]
     others = [v for v in verdicts if v != "PASS"]
     overall = (failures or others or ["PASS" if verdicts else "INCONCLUSIVE"])[0]
     return {"runs": len(verdicts), "failures": len(failures),

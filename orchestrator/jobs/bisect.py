@@ -295,6 +295,7 @@ def _runs(label: str, runs: int, run_one: Callable[[int], str], say: Callable[[s
     """``runs`` scenario runs; a pokelab error is a BOOT_FAIL or INFRA outcome, not an exception."""
     from ..core.bisect_logic import INFRA, OUTCOMES
     from ..core.errors import PokelabError
+    from ..core.verdict import verdict_for
 
     outcomes: list[str] = []
     for i in range(runs):
@@ -302,7 +303,7 @@ def _runs(label: str, runs: int, run_one: Callable[[int], str], say: Callable[[s
             verdict = run_one(i)
         except PokelabError as exc:
             say(f"{label}: run {i + 1}: {type(exc).__name__}: {exc.title}")
-            verdict = "BOOT_FAIL" if exc.blame == "boot" else INFRA
+            verdict = verdict_for(exc)  # not an outcome (USAGE, ...): INFRA below
         outcomes.append(verdict if verdict in OUTCOMES else INFRA)
         say(f"{label}: run {i + 1}/{runs}: {outcomes[-1]}")
     return outcomes

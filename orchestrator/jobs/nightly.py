@@ -35,7 +35,7 @@ from typing import Any
 
 from ..core import crash
 from ..core.census import USERS, add_counts, order_users
-from ..core.verdict import EXIT_CODES
+from ..core.verdict import EXIT_CODES, FAILING
 from ..gdb.probe import read_trap_log
 from . import templates
 
@@ -56,7 +56,6 @@ OUTCOMES: dict[str, tuple[str, str]] = {
     "UNSUPPORTED": ("skipped", "SKIP"),
     "MISSING": ("error", "MISS"),
 }
-FAILING = frozenset({"FAIL", "CRASH", "BOOT_FAIL"})
 ARTIFACT_FILES = ("console.log", "traps.jsonl", "mi.log", "qmp.jsonl", "verdict.json", "repro.sh")
 SUMMARY_KEYS = ("kernel_id", "kernel", "scenario", "verdict", "reasons", "traps_seen", "traps_judged",
                 "violations", "floor_traps", "text_mismatches", "sites", "opcodes", "accel", "smp",

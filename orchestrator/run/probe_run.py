@@ -21,7 +21,6 @@ from ..core.budget import DEFAULT as DEFAULT_BUDGET
 from ..core.budget import TrapBudget, summary_line
 from ..core.census import Census
 from ..core.errors import (
-    BootError,
     InfraError,
     KernelCrash,
     PokelabError,
@@ -29,7 +28,7 @@ from ..core.errors import (
     Unsupported,
     signal_exception,
 )
-from ..core.verdict import decide, interrupted_outcome, probe_blame
+from ..core.verdict import Verdict, decide, interrupted_outcome, probe_blame, verdict_for
 from ..gdb.census_tables import load_tables
 from ..gdb.probe import Probe, read_trap_log
 from ..gdb.symbols import KernelSymbolizer, load_symbols
@@ -135,6 +134,8 @@ Body = Callable[[Run], BodyResult]
 
 class StoppedAtViolation(PokelabError):
     """Raised by a ``hold`` once the person is done with the stopped guest: the run FAILs."""
+
+    verdict = Verdict.FAIL
 
 
 def stop_for_gdb(run: Run) -> str:
@@ -242,7 +243,7 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
         crashes, blame = _judge_crashes(vm, probe, out)
         sig = None if isinstance(exc, StoppedAtViolation) else signal_exception(exc.__context__)
         if isinstance(exc, StoppedAtViolation):
-            out["verdict"], out["reasons"] = "FAIL", [exc.title]
+            out["verdict"], out["reasons"] = verdict_for(exc), [exc.title]
         elif sig is not None:  # a wait broken by SIGINT/SIGTERM: the run was interrupted
             interrupted = _interrupted(sig, out, vm, probe)
         elif crashes and blame and not isinstance(exc, Unsupported):
@@ -257,9 +258,7 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
             else:
                 out["verdict"], out["reasons"] = "CRASH", crashes[:3]
         else:
-            verdict = {KernelCrash: "CRASH", BootError: "BOOT_FAIL",
-                       Unsupported: "UNSUPPORTED"}.get(type(exc), "INFRA")
-            out["verdict"], out["reasons"] = verdict, [exc.title]
+            out["verdict"], out["reasons"] = verdict_for(exc), [exc.title]
         if probe is not None:
             out.update({k: v for k, v in probe.summary().items() if k not in out})
             out.setdefault("violation_examples", probe.violations[:5])

@@ -56,6 +56,7 @@ from ..core.budget import DEFAULT as DEFAULT_BUDGET
 from ..core.budget import TrapBudget
 from ..core.census import STATIC_CALL_FORMS, USERS, static_call_form, static_call_sites
 from ..core.errors import InfraError, Unsupported, signal_exception
+from ..core.verdict import Verdict
 from ..gdb.probe import TextCheck, read_trap_log
 from ..kernels import kmod, loadgen
 from ..kernels.images import KernelArtifacts
@@ -785,17 +786,17 @@ def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inje
     base = {"kernel": kernel.release, "kernel_id": kernel.id, **spec.qemu_record, "inject": inject,
             "artifacts": str(spec.artifacts)}
     if sc.unsupported:
-        return _write(spec, {**out, **base, "verdict": "UNSUPPORTED", "reasons": [sc.unsupported]})
+        return _write(spec, {**out, **base, "verdict": Verdict.UNSUPPORTED, "reasons": [sc.unsupported]})
     try:
         reqs = sc.requirements()
     except ValueError as exc:
-        return _write(spec, {**out, **base, "verdict": "INFRA", "reasons": [str(exc)]})
+        return _write(spec, {**out, **base, "verdict": Verdict.INFRA, "reasons": [str(exc)]})
     out["requires"] = [str(r) for r in reqs]
     if any(r.kind == "config" for r in reqs):
         if kernel.config is not None and kernel.config.is_file():
             unmet = unmet_config(reqs, parse_kconfig(kernel.config.read_text(errors="replace")))
             if unmet:
-                return _write(spec, {**out, **base, "verdict": "UNSUPPORTED",
+                return _write(spec, {**out, **base, "verdict": Verdict.UNSUPPORTED,
                                      "reasons": ["kernel config: " + "; ".join(unmet)]})
         else:
             out["notes"] = ["no kernel config for this kernel: config requirements not checked"]

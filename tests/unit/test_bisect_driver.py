@@ -166,7 +166,7 @@ def test_infra_errors_at_an_endpoint_abort_as_infra(history, tmp_path: Path) -> 
     repo, shas = history
     with pytest.raises(BisectAborted, match=r"aborted at the good endpoint") as err:
         _run(repo, shas, lambda sha, wt: [INFRA, INFRA, PASS], tmp_path)
-    assert err.value.blame == "infra"  # the host is to blame, not the user's endpoints
+    assert err.value.verdict == "INFRA"  # the host is to blame, not the user's endpoints
 
 
 def test_bad_revisions_are_usage_errors(history, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
