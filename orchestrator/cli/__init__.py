@@ -1,5 +1,5 @@
 """The ``pokelab`` command line: parse, call a job, render, exit."""
 
-from .commands import main
+from .app import main
 
 __all__ = ["main"]

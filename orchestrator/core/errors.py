@@ -63,8 +63,14 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, out: dict, code: int, signal_name: str) -> None:  # type: ignore[type-arg]
         super().__init__(f"interrupted by {signal_name}")
         self.out = out
+        #: the run's :class:`orchestrator.run.result.RunResult`, once written (set by ``execute``)
+        self.result: object | None = None
         self.code = code
         self.signal_name = signal_name
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread by the CLI's handler (exit status 128 + 15)."""
 
 
 def signal_exception(exc: BaseException | None, depth: int = 8) -> BaseException | None:

@@ -120,7 +120,7 @@ def from_nightly(summary: Mapping[str, Any]) -> str:
     tests: list[tuple[str, str, Sequence[str], Sequence[str]]] = []
     for kernel_id, scenario in summary.get("planned", []):
         r = results.get((kernel_id, scenario))
-        if r is None:
+        if r is None or r.get("verdict") == "MISSING":  # nightly.new_summary's record of a cell not run
             tests.append((f"{kernel_id}:{scenario}", "INCOMPLETE", ("the cell did not run",), ()))
             continue
         verdict = "KNOWN_ISSUE" if r.get("known_issue") else str(r.get("verdict", "INCOMPLETE"))

@@ -69,8 +69,9 @@ from ..gdb.probe import GDB_SCRIPT
 from ..kernels import loadgen
 from ..kernels.images import KernelArtifacts
 from ..machine.vm import Vm, VmSpec
-from ..run.prepare import KernelChoice, prepare
+from ..run.prepare import prepare_vm
 from ..run.probe_run import ProbeOptions, run_probe
+from ..run.request import KernelChoice, VmOptions
 from .bench_kbuild import STEP_RUNS, run_kbuild_bench
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
     from ..machine import qemu_build
 
     extra = {loadgen.GUEST_PATH: loadgen.ensure_loadgen(cache_dir())}
-    spec, kernel = prepare(KernelChoice(), artifacts=art / "boot", extra_files=extra, qemu_path=qemu)
+    spec, kernel = prepare_vm(KernelChoice(), VmOptions(qemu=qemu), artifacts=art / "boot", extra_files=extra)
     specs = [spec]
     if qemu_compare is not None:
         other = qemu_build.select(qemu_compare, cache_dir())

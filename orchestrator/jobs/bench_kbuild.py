@@ -85,9 +85,8 @@ def run_kbuild_bench(artifacts: Path, jobs: int = 2, runs: int = STEP_RUNS,
                      progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Measure a cold full build, an incremental build and a bisect step; the figures above."""
     from ..host.cache import cache_dir
-    from ..kernels.loadgen import GUEST_PATH, ensure_loadgen
-    from ..run.prepare import KernelChoice, prepare
-    from ..run.scenario import guest_files, run_scenario
+    from ..run.execute import Executor
+    from ..run.request import KernelChoice, RunRequest
     from ..run.scenarios_table import BY_NAME
     from .bisect import kernel_step
 
@@ -96,7 +95,7 @@ def run_kbuild_bench(artifacts: Path, jobs: int = 2, runs: int = STEP_RUNS,
     cache = cache_dir()
     bench_dir = cache / "bench"
     sc = BY_NAME[STEP_SCENARIO]
-    extra = {GUEST_PATH: ensure_loadgen(cache)}
+    execute = Executor()
     figures: dict[str, Any] = {"kernel_build_jobs": jobs,
                                "kbuild_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with images.exclusive_lock(bench_dir / ".lock", "a kbuild benchmark"):
@@ -137,14 +136,12 @@ def run_kbuild_bench(artifacts: Path, jobs: int = 2, runs: int = STEP_RUNS,
 
             built: list[kbuild.BuildResult] = []
 
-            def run_one(sha: str, i: int, res: Any) -> str:  # as cmd_bisect's: prepare + run_scenario
+            def run_one(sha: str, i: int, res: Any) -> str:  # as bisect's step: a RunRequest, executed
                 if not built:
                     built.append(res)
                     ours.append(res.kernel_id)
-                spec, kernel = prepare(KernelChoice(res.kernel_id), artifacts=artifacts / f"run-{i + 1}",
-                                       extra_files=extra, kernel_files=lambda k, c: guest_files(sc, k, c))
-                out = run_scenario(spec, kernel, sc, progress=lambda m: log.debug("%s", m))
-                return str(out["verdict"])
+                req = RunRequest(sc, artifacts / f"run-{i + 1}", kernel=KernelChoice(res.kernel_id))
+                return str(execute(req).verdict)
 
             replace_file(copy / MARKED_FILE, with_marker(original, marker + 1))
             step = kernel_step(run_one, jobs=jobs, runs=runs, say=progress)

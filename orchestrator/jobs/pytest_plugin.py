@@ -65,31 +65,25 @@ def pokelab_artifacts(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run_scenario(pokelab_options: PokelabOptions, pokelab_artifacts: Path):  # type: ignore[no-untyped-def]
-    """``run_scenario(scenario, kernel_id, inject=None, workload=None) -> verdict dict``."""
-    from ..core.errors import Unsupported
-    from ..host.cache import cache_dir
-    from ..kernels.loadgen import GUEST_PATH, ensure_loadgen
-    from ..run.prepare import KernelChoice, prepare
-    from ..run.scenario import Scenario, guest_files, with_options
-    from ..run.scenario import run_scenario as run
+    """``run_scenario(scenario, kernel_id, inject=None, workload=None) -> RunResult`` (the same
+    path as ``pokelab repro``: a RunRequest through ``execute``)."""
+    from ..run.execute import execute
+    from ..run.request import KernelChoice, RunRequest, VmOptions
+    from ..run.result import RunResult
+    from ..run.scenario import Scenario, with_options
 
     def _run(sc: Scenario, kernel_id: str, inject: str | None = None,
-             workload: Path | None = None) -> dict[str, Any]:
-        sc = with_options(sc, repeat=pokelab_options.repeat)
-        try:
-            spec, kernel = prepare(KernelChoice(kernel_id), artifacts=pokelab_artifacts,
-                                   smp=pokelab_options.smp, accel=pokelab_options.accel,
-                                   extra_files={GUEST_PATH: ensure_loadgen(cache_dir())},
-                                   kernel_files=lambda k, c: guest_files(sc, k, c))
-        except Unsupported as exc:
-            return {"scenario": sc.name, "kernel": kernel_id, "verdict": "UNSUPPORTED",
-                    "reasons": [exc.title]}
-        return run(spec, kernel, sc, inject=inject, workload=workload)
+             workload: Path | None = None) -> RunResult:
+        request = RunRequest(with_options(sc, repeat=pokelab_options.repeat), pokelab_artifacts,
+                             kernel=KernelChoice(kernel_id),
+                             vm=VmOptions(smp=pokelab_options.smp, accel=pokelab_options.accel),
+                             inject=inject, workload=workload)
+        return execute(request)
 
     return _run
 
 
-def expect_pass(out: dict[str, Any]) -> None:
+def expect_pass(out: Any) -> None:
     """PASS, or a visible skip for UNSUPPORTED; anything else fails with the reasons."""
     verdict, reasons = out["verdict"], "; ".join(out.get("reasons", []))
     if verdict == "UNSUPPORTED":

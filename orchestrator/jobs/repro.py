@@ -1,24 +1,31 @@
-"""``pokelab repro``'s choices and results, apart from the CLI's parsing.
+"""``pokelab repro``: one scenario, once or ``--runs N`` times (``--until-fail``), one verdict.
 
-What a run is made of (a built-in scenario, a scenario file, or a ``--trigger``),
-the one verdict of one or more runs (an interrupted one included), and how it
-is printed (``--format text|ktap``) and which status it exits with
-(``verdict.exit_status``, ``--bisect-exit-codes``).  Pure but for the files
-:func:`choose` loads.
+What a run is made of (a built-in scenario, a scenario file, or a ``--trigger``:
+:func:`choose`), the runs (:func:`run`, through an :data:`~orchestrator.run.execute.Execute`
+so unit tests give it a fake), the one verdict of them all (:func:`combine`, an
+interrupted run included), and its text (:func:`summary_lines`) and KTAP forms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..core import ktap
-from ..core.errors import UsageError
-from ..core.verdict import run_rate
+from ..core.budget import summary_line
+from ..core.errors import RunInterrupted, Terminated, UsageError
+from ..core.verdict import REPRODUCED, run_rate
 from ..run import scenario_file, trigger
+from ..run.execute import Execute
+from ..run.probe_run import trap_targets
+from ..run.request import RunRequest
+from ..run.result import VERDICT_FILE, RunResult
 from ..run.scenario import Scenario, with_options
+
+#: the files of a run's artifact dir, in the order they are listed
+ARTIFACT_FILES = ("console.log", "traps.jsonl", "mi.log", "qmp.jsonl", VERDICT_FILE, "repro.sh")
 
 FORMATS = ("text", "ktap")
 
@@ -51,6 +58,33 @@ def choose(name: str | None, *, trigger_path: Path | None, function: str | None,
     return Choice(sc)
 
 
+def check_runs(repeat: int | None, runs: int | None, until_fail: bool) -> None:
+    """Usage errors of ``--repeat``, ``--runs`` and ``--until-fail`` (no scenario, kernel or file needed)."""
+    if repeat is not None and repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    if runs is not None and runs < 1:
+        raise UsageError("--runs must be at least 1")
+    if until_fail and runs is None:
+        raise UsageError("--until-fail needs --runs N (the most runs to try)")
+
+
+#: what ``pokelab probe`` runs: the function tracer toggled on a filtered function under load
+PROBE_SCENARIO = "ftrace-function"
+
+
+def probe_scenario(toggles: int, function: str, min_judged: int | None) -> Scenario:
+    """``pokelab probe --toggles N --function F --min-judged M``: the built-in ftrace-function scenario
+    with N cycles on F, the floor M traps at F's site (default 1)."""
+    from ..run.scenarios_table import BY_NAME
+
+    if toggles < 1:
+        raise UsageError("--toggles must be at least 1")
+    if min_judged is not None and min_judged < 1:
+        raise UsageError("--min-judged must be at least 1 (0 traps prove nothing)")
+    sc = with_options(BY_NAME[PROBE_SCENARIO], repeat=toggles, function=function)
+    return replace(sc, min_traps=min_judged or 1)
+
+
 def combine(results: Sequence[dict[str, Any]], *, runs: int | None, interrupted: str | None,
             extra: dict[str, Any]) -> dict[str, Any]:
     """The verdict of ``pokelab repro``: the one run's, or with ``--runs`` the rate and each run's.
@@ -80,6 +114,108 @@ def combine(results: Sequence[dict[str, Any]], *, runs: int | None, interrupted:
     return final
 
 
-def ktap_text(final: dict[str, Any]) -> str:
+def ktap_text(final: RunResult) -> str:
     """``--format ktap``: the verdict as a KTAP v1 document (``ktap.from_repro``)."""
-    return ktap.from_repro(final)
+    return ktap.from_repro(final.as_dict())
+
+
+@dataclass(frozen=True)
+class Repro:
+    """The runs of one ``pokelab repro`` and their one verdict (``final``, written to
+    ``<artifacts>/verdict.json``); ``stopped``: (signal name, exit status) if a signal ended them."""
+
+    final: RunResult
+    runs: tuple[RunResult, ...]
+    stopped: tuple[str, int] | None
+    many: bool  # --runs: each run in artifacts/run-I, the final verdict a rate
+
+
+def run(request: RunRequest, execute: Execute, *, runs: int | None = None, until_fail: bool = False,
+        say: Callable[[str], None] = lambda s: None) -> Repro:
+    """Run ``request`` once, or ``runs`` times (each in ``artifacts/run-I``), stopping at the first
+    FAIL or CRASH with ``until_fail``.  SIGINT/SIGTERM between or during runs ends them: the
+    verdict of what ran is written (never PASS) and ``stopped`` says which signal."""
+    results: list[RunResult] = []
+    stopped: tuple[str, int] | None = None
+    n = runs or 1
+    try:
+        for i in range(n):
+            req = request if runs is None else request.but(artifacts=request.artifacts / f"run-{i + 1}")
+            if runs is not None:
+                say(f"run {i + 1}/{n}")
+            try:
+                res = execute(req)
+            except RunInterrupted as exc:  # its verdict.json is written; the runs' one follows
+                results.append(exc.result if isinstance(exc.result, RunResult)
+                               else RunResult.from_record(exc.out))
+                stopped = (exc.signal_name, exc.code)
+                break
+            results.append(res)
+            if runs is not None:
+                say(f"run {i + 1}/{n}: {res.verdict} in {res.get('phases', {}).get('total_s', 0):.1f} s")
+            if until_fail and res.verdict in REPRODUCED:
+                break
+    except KeyboardInterrupt:  # between runs
+        stopped = ("SIGINT", 130)
+    except Terminated as exc:  # SIGTERM between runs
+        stopped = ("SIGTERM", exc.code if isinstance(exc.code, int) else 143)
+    first = results[0] if results else None
+    extra = {"scenario": request.scenario.name, "kernel": first.get("kernel") if first else None,
+             "kernel_id": first.get("kernel_id") if first else request.kernel.kernel,
+             **{k: first.get(k) for k in ("kernel_package", "kernel_version", "qemu", "qemu_version",
+                                            "machine") if first is not None},
+             "inject": request.inject, "until_fail": until_fail, "artifacts": str(request.artifacts)}
+    final = RunResult.from_record(combine([r.as_dict() for r in results], runs=runs,
+                                          interrupted=stopped[0] if stopped else None, extra=extra))
+    final.write(request.artifacts / VERDICT_FILE)
+    return Repro(final, tuple(results), stopped, runs is not None)
+
+
+def summary_lines(out: RunResult) -> list[str]:
+    """The short trap summary of one run: sites, opcodes, targets, violations, artifacts."""
+    floor = out.get("floor_traps")
+    lines = [f"traps judged {out.get('traps_judged', 0)}"
+             + (f" ({floor} at the watched sites)" if floor is not None else "")
+             + f", violations {out.get('violations', 0)}"]
+    budget_line = summary_line(out.get("budget"))
+    if budget_line:
+        lines.append("  " + budget_line)
+    wd = out.get("watchdogs")
+    if isinstance(wd, dict | Mapping):
+        lines.append(f"  guest watchdogs (x{wd['slowdown']}): RCU stall {wd['rcu_cpu_stall_timeout_s']} s, "
+                     f"soft lockup {wd['soft_lockup_after_s']} s, hung task {wd['hung_task_timeout_s']} s")
+    sites = out.get("sites") or {}
+    if sites:
+        top = sorted(sites.items(), key=lambda kv: -kv[1]["traps"])[:5]
+        lines.append(f"  sites ({len(sites)}): "
+                     + ", ".join(f"{v['name']} {k} x{v['traps']}" for k, v in top))
+    if out.get("opcodes"):
+        lines.append("  opcodes: " + ", ".join(f"{k} x{v}" for k, v in out["opcodes"].items()))
+    users, batches = out.get("users") or {}, out.get("batch_users") or {}
+    if users or batches:
+        lines.append("  users: " + (", ".join(f"{k} x{v}" for k, v in users.items()) or "-")
+                     + "  (batches: " + (", ".join(f"{k} x{v}" for k, v in batches.items()) or "-") + ")")
+    targets = trap_targets(out.get("trap_log"))
+    if targets:
+        lines.append(f"  targets ({len(targets)}): " + ", ".join(f"{k} x{v}" for k, v in targets[:5]))
+    for v in list(out.get("violation_examples") or [])[:3]:
+        lines.append(f"  violation at {v.get('symbol')}: {v.get('reason')}")
+    if out.artifacts is not None:
+        present = [f for f in ARTIFACT_FILES if (out.artifacts / f).exists()]
+        lines.append(f"artifacts: {out.artifacts}  ({' '.join(present)})")
+    return lines
+
+
+def report_lines(rep: Repro) -> list[str]:
+    """What ``pokelab repro`` prints: the verdict line, the runs, the last run's summary."""
+    final = rep.final
+    lines = [f"{final.get('scenario')} on {final.get('kernel')}: {final.verdict}  "
+             f"({'; '.join(final.reasons)})"]
+    if rep.many:
+        lines.append(f"runs {final['runs']}, failures {final['failures']}, rate {final['rate']:.2f}")
+        lines.extend(f"  {o.verdict:12} {o.artifacts}" for o in rep.runs)
+    for i, line in enumerate(summary_lines(rep.runs[-1]) if rep.runs else []):
+        lines.append(f"run {len(rep.runs)}: {line}" if rep.many and i == 0 else line)
+    if rep.many and final.artifacts is not None:
+        lines.append(f"summary: {final.artifacts / VERDICT_FILE}")
+    return lines

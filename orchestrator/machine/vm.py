@@ -94,7 +94,6 @@ class Vm:
         self.release: str | None = None
         self.boot_seconds: float | None = None
         self._t0 = 0.0
-        spec.artifacts.mkdir(parents=True, exist_ok=True)
 
     # -- life cycle -------------------------------------------------------
     def __enter__(self) -> Vm:
@@ -121,6 +120,7 @@ class Vm:
             data_dirs=tuple(str(d) for d in s.qemu.data_dirs) if s.qemu else ())
 
     def start(self, resume: bool = True) -> None:
+        self.spec.artifacts.mkdir(parents=True, exist_ok=True)
         if self.spec.qemu is None:
             found = Path(procs.which(qemu.QEMU, "qemu-system-x86"))
             self.spec = replace(self.spec, qemu=QemuBinary(found, "", "host"))

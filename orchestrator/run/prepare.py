@@ -1,4 +1,9 @@
-"""From user options to a bootable VmSpec: kernel artifacts, initramfs, key, accelerator."""
+"""From a request to a bootable VmSpec: kernel artifacts, initramfs, key, QEMU, accelerator.
+
+:func:`prepare` is the one preparation of a run (:class:`.request.RunRequest`);
+:func:`prepare_vm` the same for a guest with no scenario (``pokelab boot``, ``run-cmd``, bench).
+Everything fetched or built is cached (:mod:`orchestrator.host.cache`).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ from pathlib import Path
 
 from ..core.errors import BootError, InfraError, KernelCrash, UsageError
 from ..host.cache import cache_dir
-from ..kernels import images, rootfs
+from ..kernels import images, loadgen, rootfs
 from ..kernels.catalog import Catalog
 from ..kernels.debian import resolve_spec
 from ..machine import qemu, qemu_build
 from ..machine.qemu_build import QemuBinary
 from ..machine.vm import Vm, VmSpec
+from .request import KernelChoice, RunRequest, VmOptions
+from .scenario import guest_files
 
 log = logging.getLogger(__name__)
 
@@ -25,30 +32,12 @@ log = logging.getLogger(__name__)
 KernelFiles = Callable[[images.KernelArtifacts, Path], Mapping[str, Path]]
 
 
-@dataclass(frozen=True)
-class KernelChoice:
-    """``--kernel ID`` or ``--bzimage P --vmlinux P [--modules DIR]``.
-
-    ``modules``: the build's ``lib/modules/<release>`` tree, for a kernel whose virtio
-    drivers are modules (they then go into the initramfs).
-    """
-
-    kernel: str | None = None
-    bzimage: Path | None = None
-    vmlinux: Path | None = None
-    modules: Path | None = None
-
-
 def resolve_kernel(choice: KernelChoice, cache: Path | None = None) -> images.KernelArtifacts:
+    """The kernel's artifacts, fetched (Debian) or found (built here, given paths) as needed."""
     cache = cache or cache_dir()
-    if choice.bzimage or choice.vmlinux:
-        if choice.kernel:
-            raise UsageError("give either --kernel or --bzimage/--vmlinux, not both")
-        if not (choice.bzimage and choice.vmlinux):
-            raise UsageError("--bzimage and --vmlinux go together")
+    choice.check()
+    if choice.bzimage and choice.vmlinux:
         return images.artifacts_from_paths(choice.bzimage, choice.vmlinux, choice.modules)
-    if choice.modules:
-        raise UsageError("--modules goes with --bzimage/--vmlinux (a Debian kernel brings its own)")
     if choice.kernel and choice.kernel.startswith("custom-"):  # built by `pokelab build-kernel`
         return images.custom_kernel(choice.kernel, cache)
     catalog = Catalog.load()
@@ -103,18 +92,26 @@ def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, k
     return "kvm" if works else "tcg"
 
 
-def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str = "auto",
-            tcg_thread: str = "single", machine: str = "pc", memory_mb: int = 1024,
-            gdb_port: int | None = None,
-            ssh_port: int | None = None, extra_files: Mapping[str, Path] | None = None,
-            append: tuple[str, ...] = (),
-            kernel_files: KernelFiles | None = None,
-            qemu_path: Path | None = None) -> tuple[VmSpec, images.KernelArtifacts]:
+def check_ports(vm: VmOptions) -> None:
+    """UsageError if a fixed ``--gdb-port``/``--ssh-port`` is taken (before anything slow)."""
+    vm.check()
+    for port in (vm.gdb_port, vm.ssh_port):
+        if port is not None:
+            qemu.check_port_free(port)
+
+
+def prepare_vm(choice: KernelChoice, vm: VmOptions, *, artifacts: Path,
+               extra_files: Mapping[str, Path] | None = None, append: tuple[str, ...] = (),
+               kernel_files: KernelFiles | None = None) -> tuple[VmSpec, images.KernelArtifacts]:
     """Fetch/build what the guest needs (cached) and describe the VM to boot.
 
-    ``kernel_files(kernel, cache)`` adds guest files that depend on the kernel (a module).
-    ``qemu_path`` (``--qemu``) overrides the QEMU choice of :func:`qemu_build.select`.
+    ``extra_files``: {guest path: host file} put into the initramfs; ``kernel_files(kernel,
+    cache)`` adds those that depend on the kernel (a module built for it).  Raises
+    UsageError for bad input (checked first), InfraError/Unsupported for what cannot be had.
     """
+    choice.check()
+    check_ports(vm)
+    qemu_path = qemu_build.check_given(vm.qemu) if vm.qemu is not None else None
     cache = cache_dir()
     kernel = resolve_kernel(choice, cache)
     key = rootfs.ensure_ssh_key(cache)
@@ -123,10 +120,71 @@ def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str =
         extra.update(kernel_files(kernel, cache))
     initrd = rootfs.ensure_initramfs(kernel, cache, extra)
     qemu_bin = qemu_build.select(qemu_path, cache)
-    chosen = choose_accel(accel, kernel, initrd, key, cache, qemu_bin)
+    chosen = choose_accel(vm.accel, kernel, initrd, key, cache, qemu_bin)
     spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key, artifacts=artifacts,
-                  release=kernel.release, smp=smp, memory_mb=memory_mb, accel=chosen,
-                  tcg_thread=tcg_thread, machine=machine, gdb_port=gdb_port, ssh_port=ssh_port,
-                  append=append,
-                  qemu=qemu_bin)
+                  release=kernel.release, smp=vm.smp, memory_mb=vm.memory_mb, accel=chosen,
+                  tcg_thread=vm.tcg_thread, machine=vm.machine, gdb_port=vm.gdb_port,
+                  ssh_port=vm.ssh_port, append=append, qemu=qemu_bin)
     return spec, kernel
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` made for a run: the VM to boot and the kernel's artifacts."""
+
+    spec: VmSpec
+    kernel: images.KernelArtifacts
+
+
+def prepare(request: RunRequest) -> Prepared:
+    """Everything a run needs, cached: the kernel, the load generator and the scenario's guest files
+    (our modules, built for this kernel) in the initramfs, the QEMU binary, the accelerator.
+
+    Raises UsageError for a bad request (checked before anything is fetched or built).
+    """
+    request.check()
+    sc = request.scenario
+    extra = {loadgen.GUEST_PATH: loadgen.ensure_loadgen(cache_dir())}
+    spec, kernel = prepare_vm(request.kernel, request.vm, artifacts=request.artifacts, extra_files=extra,
+                              kernel_files=lambda k, c: guest_files(sc, k, c))
+    return Prepared(spec, kernel)
+
+
+def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[str]:
+    """``--dry-run``: the QEMU command line a run would use, with nothing fetched, built, booted or written.
+
+    The kernel is the cached one (or where it would be put); the initramfs, whose name hashes
+    files made on first use, is shown as a pattern; ``--accel auto`` is what the last KVM probe
+    said (TCG if none ran); the QEMU is the one :func:`qemu_build.select` would take, not measured.
+    Raises UsageError for bad input, as a real run would.
+    """
+    choice.check()
+    check_ports(vm)
+    cache = cache_dir()
+    if choice.bzimage and choice.vmlinux:
+        bzimage, release = choice.bzimage, "<release>"
+    elif choice.kernel and choice.kernel.startswith("custom-"):
+        k = images.custom_kernel(choice.kernel, cache)
+        bzimage, release = k.bzimage, k.release
+    else:
+        catalog = Catalog.load()
+        spec = resolve_spec(catalog.lookup(choice.kernel) if choice.kernel else catalog.default, cache,
+                            offline=True)
+        rel = spec.release
+        bzimage, release = cache / "kernels" / rel / "boot" / f"vmlinuz-{rel}", rel
+    if vm.qemu is not None:
+        qpath = qemu_build.check_given(vm.qemu)
+    else:
+        qpath = qemu_build.built_path(cache) or Path(qemu.QEMU)
+    accel = vm.accel
+    if accel == "auto":
+        try:
+            accel = "kvm" if json.loads((cache / "kvm-probe.json").read_text()).get("works") else "tcg"
+        except (OSError, ValueError, AttributeError):
+            accel = "tcg"
+    spec_ = VmSpec(bzimage=bzimage, initrd=cache / "initramfs" / f"initramfs-{release}-<hash>.cpio.gz",
+                   ssh_key=cache / "ssh" / rootfs.KEY_NAME, artifacts=artifacts, release=release, smp=vm.smp,
+                   memory_mb=vm.memory_mb, accel=accel, tcg_thread=vm.tcg_thread, machine=vm.machine,
+                   gdb_port=vm.gdb_port, ssh_port=vm.ssh_port, qemu=QemuBinary(qpath, "", "dry-run"))
+    config = Vm(spec_).make_config(vm.gdb_port or 1234, vm.ssh_port or 10022, Path("/tmp/pokelab-XXXX"))
+    return qemu.build_argv(config)

@@ -156,6 +156,26 @@ def stop_for_gdb(run: Run) -> str:
 
 
 
+def gdb_hold(write: Callable[[str], None]) -> Callable[[Run], None]:
+    """``repro --gdb``: stop the guest at the first violation, ``write`` how to attach, wait for Ctrl-C
+    (or QEMU's exit); the run then ends FAIL (StoppedAtViolation)."""
+    def hold(run: Run) -> None:
+        v = (run.probe.violations or [{}])[0]
+        line = stop_for_gdb(run)
+        for text in (f"violation at {v.get('symbol')}: {v.get('reason')}",
+                     "the guest is stopped there, no debugger attached; attach with:", f"  {line}",
+                     "Ctrl-C ends the VM"):
+            write(text)
+        try:
+            while not run.vm.qemu_exited():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        raise StoppedAtViolation(f"stopped at the first violation for --gdb ({v.get('reason')})")
+
+    return hold
+
+
 def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body: Body, *,
                inject: str | None = None, inject_every: int = 2, min_judged: int = 1,
                pre_attach: Callable[[Vm], None] | None = None,
@@ -277,13 +297,12 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
     out["phases"] = {k: round(v, 2) for k, v in phases.items()}
     out.setdefault("traps_judged", 0)
     out.setdefault("violations", 0)
-    (spec.artifacts / "verdict.json").write_text(json.dumps(out, indent=2) + "\n")
     if interrupted is not None:
         raise interrupted
     return out
 
 
-def _breakpoint_stops(stats: dict[str, Any]) -> int:
+def breakpoint_stops(stats: dict[str, Any]) -> int:
     """The probe's breakpoint hits so far: handler entries, returns of a recorded trap, batches."""
     return int(stats.get("entries", 0)) + int(stats.get("traps", 0)) + int(stats.get("batches", 0))
 
@@ -335,7 +354,7 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
             raise Unsupported(f"{opts.function} is not in available_filter_functions")
         vm.check(loadgen.start_command("getpid", load_cpus))
         ftrace.set_filter(vm, [opts.function])
-        flushes0, stops0 = vm.tb_flush_count(), _breakpoint_stops(probe.recorder_stats())
+        flushes0, stops0 = vm.tb_flush_count(), breakpoint_stops(probe.recorder_stats())
         t = time.monotonic()
         per_toggle: list[int] = []
         out["judged_after_toggle"] = per_toggle
@@ -354,7 +373,7 @@ def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
             progress(f"toggle {i + 1}/{opts.toggles}: {per_toggle[-1]} traps judged")
         run.phases["toggle_s"] = time.monotonic() - t
         flushes1 = vm.tb_flush_count()
-        out["probe_stops"] = _breakpoint_stops(probe.recorder_stats()) - stops0
+        out["probe_stops"] = breakpoint_stops(probe.recorder_stats()) - stops0
         if flushes0 is not None and flushes1 is not None:
             out["tb_flushes"] = flushes1 - flushes0
             out["tb_flushes_per_stop"] = (round(out["tb_flushes"] / out["probe_stops"], 3)

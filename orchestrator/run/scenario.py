@@ -42,11 +42,9 @@ with ``watch_body``, ``{body}`` is the function's first body instruction as
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shlex
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,14 +52,10 @@ from typing import Any
 
 from ..core.budget import DEFAULT as DEFAULT_BUDGET
 from ..core.budget import TrapBudget
-from ..core.census import STATIC_CALL_FORMS, USERS, static_call_form, static_call_sites
-from ..core.errors import InfraError, Unsupported, signal_exception
-from ..core.verdict import Verdict
-from ..gdb.probe import TextCheck, read_trap_log
+from ..core.census import STATIC_CALL_FORMS, USERS
 from ..kernels import kmod, loadgen
 from ..kernels.images import KernelArtifacts
-from ..machine.vm import Vm, VmSpec
-from .probe_run import BodyResult, Progress, Run, run_probed
+from ..machine.vm import Vm
 
 log = logging.getLogger(__name__)
 
@@ -207,25 +201,10 @@ def guest_files(sc: Scenario, kernel: KernelArtifacts, cache: Path) -> dict[str,
             for r in sc.requirements() if r.kind == "module" and r.name in kmod.MODULES}
 
 
-def present_requirements(vm: Vm, reqs: list[Requirement]) -> list[bool]:
-    """For each guest-side requirement: is it met in the guest (config ones: False)."""
-    missing = set(parse_missing(vm.check(guest_check_script(reqs))))
-    return [r.kind != "config" and str(r) not in missing for r in reqs]
-
-
 def parse_kallsyms_address(output: str) -> int | None:
     """The address in ``awk '$3 == NAME {print $1}' /proc/kallsyms`` output (None if none or 0).  Pure."""
     m = re.search(r"^([0-9a-fA-F]{8,16})\s*$", output, re.M)
     return (int(m.group(1), 16) or None) if m else None
-
-
-def _guest_symbol(vm: Vm, name: str) -> int | None:
-    """A symbol's address from the guest's /proc/kallsyms (module symbols too)."""
-    res = vm.run(f"awk '$3 == \"{name}\" {{print $1; exit}}' /proc/kallsyms")
-    return parse_kallsyms_address(res.stdout)
-
-
-# --------------------------------------------------------------------------- declarations
 
 
 @dataclass(frozen=True)
@@ -427,299 +406,6 @@ def classify_fentry(text: bytes) -> tuple[int, str]:
     return off, "other"
 
 
-class _ScenarioBody:
-    """The scenario's part of a probed run (``probe_run.Body``)."""
-
-    def __init__(self, sc: Scenario, workload: Path | None, out: dict[str, Any]) -> None:
-        self.sc = sc
-        self.workload = workload
-        self.out = out
-        self.failed: list[str] = []
-        #: checks that could not be made (INCONCLUSIVE), with the reason
-        self.unknown: list[str] = []
-        self.evidence: dict[str, int] = {}
-        #: steps whose evidence printed no number at least once: why
-        self.evidence_missing: dict[str, str] = {}
-        self.evidence_steps: dict[str, Step] = {}
-        self.step_log: list[dict[str, Any]] = []
-        out["steps"] = self.step_log
-        out["evidence"] = self.evidence
-        #: the watched body site: (address, "FUNCTION+OFFSET", its bytes before the setup)
-        self.body: tuple[int, str, bytes] | None = None
-
-    def expand(self, text: str) -> str:
-        text = self.sc.expand(text)
-        return text.replace("{body}", self.body[1]) if self.body else text
-
-    def __call__(self, run: Run) -> BodyResult:
-        sc, vm = self.sc, run.vm
-        cpus = sc.load.cpus(run.spec.smp)
-        if not sc.record_batches:
-            self.out["batch_recording"] = "off" if run.probe.record_batches(False) else "no hook"
-        if sc.watch_body:
-            self._find_body(run)
-        self._start_load(vm, cpus)
-        try:
-            for st in sc.setup:
-                self._step(run, st, 0)
-            for rep in range(sc.repeat):
-                t = time.monotonic()
-                for st in sc.steps:
-                    self._step(run, st, rep)
-                run.progress(f"cycle {rep + 1}/{sc.repeat} in {time.monotonic() - t:.1f} s: "
-                             f"{run.probe.judged_count()} traps judged")
-            for st in sc.teardown:
-                self._step(run, st, 0)
-        except BaseException as exc:
-            if signal_exception(exc) is None:  # SIGINT/SIGTERM: the VM is closed next; a guest
-                self._stop_load(vm, cpus)      # command could only delay that
-            raise
-        load_ok, load_info = self._stop_load(vm, cpus)
-        self.out["load"] = load_info
-        self._final(run)
-        floor = self._floor(run)
-        self.out["floor_traps"] = floor
-        if floor is not None and floor >= sc.min_traps:
-            self._judge_evidence(floor)
-        return BodyResult(load_ok=load_ok, floor_count=floor, floor_what=sc.floor_what(),
-                          failed_checks=self.failed, unknown_checks=self.unknown)
-
-    def _judge_evidence(self, floor: int) -> None:
-        """Evidence 0 is a FAIL only when the handler had to run whatever the load was."""
-        fn = self.sc.function or ""
-        for name, n in self.evidence.items():
-            if n > 0:
-                continue
-            if name in self.evidence_missing:
-                self.unknown.append(f"step '{name}': its evidence could not be read "
-                                    f"({self.evidence_missing[name]})")
-            elif "{call}" in str(self.evidence_steps[name].evidence) and fn not in CALLERS:
-                self.unknown.append(f"step '{name}': the tracer/handler recorded nothing (evidence 0), "
-                                    f"and pokelab has no command that calls {fn}: whether it ran "
-                                    f"is unknown (the load may not call it)")
-            else:
-                self.failed.append(f"step '{name}': the tracer/handler recorded nothing "
-                                   f"(evidence count 0) though its sites trapped {floor} time(s)")
-
-    # -- load ---------------------------------------------------------------------
-    def _start_load(self, vm: Vm, cpus: list[int]) -> None:
-        if self.workload is None:
-            vm.check(loadgen.start_command(self.sc.load.path, cpus, pace=self.sc.load.pace))
-            return
-        vm.ssh.put_file(self.workload, WORKLOAD_GUEST_PATH)
-        vm.check(workload_start_command(cpus))
-
-    def _stop_load(self, vm: Vm, cpus: list[int]) -> tuple[bool, dict[str, Any]]:
-        if self.workload is None:
-            counts = loadgen.parse_counts(vm.check(loadgen.STOP_COMMAND))
-            return (all(counts.get(c, 0) > 0 for c in cpus),
-                    {"path": self.sc.load.path, "iterations": {str(k): v for k, v in sorted(counts.items())}})
-        states = parse_workload_states(vm.run(WORKLOAD_STOP_COMMAND).stdout)
-        alive = sum(1 for c in cpus if states.get(c) == "running")
-        for c in cpus:
-            state = states.get(c)
-            if state is None:
-                self.unknown.append(f"the workload's state on vCPU {c} is unknown (not started?)")
-            elif state not in ("running", "exit 0"):
-                self.unknown.append(f"the workload {state} on vCPU {c}: "
-                                    f"see /tmp/workload.{c}.out in the guest")
-        # a workload that ended with status 0 ran: a finite script is a fine load
-        return True, {"workload": str(self.workload), "still_running_at_end": alive, "cpus": cpus,
-                      "states": {str(c): states.get(c) for c in cpus}}
-
-    # -- steps ----------------------------------------------------------------------
-    def _step(self, run: Run, st: Step, rep: int) -> None:
-        vm = run.vm
-        t = time.monotonic()
-        if isinstance(st.action, str):
-            cmd = self.expand(st.action)
-            res = vm.run(f"taskset -c 0 sh -c {shlex.quote(cmd)}")
-            if res.status != 0:
-                run.check_alive(f"running step '{st.name}'")
-                raise InfraError(f"step '{st.name}' failed ({res.status}): {cmd}: "
-                                 f"{(res.stderr or res.stdout).strip()[-200:]}")
-        else:
-            not_done = st.action(vm)
-            if not_done:
-                self.unknown.append(f"step '{st.name}': {not_done}")
-        entry: dict[str, Any] = {"step": st.name, "cycle": rep, "s": round(time.monotonic() - t, 3)}
-        if st.evidence:
-            res = vm.run(f"taskset -c 0 sh -c {shlex.quote(self.expand(st.evidence))}")
-            m = re.search(r"-?\d+", res.stdout)
-            n = int(m.group(0)) if m else 0
-            if m is None:
-                why = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-                self.evidence_missing[st.name] = f"printed no count, exit {res.status}: {why[0][:120]}"
-            entry["evidence"] = n if m else None
-            self.evidence[st.name] = self.evidence.get(st.name, 0) + n
-            self.evidence_steps[st.name] = st
-        run.probe.check_sites()
-        run.check_alive(f"running step '{st.name}'")
-        if st.static_calls:
-            entry["static_calls"] = self._check_static_calls(run, st)
-        if st.site:
-            entry["site"] = self._check_fentry(run, st.site, f"after '{st.name}'", st.target)
-        if st.body:
-            entry["body"] = self._check_body(run, st.body, f"after '{st.name}'")
-        self.step_log.append(entry)
-
-    def _find_body(self, run: Run) -> None:
-        fn = self.sc.function or ""
-        addr = run.sym.by_name.get(fn)
-        if addr is None:
-            raise InfraError(f"no symbol {fn} to find its first body instruction")
-        with run.probe.paused():
-            head = run.probe.read_memory(addr, 9)
-            off, state = classify_fentry(head)
-            if state != "nop":
-                raise InfraError(f"{fn}'s fentry site holds {head[off:off + 5].hex(' ')} before the setup "
-                                 "(expected the 5-byte NOP): cannot place the body site")
-            site = addr + off + 5
-            orig = run.probe.read_memory(site, 5)
-        self.body = (site, f"{fn}+{off + 5}", orig)
-        self.out["body_site"] = {"address": f"{site:#x}", "spec": self.body[1], "original": orig.hex(" ")}
-
-    def _check_body(self, run: Run, want: str, when: str) -> str:
-        """Read the watched body site back: the original bytes, or a JMP32 out of the function."""
-        assert self.body is not None
-        site, spec, orig = self.body
-        with run.probe.paused():
-            now = run.probe.read_memory(site, 5)
-        desc = f"{spec}: {now.hex(' ')}"
-        rng = run.function_range(self.sc.function or "")
-        dest: int | None = None
-        if now[:1] == b"\xe9":
-            dest = site + 5 + int.from_bytes(now[1:5], "little", signed=True)
-            desc += f" (jmp {run.sym(dest) or hex(dest)})"
-        if want == "original" and now != orig:
-            self.failed.append(f"{when}: {spec} holds {now.hex(' ')}, expected its original bytes "
-                               f"{orig.hex(' ')}")
-        elif want == "jmp":
-            inside = rng is not None and dest is not None and rng[0] <= dest < rng[1]
-            if dest is None or inside:
-                self.failed.append(f"{when}: {spec} holds {now.hex(' ')}, expected a JMP32 (e9) out of "
-                                   f"{self.sc.function} (an optprobe detour)")
-            elif dest is not None and run.sym(dest) is None:
-                self._name_optinsn_page(run, dest)
-        return desc
-
-    @staticmethod
-    def _name_optinsn_page(run: Run, dest: int) -> None:
-        """Name the detour's page if the guest's kallsyms lists it as ``kprobe_optinsn_page``
-        (kernel/kprobes.c kprobe_cache_get_kallsym), so traps jumping there are the census's kprobe's."""
-        res = run.vm.run("awk '$3 == \"kprobe_optinsn_page\" {print $1}' /proc/kallsyms")
-        for word in res.stdout.split():
-            page = parse_kallsyms_address(word)
-            if page is not None and page <= dest < page + 4096:
-                run.sym.add_region("kprobe_optinsn_page", page, 4096)
-                return
-
-    def _check_fentry(self, run: Run, want: str, when: str, target: str | None = None) -> str:
-        fn = self.sc.function
-        addr = run.sym.by_name.get(fn or "")
-        if fn is None or addr is None:
-            self.failed.append(f"{when}: no symbol {fn} to read its fentry site")
-            return "?"
-        want_target = _guest_symbol(run.vm, target) if target else None
-        with run.probe.paused():
-            text = run.probe.read_memory(addr, 9)
-        off, state = classify_fentry(text)
-        site = text[off:off + 5]
-        desc = f"{fn}+{off:#x}: {site.hex(' ')}"
-        if state == "call":
-            dest = addr + off + 5 + int.from_bytes(site[1:5], "little", signed=True)
-            name = target if want_target is not None and dest == want_target else run.sym(dest)
-            desc += f" (call {name or hex(dest)})"
-            if target and dest != want_target:
-                self.failed.append(f"{when}: {fn}'s fentry site calls {name or hex(dest)}, expected "
-                                   f"{target} ({hex(want_target) if want_target else 'not in kallsyms'})")
-        if want != "any" and state != want:
-            expect = "the 5-byte NOP 0f 1f 44 00 00" if want == "nop" else "a call (e8)"
-            self.failed.append(f"{when}: {fn}'s fentry site holds {site.hex(' ')}, expected {expect}")
-        return desc
-
-    def _check_static_calls(self, run: Run, st: Step) -> dict[str, str]:
-        """Read back each static call's ``__SCT__`` trampoline and every inline site (from the census
-        tables): each must hold the form the step expects, and a ``func`` form one same function."""
-        by_name = run.sym.by_name
-        return0 = by_name.get("__static_call_return0")
-        thunk = by_name.get("__x86_return_thunk")
-        tables = run.probe.census.tables
-        plan: list[tuple[str, str, list[int]]] = []
-        for name, spec in st.static_calls:
-            want = spec.partition(":")[0]
-            tramp = by_name.get(f"__SCT__{name}")
-            if tramp is None:
-                self.failed.append(f"after '{st.name}': no trampoline __SCT__{name} in the vmlinux")
-                continue
-            plan.append((name, spec, [tramp, *static_call_sites(tables, name)]))
-        with run.probe.paused():
-            texts = run.probe.read_many([(a, 5) for _n, _w, addrs in plan for a in addrs])
-        seen: dict[str, str] = {}
-        i = 0
-        for name, spec, addrs in plan:
-            want, _, func = spec.partition(":")
-            forms: dict[str, int] = {}
-            targets: set[int] = set()
-            bad: list[str] = []
-            matched: list[TextCheck] = []
-            for k, addr in enumerate(addrs):
-                text = texts[i + k] or b""
-                form, target = static_call_form(text, addr, return0, thunk)
-                forms[form] = forms.get(form, 0) + 1
-                if form == want:
-                    matched.append(TextCheck(addr, name, True, f"static call {name}: {form}", text.hex()))
-                if form == "func" and target is not None:
-                    targets.add(target)
-                if form != want and len(bad) < 3:
-                    where = "__SCT__" + name if k == 0 else (run.sym(addr) or hex(addr))
-                    bad.append(f"{where} holds {text.hex(' ') or 'unreadable'} ({form})")
-            i += len(addrs)
-            run.probe.note_checks(matched)
-            shown = ", ".join(f"{f} x{n}" for f, n in forms.items())
-            fn = ", ".join(run.sym(t) or hex(t) for t in sorted(targets))
-            seen[name] = f"trampoline + {len(addrs) - 1} sites: {shown}" + (f" -> {fn}" if fn else "")
-            if bad:
-                self.failed.append(f"after '{st.name}': static call {name} should be in the {want} form "
-                                   f"everywhere ({shown}): " + "; ".join(bad))
-            elif len(targets) > 1:
-                self.failed.append(f"after '{st.name}': static call {name} calls different functions: {fn}")
-            elif func and targets != {by_name.get(func)}:
-                self.failed.append(f"after '{st.name}': static call {name} calls {fn or 'nothing'}, "
-                                   f"expected {func}")
-        return seen
-
-    def _final(self, run: Run) -> None:
-        fs = self.sc.final_state
-        if fs.site:
-            self.out["final_site"] = self._check_fentry(run, fs.site, "at the end")
-        if fs.body and self.body:
-            self.out["final_body"] = self._check_body(run, fs.body, "at the end")
-        for cmd, rx in fs.checks:
-            res = run.vm.run(self.expand(cmd))
-            if not re.search(rx, res.stdout):
-                self.failed.append(f"final state: `{self.expand(cmd)}` printed "
-                                   f"{res.stdout.strip()[:80]!r}, expected /{rx}/")
-
-    def _floor(self, run: Run) -> int | None:
-        sc = self.sc
-        if self.body is not None:
-            return run.traps_in([(self.body[0], self.body[0] + 5)])
-        if sc.floor_keys:
-            return count_keys(read_trap_log(run.probe.trap_log_path), sc.floor_keys)
-        if sc.floor_anywhere:
-            return run.probe.judged_count()
-        if sc.floor_functions:
-            ranges = [r for r in (run.function_range(f) for f in sc.floor_functions) if r]
-            if not ranges:
-                return None
-            return run.traps_in(ranges)
-        rng = run.function_range(sc.function or "")
-        if rng is None:
-            return None
-        return run.traps_in([(rng[0], rng[0] + 16)])
-
-
 def workload_start_command(cpus: list[int]) -> str:
     """Start the user's workload pinned on each CPU; a waiter keeps its exit status.
 
@@ -759,62 +445,6 @@ def count_keys(records: Iterable[dict[str, Any]], keys: Iterable[str]) -> int:
         u, k = rec.get("user"), rec.get("user_key")
         n += any(u == wu and (not sep or k == wk) for wu, sep, wk in want)
     return n
-
-
-def _write(spec: VmSpec, out: dict[str, Any]) -> dict[str, Any]:
-    spec.artifacts.mkdir(parents=True, exist_ok=True)
-    out.setdefault("traps_judged", 0)
-    out.setdefault("violations", 0)
-    (spec.artifacts / "verdict.json").write_text(json.dumps(out, indent=2) + "\n")
-    return out
-
-
-def run_scenario(spec: VmSpec, kernel: KernelArtifacts, scenario: Scenario, inject: str | None = None,
-                 workload: Path | None = None, *, inject_every: int = 2,
-                 progress: Progress = lambda s: None,
-                 hold: Callable[[Run], None] | None = None,
-                 info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one scenario on one kernel; always a dict with ``verdict`` and ``reasons``.
-
-    ``info``: more keys for the verdict (its values may be filled in during the run, e.g.
-    a trigger's results).  RunInterrupted (SIGINT/SIGTERM) is raised after the verdict is written.
-    """
-    sc = scenario
-    out: dict[str, Any] = {"scenario": sc.name, "description": sc.description,
-                           "function": sc.function, "repeat": sc.repeat, "min_traps": sc.min_traps,
-                           "workload": str(workload) if workload else None, **(info or {})}
-    base = {"kernel": kernel.release, "kernel_id": kernel.id, **spec.qemu_record, "inject": inject,
-            "artifacts": str(spec.artifacts)}
-    if sc.unsupported:
-        return _write(spec, {**out, **base, "verdict": Verdict.UNSUPPORTED, "reasons": [sc.unsupported]})
-    try:
-        reqs = sc.requirements()
-    except ValueError as exc:
-        return _write(spec, {**out, **base, "verdict": Verdict.INFRA, "reasons": [str(exc)]})
-    out["requires"] = [str(r) for r in reqs]
-    if any(r.kind == "config" for r in reqs):
-        if kernel.config is not None and kernel.config.is_file():
-            unmet = unmet_config(reqs, parse_kconfig(kernel.config.read_text(errors="replace")))
-            if unmet:
-                return _write(spec, {**out, **base, "verdict": Verdict.UNSUPPORTED,
-                                     "reasons": ["kernel config: " + "; ".join(unmet)]})
-        else:
-            out["notes"] = ["no kernel config for this kernel: config requirements not checked"]
-
-    def pre_attach(vm: Vm) -> None:
-        missing = parse_missing(vm.check(guest_check_script(reqs)))
-        if missing:
-            raise Unsupported("missing in the guest: " + ", ".join(missing))
-        if sc.unsupported_if:
-            conds = [parse_requirement(sc.expand(r)) for r, _ in sc.unsupported_if]
-            for (text, why), met in zip(sc.unsupported_if, present_requirements(vm, conds), strict=True):
-                if met:
-                    raise Unsupported(f"{sc.expand(text)}: {why}")
-
-    body = _ScenarioBody(sc, workload, out)
-    return run_probed(spec, kernel, out, body, inject=inject, inject_every=inject_every,
-                      min_judged=sc.min_traps, pre_attach=pre_attach, progress=progress, hold=hold,
-                      budget=sc.budget)
 
 
 def with_options(sc: Scenario, *, repeat: int | None = None, function: str | None = None) -> Scenario:

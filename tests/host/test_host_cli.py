@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from clirun import assert_one_line_error, pokelab
 
-from orchestrator.cli.commands import main
+from orchestrator.cli import main
 from orchestrator.host.cache import cache_dir
 from orchestrator.kernels.images import KernelArtifacts
 from orchestrator.machine.qemu import QEMU

@@ -14,7 +14,7 @@ import pytest
 from clirun import assert_one_line_error, pokelab
 from fakekernel import write_pair
 
-from orchestrator.cli.commands import main
+from orchestrator.cli import main
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.cli.commands import main
+from orchestrator.cli import main
 from orchestrator.run.scenarios_table import SCENARIOS
 
 

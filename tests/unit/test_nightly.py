@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli.commands import EXIT_CODES, main
+from orchestrator.cli import main
+from orchestrator.core.verdict import EXIT_CODES
 from orchestrator.jobs import nightly
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "nightly"

@@ -13,7 +13,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from orchestrator.cli import commands as cli
+from orchestrator import cli
+from orchestrator.cli import commands
+from orchestrator.cli.parser import build_parser
 from orchestrator.core.errors import RunInterrupted, UsageError
 from orchestrator.core.verdict import (
     BISECT_EXIT_CODES,
@@ -26,6 +28,10 @@ from orchestrator.jobs import repro
 from orchestrator.kernels.images import KernelArtifacts
 from orchestrator.machine.vm import VmSpec
 from orchestrator.run import probe_run, trigger
+from orchestrator.run.execute import execute
+from orchestrator.run.prepare import Prepared
+from orchestrator.run.request import RunRequest
+from orchestrator.run.result import RunResult
 from orchestrator.run.scenarios_table import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +122,12 @@ class _InterruptedVm:
         _InterruptedVm.closed.append(True)
 
 
+def _execute(spec: VmSpec, kernel: KernelArtifacts) -> RunResult:
+    """The probe's scenario through ``execute`` on a prepared (fake) VM: the path every job takes."""
+    request = RunRequest(BY_NAME["ftrace-function"], spec.artifacts)
+    return execute(request, prepared=Prepared(spec, kernel))
+
+
 @pytest.mark.parametrize("exc, code, name", [(KeyboardInterrupt(), 130, "SIGINT"),
                                              (SystemExit(143), 143, "SIGTERM")])
 def test_run_probed_writes_the_verdict_of_an_interrupted_run(
@@ -128,10 +140,11 @@ def test_run_probed_writes_the_verdict_of_an_interrupted_run(
                              vmlinux=tmp_path / "vmlinux", system_map=None, config=None, modules_dir=None,
                              build_id="ab")
     with pytest.raises(RunInterrupted) as err:
-        probe_run.run_probed(spec, kernel, {}, lambda run: probe_run.BodyResult())
+        _execute(spec, kernel)
     assert (err.value.code, err.value.signal_name) == (code, name)
     written = json.loads((tmp_path / "verdict.json").read_text())
-    assert written == err.value.out
+    assert isinstance(err.value.result, RunResult) and written == err.value.result.as_dict()
+    assert written["verdict"] == err.value.out["verdict"]
     assert written["interrupted"] is True and written["verdict"] == "INCONCLUSIVE"
     assert written["reasons"] == [f"interrupted by {name} after 0 trap(s) judged: nothing proven"]
     assert _InterruptedVm.closed == [True]
@@ -143,17 +156,18 @@ def test_run_probed_writes_the_verdict_of_an_interrupted_run(
 def _summary() -> dict[str, Any]:
     return {"planned": [["6.1", "ftrace-function"], ["6.1", "kprobe-read"]],
             "results": [{"kernel_id": "6.1", "scenario": "ftrace-function", "verdict": "PASS",
-                         "traps_judged": 80}]}
+                         "traps_judged": 80},
+                        {"kernel_id": "6.1", "scenario": "kprobe-read", "verdict": "MISSING"}]}
 
 
 def test_nightly_ktap_goes_to_stdout_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli._report_done(_summary(), tmp_path, 2, "ktap") == 2
+    assert commands._night_done(_summary(), tmp_path, "ktap") == 2
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[:2] == ["KTAP version 1", "1..2"]
     assert "ok 1 6.1:ftrace-function" in lines and "not ok 2 6.1:kprobe-read # ERROR INCOMPLETE" in lines
     assert "ftrace-function" in err and "reports: " in err
-    cli._report_done(_summary(), tmp_path, 2, "text")
+    commands._night_done(_summary(), tmp_path, "text")
     out, _err = capsys.readouterr()
     assert "KTAP" not in out and "reports: " in out
 
@@ -161,13 +175,13 @@ def test_nightly_ktap_goes_to_stdout_alone(tmp_path: Path, capsys: pytest.Captur
 def test_repro_ktap_of_one_run_and_of_runs() -> None:
     one = repro.combine([{"scenario": "s", "verdict": "FAIL", "reasons": ["1 emulation violation(s)"],
                           "kernel": "k", "artifacts": "a"}], runs=None, interrupted=None, extra={})
-    text = repro.ktap_text(one)
+    text = repro.ktap_text(RunResult.from_record(one))
     assert text.splitlines()[:2] == ["KTAP version 1", "1..1"]
     assert "not ok 1 s" in text and "# FAIL: 1 emulation violation(s)" in text
     runs = repro.combine([{"verdict": "PASS", "artifacts": "a1"}, {"verdict": "INCONCLUSIVE",
                           "artifacts": "a2", "interrupted": True}], runs=2, interrupted="SIGINT",
                          extra={"scenario": "s"})
-    lines = repro.ktap_text(runs).splitlines()
+    lines = repro.ktap_text(RunResult.from_record(runs)).splitlines()
     assert lines[:2] == ["KTAP version 1", "1..2"]
     assert "ok 1 s run 1" in lines and "not ok 2 s run 2 # ERROR INCONCLUSIVE" in lines
     assert lines[-1] == "# Totals: pass:1 fail:0 xfail:0 xpass:0 skip:0 error:1"
@@ -175,7 +189,7 @@ def test_repro_ktap_of_one_run_and_of_runs() -> None:
 
 @pytest.mark.parametrize("command", ["repro", "nightly"])
 def test_format_ktap_is_an_option(command: str) -> None:
-    parser = cli.build_parser()
+    parser = build_parser()
     args = parser.parse_args([command, *(["ftrace-function"] if command == "repro" else []),
                               "--format", "ktap"])
     assert args.format == "ktap"
@@ -327,6 +341,6 @@ def test_run_probed_sees_a_signal_behind_a_broken_wait(tmp_path: Path, monkeypat
     kernel = KernelArtifacts(id="6.1", release="r", bzimage=tmp_path / "bz", vmlinux=tmp_path / "v",
                              system_map=None, config=None, modules_dir=None, build_id="ab")
     with pytest.raises(RunInterrupted) as err:
-        probe_run.run_probed(spec, kernel, {}, lambda run: probe_run.BodyResult())
+        _execute(spec, kernel)
     assert err.value.code == code
     assert json.loads((tmp_path / "verdict.json").read_text())["interrupted"] is True

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli.commands import main
+from orchestrator.cli import main
 from orchestrator.core.verdict import run_rate
 from orchestrator.run.probe_run import trap_targets
 
@@ -56,7 +56,7 @@ def test_repro_bad_run_options_are_one_line_exit_2(argv: list[str], needle: str,
 
 
 def test_repro_run_options_parse() -> None:
-    from orchestrator.cli.commands import build_parser
+    from orchestrator.cli.parser import build_parser
 
     args = build_parser().parse_args(["repro", "ftrace-function", "--runs", "3", "--until-fail", "--gdb"])
     assert (args.runs, args.until_fail, args.gdb, args.repeat) == (3, True, True, None)

@@ -16,11 +16,11 @@ from orchestrator.run.scenario import (
     CALLERS,
     Scenario,
     Step,
-    _ScenarioBody,
     parse_workload_states,
     validate,
     workload_start_command,
 )
+from orchestrator.run.scenario_body import ScenarioBody as _ScenarioBody
 from orchestrator.run.scenarios_table import BY_NAME, SCENARIOS
 
 #: system-wide kernel state: schedstat counters; the PREEMPT_DYNAMIC mode (static-call-preempt)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import commands as cli
+from orchestrator import cli
 from orchestrator.core.errors import UsageError
 from orchestrator.run import scenario_file
 from orchestrator.run.scenario import Scenario

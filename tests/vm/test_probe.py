@@ -28,7 +28,7 @@ def test_default_kernel_toggles_pass_and_session_does_not_stall(tmp_path: Path) 
     rc, s = probe(tmp_path, "--toggles", "20")
     assert s["verdict"] == "PASS", s.get("reasons")
     assert rc == 0
-    per = s["judged_after_toggle"]
+    per = s["judged_after_cycle"]
     assert per[9] >= 50, f"10 toggles judged only {per[9]} traps"
     assert s["violations"] == 0 and s["false_flags"] == 0
     stops = s["recorder"]["entries"] + s["recorder"]["traps"]
@@ -38,7 +38,7 @@ def test_default_kernel_toggles_pass_and_session_does_not_stall(tmp_path: Path) 
     # no stall: the last toggles still produced judged traps
     assert per[-1] > per[-4], per
     assert s["text_checks"] > 0 and s["text_mismatches"] == 0
-    assert all(n > 0 for n in s["load_iterations"].values())
+    assert all(n > 0 for n in s["load"]["iterations"].values())
     # every trap is one JSON line in the trap log, with the fields a reader needs
     lines = Path(s["trap_log"]).read_text().splitlines()
     judged = [json.loads(x) for x in lines if '"judged"' in x]
@@ -72,5 +72,5 @@ def test_filter_on_a_function_never_called_is_inconclusive(tmp_path: Path) -> No
     # nothing about the function asked for)
     rc, s = probe(tmp_path, "--toggles", "1", "--function", "__x64_sys_sethostname")
     assert s["verdict"] == "INCONCLUSIVE", s.get("reasons")
-    assert s["function_site_traps"] == 0
+    assert s["floor_traps"] == 0
     assert rc == 2

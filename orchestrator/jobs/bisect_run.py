@@ -1,0 +1,129 @@
+"""``pokelab bisect`` as a job: a typed request, each revision's runs through one Execute, the answer.
+
+Git mode builds each revision (kbuild), Debian mode fetches each kernel; both run
+the scenario ``runs`` times per revision as a :class:`~orchestrator.run.request.RunRequest`
+(the same path as ``pokelab repro``) and decide with :mod:`orchestrator.core.bisect_logic`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.bisect_logic import Policy
+from ..core.errors import UsageError
+from ..host.cache import cache_dir
+from ..kernels.catalog import DEFAULT_FLAVOUR, Catalog
+from ..kernels.debian import available, parse_range, resolve, select_range
+from ..run.execute import Execute
+from ..run.request import KernelChoice, RunRequest
+from .bisect import (
+    commit_line,
+    debian_report,
+    debian_step,
+    kernel_step,
+    read_log,
+    run_bisect,
+    run_debian_bisect,
+)
+
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BisectRequest:
+    """``base``: the run of each step (its kernel is replaced by each revision's, its artifacts dir
+    is the bisect's); git mode: ``source``, ``good``, ``bad``; Debian mode: ``debian`` (GOOD..BAD)."""
+
+    base: RunRequest
+    runs: int = 3
+    source: Path | None = None
+    good: str | None = None
+    bad: str | None = None
+    debian: str | None = None
+    log: Path | None = None
+    replay: Path | None = None
+    jobs: int = 2
+    #: the scenario as the user named it (a FILE.toml path too), for the command line to go on with
+    scenario_arg: str | None = None
+
+    def check(self) -> None:
+        """UsageError for a request that cannot start (before anything is built or fetched)."""
+        if self.debian is not None:
+            for opt in ("source", "good", "bad"):
+                if getattr(self, opt) is not None:
+                    raise UsageError(f"--{opt} does not go with --debian (GOOD..BAD names both endpoints)")
+            parse_range(self.debian)
+        elif self.source is None or self.good is None or self.bad is None:
+            raise UsageError("give --source DIR --good REV --bad REV, or --debian GOOD..BAD")
+        if self.runs < 1:
+            raise UsageError("--runs must be >= 1")
+        self.base.vm.check()
+
+    @property
+    def log_path(self) -> Path:
+        return (self.log or self.replay or self.base.artifacts / "bisect.jsonl").resolve()
+
+
+def step_runner(base: RunRequest, execute: Execute) -> Callable[[str, Path], str]:
+    """One run of one revision: ``base`` on kernel ``kernel_id`` in ``where``; its verdict."""
+    def run_one(kernel_id: str, where: Path) -> str:
+        return str(execute(base.but(kernel=KernelChoice(kernel_id), artifacts=where)).verdict)
+
+    return run_one
+
+
+def run(req: BisectRequest, execute: Execute, say: Say) -> tuple[list[str], int]:
+    """Bisect; the answer's lines and the exit status (0 found, 1 not narrowed to one, 2 not a regression)."""
+    req.check()
+    replay = read_log(req.replay) if req.replay is not None else None
+    policy = Policy(min_clean=min(3, req.runs))
+    run_one = step_runner(req.base, execute)
+    art = req.base.artifacts
+    if req.debian is not None:
+        return _debian(req, policy, replay, run_one, say)
+    assert req.source is not None and req.good is not None and req.bad is not None
+    say(f"bisect log: {req.log_path}")
+    step = kernel_step(lambda sha, i, res: run_one(res.kernel_id, art / sha[:12] / f"run-{i + 1}"),
+                       jobs=req.jobs, runs=req.runs, say=say)
+    res = run_bisect(req.source, req.good, req.bad, step, work=cache_dir() / "bisect",
+                     log_path=req.log_path, replay=replay, policy=policy, say=say)
+    conf = "unknown" if res.confidence is None else f"{res.confidence:.3f}"
+    if res.culprit is None:
+        return (["only skipped commits left; the first bad commit is one of:",
+                 *(f"  {commit_line(req.source, c)}" for c in res.candidates),
+                 f"confidence {conf}  (log: {req.log_path})"], 1)
+    return ([f"{res.culprit} is the first bad commit", f"  {commit_line(req.source, res.culprit)}",
+             f"confidence {conf} over {len(res.verdicts)} judged revisions, {res.steps_run} run now "
+             f"(log: {req.log_path})"], 0)
+
+
+def _debian(req: BisectRequest, policy: Policy, replay: dict[str, list[str]] | None,
+            run_one: Callable[[str, Path], str], say: Say) -> tuple[list[str], int]:
+    assert req.debian is not None
+    good, bad = parse_range(req.debian)
+    cat = Catalog.load()
+    ends = []
+    for name in (good, bad):
+        try:
+            ends.append(cat.lookup(name))
+        except UsageError:
+            pass  # a package version (6.1.170-3): select_range finds it, or says it is unknown
+    flavours = {e.flavour for e in ends} or {DEFAULT_FLAVOUR}
+    if len(flavours) != 1:
+        raise UsageError(f"--debian {req.debian}: the endpoints are of different flavours "
+                         f"({', '.join(sorted(flavours))})")
+    kernels = available(cache_dir(), flavours.pop())
+    aliases = {e.id: resolve(e, kernels).release for e in ends}
+    rng = select_range(kernels, good, bad, aliases)
+    say(f"{len(rng.judged)} Debian kernels with -dbg from {rng.judged[0].label} to {rng.judged[-1].label}")
+    if rng.unjudgeable:
+        say(f"not judgeable (no -dbg in the archive): {', '.join(k.abi for k in rng.unjudgeable)}")
+    say(f"bisect log: {req.log_path}")
+    art = req.base.artifacts
+    step = debian_step(lambda k, i: run_one(k.release, art / k.abi / f"run-{i + 1}"), runs=req.runs, say=say)
+    res = run_debian_bisect(rng, step, log_path=req.log_path, replay=replay, policy=policy, say=say)
+    return debian_report(res, req.scenario_arg or req.base.scenario.name, req.log_path)

@@ -1,0 +1,200 @@
+"""``pokelab nightly`` and ``merge`` as jobs: a typed request in, a summary and its reports out.
+
+:class:`NightlyRequest` is built once from argv; :func:`plan` checks it and lists the
+cells (nothing is fetched or booted: ``--dry-run`` prints them); :func:`run` runs
+each cell as a :class:`~orchestrator.run.request.RunRequest` through an
+:data:`~orchestrator.run.execute.Execute` (a fake one in unit tests), then writes
+the reports (:func:`.nightly.write_reports`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import PokelabError, UsageError
+from ..host.cache import cache_dir
+from ..kernels.catalog import Catalog
+from ..kernels.debian import fetchable, resolve_spec
+from ..kernels.images import custom_kernel, is_cached
+from ..run.execute import Execute
+from ..run.request import KernelChoice, RunRequest, VmOptions
+from ..run.result import RunResult
+from ..run.scenario import Scenario, with_options
+from ..run.scenario_file import nightly_table
+from ..run.scenarios_table import BY_NAME, SCENARIOS
+from .nightly import (
+    Cell,
+    Runner,
+    annotate,
+    exit_status,
+    load_known_issues,
+    matrix,
+    merge,
+    new_summary,
+    parse_list,
+    parse_shard,
+    run_matrix,
+    shard,
+    write_reports,
+)
+
+
+@dataclass(frozen=True)
+class Reports:
+    """Where the reports go and what they compare with (nightly and merge)."""
+
+    out_dir: Path
+    previous: Path | None = None
+    known_issues: Path | None = None
+    kcidb: Path | None = None
+    artifacts_url: str | None = None
+
+
+@dataclass(frozen=True)
+class NightlyRequest:
+    """``kernels``/``scenarios``: comma lists as given (None: every cached or fetchable catalog
+    kernel, every built-in scenario); ``shard``: ``I/N``; ``jobs``: VMs at a time."""
+
+    reports: Reports
+    vm: VmOptions = field(default_factory=VmOptions)
+    kernels: str | None = None
+    scenarios: str | None = None
+    repeat: int | None = None
+    shard: str | None = None
+    jobs: int = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    cells: tuple[Cell, ...]
+    table: Mapping[str, Scenario]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{what} {path}: not JSON ({exc})") from None
+
+
+def context(rep: Reports) -> tuple[Any, list[Any]]:
+    """(previous summary or None, known issues); a bad file is a UsageError."""
+    previous = _read_json(rep.previous, "--previous") if rep.previous else None
+    issues: list[Any] = []
+    if rep.known_issues is not None:
+        try:
+            issues = load_known_issues(rep.known_issues)
+        except OSError as exc:
+            raise UsageError(f"--known-issues {rep.known_issues}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise UsageError(f"--known-issues {rep.known_issues}: {exc}") from None
+    kc = rep.kcidb
+    if kc is not None and not kc.resolve().parent.is_dir() and kc.resolve().parent != rep.out_dir.resolve():
+        raise UsageError(f"--kcidb {kc}: directory does not exist")
+    return previous, issues
+
+
+def plan(req: NightlyRequest) -> Plan:
+    """The cells of this night (this shard), checked: UsageError for an unknown kernel or scenario."""
+    try:
+        kernels = parse_list(req.kernels)
+        scenarios = parse_list(req.scenarios)
+        shard_of = parse_shard(req.shard)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if req.jobs < 1:
+        raise UsageError("-j must be at least 1")
+    if req.repeat is not None and req.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    req.vm.check()
+    cat, cache = Catalog.load(), cache_dir()
+    for k in kernels or []:  # catalog ids, kernels built here, Debian ABIs (as --kernel takes)
+        if k.startswith("custom-"):
+            custom_kernel(k, cache)  # a usage error if it was never built here
+        else:
+            try:
+                cat.lookup(k)
+            except UsageError:
+                raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)") from None
+    table = nightly_table(scenarios or [s.name for s in SCENARIOS], BY_NAME)  # names and FILE.toml
+    if kernels is None:
+        kernels = [k.id for k in cat.kernels if _cached(k, cache) or fetchable(k, cache)]
+    cells = matrix(kernels, list(table))
+    if shard_of is not None:
+        cells = shard(cells, *shard_of)
+    return Plan(tuple(cells), table)
+
+
+def _cached(request: Any, cache: Path) -> bool:
+    try:
+        spec = resolve_spec(request, cache, offline=True)
+    except UsageError:
+        return False
+    return spec is not None and is_cached(spec, cache)
+
+
+def cell_runner(req: NightlyRequest, table: Mapping[str, Scenario], execute: Execute) -> Runner:
+    """One matrix cell, the way ``pokelab repro`` runs a scenario (a RunRequest through ``execute``)."""
+    def run(kernel: str, scenario: str, artifacts: Path) -> dict[str, Any]:
+        request = RunRequest(with_options(table[scenario], repeat=req.repeat), artifacts,
+                             kernel=KernelChoice(kernel), vm=req.vm)
+        try:
+            return execute(request).as_dict()
+        except PokelabError as exc:  # a usage error of this cell alone (a kernel gone from the archive)
+            return RunResult.of_error(exc, {"kernel_id": kernel, "artifacts": str(artifacts)}).as_dict()
+
+    return run
+
+
+def run(req: NightlyRequest, p: Plan, execute: Execute,
+        progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the cells and write the reports (also when interrupted: what ran, the rest MISSING)."""
+    previous, issues = context(req.reports)
+    out_dir = req.reports.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    progress(f"nightly: {len(p.cells)} cell(s), {req.jobs} at a time, into {out_dir}")
+    results: list[dict[str, Any]] = []
+    try:
+        run_matrix(p.cells, cell_runner(req, p.table, execute), out_dir, jobs=req.jobs, results=results,
+                   progress=progress)
+    finally:
+        order = {c: i for i, c in enumerate(p.cells)}
+        results.sort(key=lambda r: order.get((r["kernel_id"], r["scenario"]), len(order)))
+        summary = annotate(new_summary(p.cells, results, shard_spec=req.shard, started=started),
+                           previous, issues)
+        write_reports(summary, out_dir, req.reports.kcidb, req.reports.artifacts_url)
+    return summary
+
+
+def merge_shards(rep: Reports, summaries: Sequence[Path]) -> dict[str, Any]:
+    """``pokelab merge``: shard summaries joined, annotated, reported."""
+    previous, issues = context(rep)
+    out_dir = rep.out_dir.resolve()
+    loaded = [(_read_json(p, "summary"), p.resolve().parent) for p in summaries]
+    try:
+        summary = merge(loaded, out_dir)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"merge: {exc}") from None
+    summary = annotate(summary, previous, issues)
+    write_reports(summary, out_dir, rep.kcidb, rep.artifacts_url)
+    return summary
+
+
+def report_lines(summary: Mapping[str, Any], out_dir: Path) -> tuple[list[str], int]:
+    """The text lines of a night (one per cell) and its exit status."""
+    code = exit_status(dict(summary))
+    lines = []
+    for r in summary["results"]:
+        mark = (f" [known issue {r['known_issue']['id']}]" if r.get("known_issue")
+                else f" [{r['change']}]" if r.get("change") else "")
+        lines.append(f"{r['kernel_id']:10} {r['scenario']:24} {r['verdict']}{mark}")
+    lines.append(f"reports: {out_dir}/index.html, junit.xml, summary.json; exit status {code}")
+    return lines, code

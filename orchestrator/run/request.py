@@ -1,0 +1,120 @@
+"""One typed request per run: which kernel, which VM, which scenario, where the artifacts go.
+
+Built once, from argv (``cli``), a nightly cell, a bisect step, a bench column or a
+pytest item, and never changed after: :func:`dataclasses.replace` (or
+:meth:`RunRequest.but`) makes the next one.  :func:`.execute.execute` runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UsageError
+from ..machine.qemu_build import check_given
+from .scenario import Scenario
+
+ACCELS = ("auto", "tcg", "kvm")
+TCG_THREADS = ("single", "multi")
+MACHINES = ("pc", "microvm")
+INJECTIONS = ("wrong-target", "wrong-return", "skip-call")
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """``--kernel ID`` or ``--bzimage P --vmlinux P [--modules DIR]``; all None: the catalog's default.
+
+    ``kernel``: a catalog id, a Debian ABI/release/package name, or ``custom-<id>``
+    (``pokelab build-kernel``).  ``modules``: the build's ``lib/modules/<release>`` tree,
+    for a kernel whose virtio drivers are modules (they then go into the initramfs).
+    """
+
+    kernel: str | None = None
+    bzimage: Path | None = None
+    vmlinux: Path | None = None
+    modules: Path | None = None
+
+    def check(self) -> None:
+        """UsageError for a combination or a path that cannot work (before anything slow)."""
+        if (self.bzimage or self.vmlinux) and self.kernel:
+            raise UsageError("give either --kernel or --bzimage/--vmlinux, not both")
+        if (self.bzimage is None) != (self.vmlinux is None):
+            raise UsageError("--bzimage and --vmlinux go together")
+        for path, what in ((self.bzimage, "--bzimage"), (self.vmlinux, "--vmlinux")):
+            if path is not None and not path.is_file():
+                raise UsageError(f"{what} {path}: no such file")
+        if self.modules is not None and not (self.modules / "modules.dep").is_file():
+            raise UsageError(f"--modules {self.modules}: no modules.dep there (a lib/modules/<release> "
+                             "tree made by `make modules_install`)")
+        if self.modules is not None and self.bzimage is None:
+            raise UsageError("--modules goes with --bzimage/--vmlinux (a Debian kernel brings its own)")
+
+
+@dataclass(frozen=True)
+class VmOptions:
+    """How the guest is run: vCPUs, RAM (MiB), accelerator, TCG threading, QEMU machine and binary.
+
+    ``gdb_port``/``ssh_port``: fixed loopback ports (None: free ones).  ``qemu``: ``--qemu``, an
+    executable file (None: :func:`orchestrator.machine.qemu_build.select` chooses).
+    """
+
+    smp: int = 4
+    memory_mb: int = 1024
+    accel: str = "auto"
+    tcg_thread: str = "single"
+    machine: str = "pc"
+    gdb_port: int | None = None
+    ssh_port: int | None = None
+    qemu: Path | None = None
+
+    def check(self) -> None:
+        """UsageError for values QEMU or the guest cannot take."""
+        if self.smp < 1:
+            raise UsageError("--smp must be at least 1")
+        if self.memory_mb < 256:
+            raise UsageError("--memory must be at least 256 MiB (the initramfs and the guest's tools)")
+        for value, allowed, what in ((self.accel, ACCELS, "--accel"), (self.tcg_thread, TCG_THREADS,
+                                     "--tcg-thread"), (self.machine, MACHINES, "--machine")):
+            if value not in allowed:
+                raise UsageError(f"{what} {value}: one of {', '.join(allowed)}")
+        if self.gdb_port is not None and self.gdb_port == self.ssh_port:
+            raise UsageError(f"the gdbstub and SSH cannot share port {self.gdb_port}")
+        if self.qemu is not None:
+            check_given(self.qemu)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One probed run of one scenario on one kernel.
+
+    ``inject``: corrupt the emulation at every ``inject_every``-th eligible trap (a
+    self-test: the run must end FAIL).  ``workload``: a host file copied in and run
+    pinned as the load.  ``info``: more keys of the verdict (a trigger's results, filled
+    in during the run).  ``label``: names default artifact dirs and progress lines.
+    """
+
+    scenario: Scenario
+    artifacts: Path
+    kernel: KernelChoice = field(default_factory=KernelChoice)
+    vm: VmOptions = field(default_factory=VmOptions)
+    inject: str | None = None
+    inject_every: int = 2
+    workload: Path | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """UsageError for anything wrong in the request itself (files, values): nothing is touched."""
+        self.kernel.check()
+        self.vm.check()
+        if self.inject is not None and self.inject not in INJECTIONS:
+            raise UsageError(f"--inject {self.inject}: one of {', '.join(INJECTIONS)}")
+        if self.inject_every < 1:
+            raise UsageError("--inject-every must be at least 1")
+        if self.workload is not None and not self.workload.is_file():
+            raise UsageError(f"--workload {self.workload}: no such file")
+
+    def but(self, **changes: Any) -> RunRequest:
+        """A copy with ``changes`` (``kernel=KernelChoice(...)``, ``artifacts=...``, ...)."""
+        return replace(self, **changes)
