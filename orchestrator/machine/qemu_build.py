@@ -29,7 +29,8 @@ slirp, plugins; no docs, tools, GUI, audio or USB), built with ``ninja qemu-syst
 (written last: its presence marks a complete build).  The build tree is deleted
 afterwards.  The built binary uses the host's firmware: ``-L /usr/share/seabios
 -L /usr/share/qemu`` (packages ``seabios`` and ``qemu-system-data``).  Host
-packages it needs: :data:`BUILD_PACKAGES` (``make qemu`` installs them); meson
+packages it needs: the Makefile's ``QEMU_BUILD_PACKAGES`` (``make qemu`` installs them;
+:func:`_missing_build_tools` names the missing ones); meson
 >= 1.5 and pycotap come from PyPI into a venv in the build tree.
 """
 
@@ -64,9 +65,6 @@ FAST_SINCE = (10, 2)
 DEBIAN_VERSION = "1:10.2.2+ds-1"
 #: Upstream version of :data:`DEBIAN_VERSION`: the cache directory's name.
 BUILD_VERSION = "10.2.2"
-#: Host packages the build needs (on top of gcc, make, python3-venv, pkg-config).
-BUILD_PACKAGES = ("ninja-build", "pkg-config", "device-tree-compiler", "libglib2.0-dev",
-                  "libpixman-1-dev", "libslirp-dev", "libfdt-dev")
 #: Python packages for the build venv (QEMU 10.2 needs meson >= 1.5; Debian 12 has 1.0).
 BUILD_PYPI = ("meson==1.12.1", "pycotap==1.3.1")
 #: The firmware dirs a built binary is run with (``-L``, first wins): the host's BIOS and ROMs.
