@@ -286,6 +286,23 @@ def _probe_key(path: Path) -> str:
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def kvm_probe_key(qemu: QemuBinary | None, uname: os.uname_result | None = None) -> str:
+    """What the one-time "does KVM boot a guest here" answer depends on: the host kernel and the QEMU.
+
+    ``"<release> <version> | <qemu path>:<size>:<mtime_ns> <qemu version>"``; ``qemu`` None is
+    ``qemu-system-x86_64`` on PATH (``?`` where it cannot be read).  A new host kernel, another
+    QEMU, or the same path rebuilt or upgraded gives another key, so the probe runs again.
+    """
+    u = uname or os.uname()
+    path = qemu.path if qemu is not None else Path(shutil.which(BINARY) or BINARY)
+    try:
+        binary = _probe_key(path)
+    except OSError:
+        binary = f"{path}:?"
+    version = qemu.version if qemu is not None else "?"
+    return f"{u.release} {u.version} | {binary} {version}"
+
+
 def describe(path: Path, origin: str, cache: Path, data_dirs: Sequence[Path] = ()) -> QemuBinary:
     """Version and measured flushes of ``path`` (the measure cached per binary in ``probes.json``)."""
     qdir = cache / "qemu"
