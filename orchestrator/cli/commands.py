@@ -105,38 +105,17 @@ def _resolved_offline(request: Any, cache: Path) -> Any:
 
 def _remove_kernels(names: list[str], cat: Any, cache: Path) -> int:
     """``pokelab kernels --remove``: built kernels (``custom-*``, or ``built`` for all) and fetched ones."""
-    import functools
+    from ..kernels import removal
 
-    from ..kernels.images import remove_kernel, tree_size
-    from ..kernels.kbuild import registered, unregister
-
-    built = registered(cache)
-    plan: list[tuple[str, Callable[[], int]]] = []
-    for name in dict.fromkeys(names):
-        if name == "built":
-            ids = sorted(built)
-        elif name.startswith("custom-"):
-            if name not in built:
-                raise UsageError(f"no kernel '{name}' was built here (see: pokelab kernels)")
-            ids = [name]
-        else:
-            spec = _resolved_offline(cat.lookup(name), cache)
-            if spec is None:
-                raise UsageError(f"kernel '{name}' was never fetched here (see: pokelab kernels)")
-            plan.append((spec.release, functools.partial(remove_kernel, spec, cache)))
-            continue
-        for kid in ids:
-            def drop(kid: str = kid) -> int:
-                size = tree_size(cache / "kernels" / kid)
-                unregister([kid], cache)
-                return size
-            plan.append((kid, drop))
+    plan = removal.plan(names, cat, cache)
     total = 0
-    for what, remove in plan:
-        freed = remove()
+    for one in plan.removals:
+        freed = removal.carry_out(one, cache)
         total += freed
-        print(f"removed {what} ({freed / 1e6:.0f} MB)")
+        print(f"removed {one.name} ({freed / 1e6:.0f} MB)")
     print(f"freed {total / 1e6:.0f} MB; a removed Debian kernel is fetched again when next used")
+    for kept in plan.kept:
+        print(f"left {kept.size / 1e6:.0f} MB: {kept.what}")
     return 0
 
 

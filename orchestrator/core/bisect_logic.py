@@ -21,7 +21,6 @@ are taken as certain.
 from __future__ import annotations
 
 import enum
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,15 +157,6 @@ def culprit_confidence(verdicts: Sequence[Verdict]) -> float | None:
     bad = [v.tally for v in verdicts if v.decision is Decision.BAD]
     good = [v.tally.clean for v in verdicts if v.decision is Decision.GOOD]
     return confidence(failure_rate(bad), good)
-
-
-def runs_for_confidence(p: float, target: float) -> int:
-    """Clean runs one good verdict needs so that it is wrong with probability <= 1 - target."""
-    if not 0.0 < p <= 1.0 or not 0.0 < target < 1.0:
-        raise ValueError("need 0 < p <= 1 and 0 < target < 1")
-    if p == 1.0:
-        return 1
-    return max(1, math.ceil(math.log(1.0 - target) / math.log(1.0 - p)))
 
 
 @dataclass

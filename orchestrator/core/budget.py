@@ -42,8 +42,6 @@ class TrapBudget:
 #: every run: no filtered switch measured here (1-25 traps per batch) is ever cut, so it acts
 #: only under heavy patching, where it keeps the probe's stops (and QEMU 7.2's flushes) bounded
 DEFAULT = TrapBudget()
-#: judge every trap, whatever it costs the guest
-UNLIMITED = TrapBudget(first=None, rate=None, burst=None)
 
 
 def let_through(stats: dict[str, Any] | None) -> str | None:

@@ -93,11 +93,6 @@ class Layout:
     stext: int
     regs: RegsLayout
 
-    @property
-    def text_size(self) -> int:
-        """``sizeof(((struct text_poke_loc *)0)->text)`` (POKE_MAX_OPCODE_SIZE, 5)."""
-        return self.fields["text"][1]
-
 
 @dataclass(frozen=True)
 class PtRegs:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import shutil
 import signal
@@ -36,6 +37,13 @@ def _pdeathsig_hook() -> Callable[[], None]:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     return hook
+
+
+def _deadline(timeout: float, what: str) -> float:
+    """``timeout`` if it is a real deadline (finite, >= 0 s); ValueError otherwise (a caller's bug)."""
+    if not (isinstance(timeout, int | float) and 0 <= timeout < math.inf):
+        raise ValueError(f"{what}: a deadline must be a finite number of seconds >= 0, not {timeout!r}")
+    return float(timeout)
 
 
 def which(tool: str, package: str) -> str:
@@ -87,8 +95,9 @@ class Child:
         return self.proc.poll()
 
     def wait(self, timeout: float) -> int | None:
+        """The exit status, or None if the child still runs after ``timeout`` s (finite, >= 0)."""
         try:
-            return self.proc.wait(timeout=timeout)
+            return self.proc.wait(timeout=_deadline(timeout, f"waiting for {self.name}"))
         except subprocess.TimeoutExpired:
             return None
 
@@ -124,8 +133,10 @@ def run(argv: Sequence[str], *, timeout: float, what: str, cwd: Path | None = No
         stdin_data: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     """Run a short host command to completion with a deadline; InfraError with its stderr tail on failure.
 
+    ``timeout``: seconds, finite and >= 0 (ValueError otherwise: there is no unbounded run).
     ``check=False`` hands back a non-zero exit status instead (the deadline still raises).
     """
+    timeout = _deadline(timeout, what)
     child = Child(argv, name=what, cwd=cwd,
                   stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -58,7 +58,6 @@ class BisectResult:
     candidates: list[str]  # with culprit None: the commits it could be
     confidence: float | None
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # every judged revision, endpoints included
-    git_output: str = ""
     steps_run: int = 0  # revisions actually run (not replayed)
 
 
@@ -195,12 +194,12 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
             m = _FIRST_BAD.search(out)
             if m:
                 culprit = m.group(1)
-                return BisectResult(culprit, [culprit], judge_one.confidence, judge_one.verdicts, out,
-                                    judge_one.steps_run)
+                return BisectResult(culprit, [culprit], judge_one.confidence, judge_one.verdicts,
+                                    steps_run=judge_one.steps_run)
             if _ONLY_SKIPPED in out:
                 cands = re.findall(r"^([0-9a-f]{40})$", out, re.M)
-                return BisectResult(None, cands, judge_one.confidence, judge_one.verdicts, out,
-                                    judge_one.steps_run)
+                return BisectResult(None, cands, judge_one.confidence, judge_one.verdicts,
+                                    steps_run=judge_one.steps_run)
             _, head = _git(wt, "rev-parse", "HEAD")
             sha = head.strip()
             v = judge(sha, wt)

@@ -498,11 +498,6 @@ def plot_geometry(timeline: list[dict[str, Any]], width: int = 420,
             "top": top, "pw": pw, "ph": ph, "ymax": ymax, "t0": t0, "t1": t1, "lines": lines}
 
 
-def svg_plot(timeline: list[dict[str, Any]], width: int = 420, height: int = 130) -> str:
-    """Inline SVG: cumulative traps over time (s), one step line per site, with a legend."""
-    return str(templates.macro(CHARTS, "timeline_plot")(plot_geometry(timeline, width, height)))
-
-
 #: one color per text_poke user (census.USERS), for the users chart
 _USER_COLORS = dict(zip(USERS, ("#0969da", "#8250df", "#1a7f37", "#bf8700", "#cf222e", "#57606a", "#afb8c1"),
                         strict=True))

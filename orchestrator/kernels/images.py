@@ -209,7 +209,7 @@ def artifacts_from_paths(
     )
 
 
-#: kernels built by ``pokelab build-kernel`` (orchestrator/kbuild.py): {id: {"dir": ...}}
+#: kernels built by ``pokelab build-kernel`` (orchestrator/kernels/kbuild.py): {id: {"dir": ...}}
 CUSTOM_REGISTRY = "custom.json"
 
 

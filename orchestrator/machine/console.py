@@ -105,10 +105,6 @@ class Console:
     def send(self, text: str) -> None:
         self._child.send(text)
 
-    @property
-    def eof(self) -> bool:
-        return self._eof
-
     def close(self) -> None:
         if self._stop.is_set():
             return

@@ -29,7 +29,8 @@ slirp, plugins; no docs, tools, GUI, audio or USB), built with ``ninja qemu-syst
 (written last: its presence marks a complete build).  The build tree is deleted
 afterwards.  The built binary uses the host's firmware: ``-L /usr/share/seabios
 -L /usr/share/qemu`` (packages ``seabios`` and ``qemu-system-data``).  Host
-packages it needs: :data:`BUILD_PACKAGES` (``make qemu`` installs them); meson
+packages it needs: the Makefile's ``QEMU_BUILD_PACKAGES`` (``make qemu`` installs them;
+:func:`_missing_build_tools` names the missing ones); meson
 >= 1.5 and pycotap come from PyPI into a venv in the build tree.
 """
 
@@ -64,9 +65,6 @@ FAST_SINCE = (10, 2)
 DEBIAN_VERSION = "1:10.2.2+ds-1"
 #: Upstream version of :data:`DEBIAN_VERSION`: the cache directory's name.
 BUILD_VERSION = "10.2.2"
-#: Host packages the build needs (on top of gcc, make, python3-venv, pkg-config).
-BUILD_PACKAGES = ("ninja-build", "pkg-config", "device-tree-compiler", "libglib2.0-dev",
-                  "libpixman-1-dev", "libslirp-dev", "libfdt-dev")
 #: Python packages for the build venv (QEMU 10.2 needs meson >= 1.5; Debian 12 has 1.0).
 BUILD_PYPI = ("meson==1.12.1", "pycotap==1.3.1")
 #: The firmware dirs a built binary is run with (``-L``, first wins): the host's BIOS and ROMs.
@@ -286,6 +284,23 @@ def measure_flushes(path: Path, data_dirs: Sequence[Path], workdir: Path, steps:
 def _probe_key(path: Path) -> str:
     st = path.stat()
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def kvm_probe_key(qemu: QemuBinary | None, uname: os.uname_result | None = None) -> str:
+    """What the one-time "does KVM boot a guest here" answer depends on: the host kernel and the QEMU.
+
+    ``"<release> <version> | <qemu path>:<size>:<mtime_ns> <qemu version>"``; ``qemu`` None is
+    ``qemu-system-x86_64`` on PATH (``?`` where it cannot be read).  A new host kernel, another
+    QEMU, or the same path rebuilt or upgraded gives another key, so the probe runs again.
+    """
+    u = uname or os.uname()
+    path = qemu.path if qemu is not None else Path(shutil.which(BINARY) or BINARY)
+    try:
+        binary = _probe_key(path)
+    except OSError:
+        binary = f"{path}:?"
+    version = qemu.version if qemu is not None else "?"
+    return f"{u.release} {u.version} | {binary} {version}"
 
 
 def describe(path: Path, origin: str, cache: Path, data_dirs: Sequence[Path] = ()) -> QemuBinary:

@@ -26,7 +26,6 @@ class Qmp:
     def __init__(self, path: Path, transcript: Path, timeout: float,
                  abort: Callable[[], bool] | None = None) -> None:
         """Connect within ``timeout`` s; give up at once when ``abort()`` is true (QEMU died)."""
-        self._timeout = timeout
         self._log = open(transcript, "a", encoding="utf-8")
         self.events_seen: list[dict[str, Any]] = []
         self._mon = QEMUMonitorProtocol(str(path))

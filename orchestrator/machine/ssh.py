@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
@@ -52,47 +54,13 @@ class Ssh:
         raise BootError(f"no SSH answer on 127.0.0.1:{self.port} within {timeout:.0f} s ({last})")
 
     def run(self, command: str, timeout: float, stdin: bytes | None = None) -> Result:
-        """Run ``command`` in the guest; InfraError if it does not end within ``timeout`` s."""
+        """Run ``command`` in the guest; InfraError if it does not end within ``timeout`` s in all
+        (opening the channel, sending ``stdin`` and reading the output share that one deadline)."""
         assert self._client is not None
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise InfraError("SSH connection to the guest is gone")
-        try:
-            chan = transport.open_session(timeout=timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            # e.g. "Timeout opening channel." from a guest too busy (or stuck) to answer
-            raise InfraError(f"cannot open an SSH channel to the guest ({exc}): {command}") from None
-        chan.settimeout(timeout)
-        out, err = bytearray(), bytearray()
-        end = time.monotonic() + timeout
-        try:
-            chan.exec_command(command)
-            if stdin is not None:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            while True:
-                if chan.recv_ready():
-                    out += chan.recv(65536)
-                elif chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                elif chan.exit_status_ready():
-                    while chan.recv_ready():
-                        out += chan.recv(65536)
-                    while chan.recv_stderr_ready():
-                        err += chan.recv_stderr(65536)
-                    break
-                elif time.monotonic() > end:
-                    raise InfraError(f"guest command timed out after {timeout:.0f} s: {command}")
-                else:
-                    time.sleep(0.005)
-            status = chan.recv_exit_status()
-        except TimeoutError:
-            raise InfraError(f"guest command timed out after {timeout:.0f} s: {command}") from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise InfraError(f"SSH to the guest failed ({exc}): {command}") from None
-        finally:
-            chan.close()
-        return Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
+        return run_on(transport, command, timeout, stdin)
 
     def put(self, data: bytes, guest_path: str, mode: int = 0o644, timeout: float = 60.0) -> None:
         """Copy bytes to ``guest_path`` over the channel (the guest has no sftp)."""
@@ -108,3 +76,62 @@ class Ssh:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+#: bytes of ``stdin`` sent per call, each under what is left of the deadline
+_CHUNK = 65536
+
+
+def run_on(transport: Any, command: str, timeout: float, stdin: bytes | None = None,
+           clock: Callable[[], float] = time.monotonic,
+           sleep: Callable[[float], None] = time.sleep) -> Result:
+    """Run ``command`` over a paramiko ``Transport``: one deadline of ``timeout`` s for the whole call.
+
+    Each blocking step (open the channel, exec, each chunk of ``stdin``) waits at most what is
+    left; the output is read until the exit status arrives or the deadline passes.  InfraError
+    on the deadline or a broken connection.  ``clock``/``sleep``: for tests.
+    """
+    end = clock() + timeout
+
+    def left() -> float:
+        rest = end - clock()
+        if rest <= 0:
+            raise InfraError(f"guest command timed out after {timeout:.0f} s: {command}")
+        return rest
+
+    try:
+        chan = transport.open_session(timeout=left())
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        # e.g. "Timeout opening channel." from a guest too busy (or stuck) to answer
+        raise InfraError(f"cannot open an SSH channel to the guest ({exc}): {command}") from None
+    out, err = bytearray(), bytearray()
+    try:
+        chan.settimeout(left())
+        chan.exec_command(command)
+        rest = memoryview(stdin or b"")
+        while rest:
+            chan.settimeout(left())
+            rest = rest[chan.send(bytes(rest[:_CHUNK])):]
+        chan.shutdown_write()
+        while True:
+            if chan.recv_ready():
+                out += chan.recv(_CHUNK)
+            elif chan.recv_stderr_ready():
+                err += chan.recv_stderr(_CHUNK)
+            elif chan.exit_status_ready():
+                while chan.recv_ready():
+                    out += chan.recv(_CHUNK)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(_CHUNK)
+                break
+            else:
+                left()
+                sleep(0.005)
+        status = chan.recv_exit_status()
+    except TimeoutError:
+        raise InfraError(f"guest command timed out after {timeout:.0f} s: {command}") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise InfraError(f"SSH to the guest failed ({exc}): {command}") from None
+    finally:
+        chan.close()
+    return Result(status, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -22,7 +22,6 @@ from orchestrator.core.bisect_logic import (
     culprit_confidence,
     decide,
     failure_rate,
-    runs_for_confidence,
 )
 
 P = Policy(min_failures=2, min_clean=3)
@@ -110,11 +109,8 @@ def test_flaky_single_failure_is_skip_not_good() -> None:
     assert decide([PASS] * 9 + [FAIL], P).decision is Decision.SKIP
 
 
-def test_runs_for_confidence() -> None:
-    n = runs_for_confidence(0.25, 0.95)
-    assert (1 - 0.25) ** n <= 0.05 < (1 - 0.25) ** (n - 1)
-    assert runs_for_confidence(1.0, 0.99) == 1
-    assert math.isclose(confidence(0.25, [n]) or 0, 1 - 0.75**n)
+def test_confidence_of_clean_runs() -> None:
+    assert math.isclose(confidence(0.25, [11]) or 0, 1 - 0.75**11)
 
 
 def test_tally_counts() -> None:

@@ -180,3 +180,28 @@ def test_a_failed_build_goes_on_only_from_the_same_configuration(tmp_path: Path)
     for key, other in (("debian_version", "1:10.2.1+ds-1"), ("configure", ["--target-list=all"])):
         (work / "configured.json").write_text(json.dumps({**stamp, key: other}))
         assert qemu_build._configured_tree(work, said.append) is None
+
+
+def test_kvm_probe_key_follows_the_host_kernel_and_the_qemu(tmp_path: Path) -> None:
+    """The cached "KVM boots a guest here" answer is redone for another kernel or QEMU binary."""
+    from orchestrator.machine.qemu_build import QemuBinary, kvm_probe_key
+
+    def uname(release: str) -> os.uname_result:
+        return os.uname_result(("Linux", "h", release, "#1 SMP", "x86_64"))
+
+    a, b = tmp_path / "a" / "qemu-system-x86_64", tmp_path / "b" / "qemu-system-x86_64"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(b"\x7fELF")
+    qa = QemuBinary(path=a, version="10.2.2", data_dirs=(), tb_flushes_per_stop=0.0, origin="built")
+    key = kvm_probe_key(qa, uname("6.18.1"))
+    assert key == kvm_probe_key(qa, uname("6.18.1"))  # stable
+    assert key.startswith("6.18.1 #1 SMP | ") and key.endswith(" 10.2.2") and str(a) in key
+    assert key != kvm_probe_key(qa, uname("6.19.0"))  # another host kernel
+    qb = QemuBinary(path=b, version="10.2.2", data_dirs=(), tb_flushes_per_stop=0.0, origin="given")
+    assert key != kvm_probe_key(qb, uname("6.18.1"))  # another binary
+    a.write_bytes(b"\x7fELF rebuilt")  # the same path, rebuilt
+    assert key != kvm_probe_key(qa, uname("6.18.1"))
+    gone = QemuBinary(path=tmp_path / "gone", version="7.2.22", data_dirs=(), tb_flushes_per_stop=None,
+                      origin="host")
+    assert kvm_probe_key(gone, uname("6.18.1")).endswith(f"{tmp_path / 'gone'}:? 7.2.22")

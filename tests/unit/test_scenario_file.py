@@ -1,4 +1,4 @@
-"""Scenario files (orchestrator/scenario_file.py): the examples load, the built-in declarations
+"""Scenario files (orchestrator/run/scenario_file.py): the examples load, the built-in declarations
 round-trip, every bad file is one line naming the key (exit 2 from the CLI), and random
 mutations of valid files never raise anything but that one-line error."""
 

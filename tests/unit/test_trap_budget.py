@@ -1,4 +1,4 @@
-"""The recorder's per-batch trap budget (orchestrator/data/pokelab_budget.py, run inside GDB).
+"""The recorder's per-batch trap budget (orchestrator/gdb/data/pokelab_budget.py, run inside GDB).
 
 Replayed on the recorder events of a real unfiltered function-tracer switch that ran with no
 budget (tests/data/budget/): which traps the budget would have taken, and what it reports.
@@ -128,7 +128,7 @@ def test_bad_figures() -> None:
         TrapBudget(4, rate=0)
     with pytest.raises(ValueError):
         budget.TrapBudget(first=0)
-    assert budget.UNLIMITED.args() is None
+    assert budget.TrapBudget(first=None, rate=None, burst=None).args() is None  # every trap judged
     assert budget.DEFAULT.args() == {"first": 64, "rate": 50.0, "burst": 256, "batches_per_burst": None}
 
 

@@ -36,7 +36,7 @@ exactly is how many batches were cut or skipped, and how many traps were
 judged.  ``rate=None`` turns the rate limit off; ``first=None`` turns the
 budget off (every trap judged, the probe's behaviour before budgets).
 
-The host chooses the figures (``orchestrator/budget.py``).
+The host chooses the figures (``orchestrator/core/budget.py``).
 """
 
 

@@ -16,7 +16,7 @@ to the host:
 line.  A per-batch trap budget (``pokelab_budget.TrapBudget``) disarms the
 entry breakpoint once a batch has had its share of traps and re-arms it at the
 next batch (``_budget_batch`` / ``_budget_trap`` / ``_budget_exit`` /
-``_budget_burst_end``).  The host (orchestrator/probe.py) decodes and judges
+``_budget_burst_end``).  The host (orchestrator/gdb/probe.py) decodes and judges
 the raw bytes; this file only records.  Stops are keyed by GDB thread (one per vCPU), so a stop on
 another vCPU between entry and return is recorded in its own right.
 """
@@ -800,18 +800,6 @@ def pokelab_stats():
                                                         "eligible", "batches", "stops", "pokes")}
           | {"pending": len(st.get("pending", {})),
              "budget": st["budget"].stats() if st.get("budget") else None})
-
-
-def pokelab_disable():
-    for bp in _STATE.get("bps", []):
-        bp.enabled = False
-    _poke_arm()
-
-
-def pokelab_enable():
-    for bp in _STATE.get("bps", []):
-        bp.enabled = True
-    _poke_arm()
 
 
 def pokelab_batches(on):
