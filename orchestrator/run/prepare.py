@@ -65,7 +65,7 @@ def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, k
         raise UsageError(f"unknown accelerator '{requested}' (auto, tcg or kvm)")
     if not qemu.kvm_device_usable():
         return "tcg"
-    host = f"{os.uname().release} {os.uname().version}"
+    host = qemu_build.kvm_probe_key(qemu_bin)
     stamp = cache / "kvm-probe.json"
     try:
         known = json.loads(stamp.read_text())
