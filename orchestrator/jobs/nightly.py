@@ -36,7 +36,7 @@ from typing import Any
 from ..core import crash
 from ..core.census import USERS, add_counts, order_users
 from ..core.verdict import EXIT_CODES, FAILING
-from ..gdb.probe import read_trap_log
+from ..gdb.ledger import read_trap_log
 from . import templates
 
 FORMAT = "pokelab-nightly/1"
