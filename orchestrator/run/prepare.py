@@ -15,8 +15,8 @@ from ..host.cache import cache_dir
 from ..kernels import images, rootfs
 from ..kernels.catalog import Catalog
 from ..kernels.debian import resolve_spec
-from ..machine import qemu, qemu_build
-from ..machine.qemu_build import QemuBinary
+from ..machine import qemu, qemu_binary
+from ..machine.qemu_binary import QemuBinary
 from ..machine.vm import Vm, VmSpec
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str =
     """Fetch/build what the guest needs (cached) and describe the VM to boot.
 
     ``kernel_files(kernel, cache)`` adds guest files that depend on the kernel (a module).
-    ``qemu_path`` (``--qemu``) overrides the QEMU choice of :func:`qemu_build.select`.
+    ``qemu_path`` (``--qemu``) overrides the QEMU choice of :func:`qemu_binary.select`.
     """
     cache = cache_dir()
     kernel = resolve_kernel(choice, cache)
@@ -122,7 +122,7 @@ def prepare(choice: KernelChoice, *, artifacts: Path, smp: int = 4, accel: str =
     if kernel_files is not None:
         extra.update(kernel_files(kernel, cache))
     initrd = rootfs.ensure_initramfs(kernel, cache, extra)
-    qemu_bin = qemu_build.select(qemu_path, cache)
+    qemu_bin = qemu_binary.select(qemu_path, cache)
     chosen = choose_accel(accel, kernel, initrd, key, cache, qemu_bin)
     spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key, artifacts=artifacts,
                   release=kernel.release, smp=smp, memory_mb=memory_mb, accel=chosen,
