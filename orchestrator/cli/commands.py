@@ -235,7 +235,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..jobs.bench import PARTS, run
-    from ..machine.qemu_build import check_given
+    from ..machine.qemu_binary import check_given
 
     qemu = check_given(args.qemu) if args.qemu else None
     compare = check_given(args.qemu_compare) if args.qemu_compare else None

@@ -37,7 +37,7 @@ phase (boots alternate one by one), so the machine's noise hits both:
   (``probe_stops``: handler entries, returns, batches; each hit is GDB's stop plus its
   step-over).  Target 0: QEMU >= 10.2 does not flush at a debug stop (2 with 7.2).
   ``qemu_tb_flushes_per_stop`` is the same measured on single-steps when the binary
-  was chosen (:mod:`orchestrator.machine.qemu_build`).
+  was chosen (:mod:`orchestrator.machine.qemu_binary`).
 * ``traps_per_min``: judged traps per wall minute of the probe's toggle phase.
   Information only: a slower probe keeps more vCPUs in each int3 window, so it
   rises when the probe gets slower.
@@ -195,13 +195,13 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
             progress: Callable[[str], None], qemu: Path | None = None,
             qemu_compare: Path | None = None) -> dict[str, Any]:
     from ..host.cache import cache_dir
-    from ..machine import qemu_build
+    from ..machine import qemu_binary
 
     extra = {loadgen.GUEST_PATH: loadgen.ensure_loadgen(cache_dir())}
     spec, kernel = prepare_vm(KernelChoice(), VmOptions(qemu=qemu), artifacts=art / "boot", extra_files=extra)
     specs = [spec]
     if qemu_compare is not None:
-        other = qemu_build.select(qemu_compare, cache_dir())
+        other = qemu_binary.select(qemu_compare, cache_dir())
         specs.append(replace(spec, qemu=other, artifacts=art / "compare" / "boot"))
     dirs = [art, art / "compare"]
     cols: list[dict[str, Any]] = [dict(s.qemu_record) for s in specs]

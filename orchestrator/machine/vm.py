@@ -26,9 +26,9 @@ from ..core import crash, watchdogs
 from ..core.errors import BootError, InfraError, KernelCrash, UsageError
 from ..host import procs
 from ..host.timeouts import KVM, TCG, Timeouts
-from . import qemu, qemu_build
+from . import qemu, qemu_binary
 from .console import Console
-from .qemu_build import QemuBinary
+from .qemu_binary import QemuBinary
 from .qmp import Qmp
 from .ssh import Result, Ssh
 
@@ -56,7 +56,7 @@ class VmSpec:
     ssh_port: int | None = None
     append: tuple[str, ...] = ()
     extra_qemu: tuple[str, ...] = field(default=())
-    #: the QEMU binary, its ``-L`` dirs and version (``host.qemu_build.select`` chooses it;
+    #: the QEMU binary, its ``-L`` dirs and version (``qemu_binary.select`` chooses it;
     #: None: ``qemu-system-x86_64`` on PATH, version unknown)
     qemu: QemuBinary | None = None
 
@@ -125,7 +125,7 @@ class Vm:
             found = Path(procs.which(qemu.QEMU, "qemu-system-x86"))
             self.spec = replace(self.spec, qemu=QemuBinary(found, "", "host"))
         elif self.spec.qemu.version and self.spec.qemu.flushes:
-            qemu_build.warn_once(self.spec.qemu)
+            qemu_binary.warn_once(self.spec.qemu)
         for path, what in ((self.spec.bzimage, "kernel image"), (self.spec.initrd, "initramfs")):
             if not path.is_file():
                 raise InfraError(f"{what} {path} does not exist")
@@ -239,7 +239,7 @@ class Vm:
         if self.spec.accel != "tcg":
             return None
         assert self.qmp is not None
-        return qemu_build.parse_tb_flush_count(qemu_build.info_jit(self.qmp))
+        return qemu_binary.parse_tb_flush_count(qemu_binary.info_jit(self.qmp))
 
     @property
     def gdb_address(self) -> str:

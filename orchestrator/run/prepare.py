@@ -20,8 +20,8 @@ from ..host.cache import cache_dir
 from ..kernels import images, loadgen, rootfs
 from ..kernels.catalog import Catalog
 from ..kernels.debian import resolve_spec
-from ..machine import qemu, qemu_build
-from ..machine.qemu_build import QemuBinary
+from ..machine import qemu, qemu_binary
+from ..machine.qemu_binary import QemuBinary
 from ..machine.vm import Vm, VmSpec
 from .request import KernelChoice, RunRequest, VmOptions
 from .scenario import guest_files
@@ -65,7 +65,7 @@ def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, k
         raise UsageError(f"unknown accelerator '{requested}' (auto, tcg or kvm)")
     if not qemu.kvm_device_usable():
         return "tcg"
-    host = qemu_build.kvm_probe_key(qemu_bin)
+    host = qemu_binary.kvm_probe_key(qemu_bin)
     stamp = cache / "kvm-probe.json"
     try:
         known = json.loads(stamp.read_text())
@@ -111,7 +111,7 @@ def prepare_vm(choice: KernelChoice, vm: VmOptions, *, artifacts: Path,
     """
     choice.check()
     check_ports(vm)
-    qemu_path = qemu_build.check_given(vm.qemu) if vm.qemu is not None else None
+    qemu_path = qemu_binary.check_given(vm.qemu) if vm.qemu is not None else None
     cache = cache_dir()
     kernel = resolve_kernel(choice, cache)
     key = rootfs.ensure_ssh_key(cache)
@@ -119,7 +119,7 @@ def prepare_vm(choice: KernelChoice, vm: VmOptions, *, artifacts: Path,
     if kernel_files is not None:
         extra.update(kernel_files(kernel, cache))
     initrd = rootfs.ensure_initramfs(kernel, cache, extra)
-    qemu_bin = qemu_build.select(qemu_path, cache)
+    qemu_bin = qemu_binary.select(qemu_path, cache)
     chosen = choose_accel(vm.accel, kernel, initrd, key, cache, qemu_bin)
     spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key, artifacts=artifacts,
                   release=kernel.release, smp=vm.smp, memory_mb=vm.memory_mb, accel=chosen,
@@ -155,7 +155,7 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
 
     The kernel is the cached one (or where it would be put); the initramfs, whose name hashes
     files made on first use, is shown as a pattern; ``--accel auto`` is what the last KVM probe
-    said (TCG if none ran); the QEMU is the one :func:`qemu_build.select` would take, not measured.
+    said (TCG if none ran); the QEMU is the one :func:`qemu_binary.select` would take, not measured.
     Raises UsageError for bad input, as a real run would.
     """
     choice.check()
@@ -173,9 +173,9 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
         rel = spec.release
         bzimage, release = cache / "kernels" / rel / "boot" / f"vmlinuz-{rel}", rel
     if vm.qemu is not None:
-        qpath = qemu_build.check_given(vm.qemu)
+        qpath = qemu_binary.check_given(vm.qemu)
     else:
-        qpath = qemu_build.built_path(cache) or Path(qemu.QEMU)
+        qpath = qemu_binary.built_path(cache) or Path(qemu.QEMU)
     accel = vm.accel
     if accel == "auto":
         try:

@@ -30,7 +30,8 @@ from ..core.errors import (
 )
 from ..core.verdict import Verdict, decide, interrupted_outcome, probe_blame, verdict_for
 from ..gdb.census_tables import load_tables
-from ..gdb.probe import Probe, read_trap_log
+from ..gdb.ledger import read_trap_log
+from ..gdb.probe import Probe
 from ..gdb.symbols import KernelSymbolizer, load_symbols
 from ..host.cache import cache_dir
 from ..kernels import loadgen

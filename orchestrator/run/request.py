@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
-from ..machine.qemu_build import check_given
+from ..machine.qemu_binary import check_given
 from .scenario import Scenario
 
 ACCELS = ("auto", "tcg", "kvm")
@@ -57,7 +57,7 @@ class VmOptions:
     """How the guest is run: vCPUs, RAM (MiB), accelerator, TCG threading, QEMU machine and binary.
 
     ``gdb_port``/``ssh_port``: fixed loopback ports (None: free ones).  ``qemu``: ``--qemu``, an
-    executable file (None: :func:`orchestrator.machine.qemu_build.select` chooses).
+    executable file (None: :func:`orchestrator.machine.qemu_binary.select` chooses).
     """
 
     smp: int = 4

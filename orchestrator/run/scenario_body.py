@@ -16,7 +16,8 @@ from typing import Any
 
 from ..core.census import static_call_form, static_call_sites
 from ..core.errors import InfraError, signal_exception
-from ..gdb.probe import TextCheck, read_trap_log
+from ..gdb.ledger import read_trap_log
+from ..gdb.readback import TextCheck
 from ..kernels import loadgen
 from ..machine.vm import Vm
 from .probe_run import BodyResult, Run, breakpoint_stops

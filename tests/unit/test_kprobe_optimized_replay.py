@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from orchestrator.gdb.ledger import _int3_before
 from orchestrator.gdb.mi import console_lines, parse_transcript
-from orchestrator.gdb.probe import Probe, _int3_before
+from orchestrator.gdb.probe import Probe
 from orchestrator.gdb.symbols import KernelSymbolizer
 
 LOG = Path(__file__).resolve().parent.parent / "data" / "mi" / "kprobe-optimized-7.3-pass.mi.log"

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.core.verdict import EXIT_CODES
-from orchestrator.jobs import nightly
+from orchestrator.jobs import nightly, nightly_reports
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "nightly"
 RECORDED = DATA / "summary.json"
@@ -84,9 +84,9 @@ def test_exit_status_table(verdicts: list[str], code: int) -> None:
 
 
 def test_every_verdict_has_an_outcome_and_an_exit_code() -> None:
-    for v in nightly.OUTCOMES:
+    for v in nightly_reports.OUTCOMES:
         assert EXIT_CODES[nightly.exit_key({"verdict": v})] in (0, 1, 2)
-    assert {k for k in EXIT_CODES if k != "USAGE"} >= set(nightly.OUTCOMES) - {"MISSING"}
+    assert {k for k in EXIT_CODES if k != "USAGE"} >= set(nightly_reports.OUTCOMES) - {"MISSING"}
     assert nightly.exit_status({"results": []}) == 2
 
 
@@ -110,9 +110,9 @@ def test_new_failures_apart_from_old_and_fixed(summary: dict[str, Any]) -> None:
     nightly.annotate(now, prev)
     assert [r["change"] for r in now["results"]][:3] == ["new-failure", "still-failing", "fixed"]
     assert now["compared_with"] == summary["run_id"]
-    page = nightly.html_report(now)
+    page = nightly_reports.html_report(now, nightly.exit_status(now))
     assert page.count("NEW FAILURE") == 2  # the matrix cell and its section
-    junit = nightly.junit_xml(now)
+    junit = nightly_reports.junit_xml(now)
     assert "change: new-failure" in junit
 
 
@@ -148,7 +148,7 @@ def test_recorded_summary_is_a_real_pass(summary: dict[str, Any]) -> None:
 
 def test_junit(summary: dict[str, Any]) -> None:
     s = with_verdicts(summary, "PASS", "CRASH", "UNSUPPORTED", "INFRA")
-    root = ET.fromstring(nightly.junit_xml(s).split("\n", 1)[1])
+    root = ET.fromstring(nightly_reports.junit_xml(s).split("\n", 1)[1])
     cases = root.findall("./testsuite/testcase")
     assert len(cases) == 4
     assert (root.get("tests"), root.get("failures"), root.get("skipped"), root.get("errors")) == \
@@ -160,7 +160,7 @@ def test_junit(summary: dict[str, Any]) -> None:
 
 
 def test_html(summary: dict[str, Any]) -> None:
-    page = nightly.html_report(summary)
+    page = nightly_reports.html_report(summary, nightly.exit_status(summary))
     for r in summary["results"]:
         assert f'id="{r["kernel_id"]}--{r["scenario"]}"' in page
         for f in r["files"]:
@@ -173,13 +173,13 @@ def test_html(summary: dict[str, Any]) -> None:
 def test_html_escapes_and_shows_crash_titles(summary: dict[str, Any]) -> None:
     s = with_verdicts(summary, "CRASH")
     s["results"][0]["crashes"] = [{"type": "bug", "title": "BUG: <evil> & co"}]
-    page = nightly.html_report(s)
+    page = nightly_reports.html_report(s, nightly.exit_status(s))
     assert "BUG: &lt;evil&gt; &amp; co" in page and "<evil>" not in page
 
 
 def test_kcidb(summary: dict[str, Any]) -> None:
     s = with_verdicts(summary, "PASS", "CRASH", "UNSUPPORTED", "MISSING")
-    data = nightly.kcidb(s)
+    data = nightly_reports.kcidb(s)
     assert data["version"]["major"] == 4
     assert [t["status"] for t in data["tests"]] == ["PASS", "FAIL", "SKIP", "MISS"]
     objs = data["checkouts"] + data["builds"] + data["tests"]
@@ -190,7 +190,7 @@ def test_kcidb(summary: dict[str, Any]) -> None:
     assert all(b["checkout_id"] == data["checkouts"][0]["id"] for b in data["builds"])
     assert all(t["path"].startswith("pokelab.") and " " not in t["path"] for t in data["tests"])
     assert "output_files" not in data["tests"][0] and data["tests"][0]["misc"]["artifact_files"]
-    urls = nightly.kcidb(s, "https://ci.example.org/night/42/")["tests"][0]["output_files"]
+    urls = nightly_reports.kcidb(s, "https://ci.example.org/night/42/")["tests"][0]["output_files"]
     assert urls[0]["url"] == f"https://ci.example.org/night/42/{s['results'][0]['artifacts']}/console.log"
 
 
@@ -345,13 +345,13 @@ def test_users_chart_and_totals(summary: dict[str, Any]) -> None:
     s["results"][0]["users"] = {"jump_label": 14, "ftrace": 33}
     s["results"][0]["batch_users"] = {"static_call": 28, "ftrace": 21}
     s["results"][1]["users"] = {"static_call": 107, "bad": "x"}
-    assert nightly.users_total(s["results"]) == {"ftrace": 33, "static_call": 107, "jump_label": 14}
-    svg = nightly.users_chart(nightly.users_total(s["results"]))
+    assert nightly_reports.users_total(s["results"]) == {"ftrace": 33, "static_call": 107, "jump_label": 14}
+    svg = nightly_reports.users_chart(nightly_reports.users_total(s["results"]))
     assert svg.startswith("<svg") and svg.count("<rect") == 3 and ">107</text>" in svg
-    page = nightly.html_report(s)
+    page = nightly_reports.html_report(s, nightly.exit_status(s))
     assert "Traps by text_poke user" in page and "ftrace: 33, jump_label: 14" in page
     assert "batches ftrace: 21, static_call: 28" in page
-    assert "no census" in nightly.users_chart({})
+    assert "no census" in nightly_reports.users_chart({})
 
 
 def test_result_record_keeps_the_census(tmp_path: Path) -> None:
@@ -368,7 +368,7 @@ def test_html_template_escapes_every_field(summary: dict[str, Any]) -> None:
     r["reasons"] = ["<script>alert(1)</script>"]
     r["users"] = {"<u>": 1}
     s["run_id"] = "<i>run</i>"
-    page = nightly.html_report(s)
+    page = nightly_reports.html_report(s, nightly.exit_status(s))
     assert "<script" not in page and "<b>id" not in page and "<i>run" not in page and "<u>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "known issue &lt;b&gt;id&lt;/b&gt;" in page
     assert 'title="say &#34;&lt;x&gt;&#34;"' in page and 'href="https://e.org/?a=1&amp;b=&#34;2&#34;"' in page

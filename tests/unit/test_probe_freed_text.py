@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.gdb.ledger import SiteState
 from orchestrator.gdb.mi import MiError, MiSession
-from orchestrator.gdb.probe import Probe, SiteState, TextRegion, freed_reason
+from orchestrator.gdb.probe import Probe
+from orchestrator.gdb.readback import TextRegion, freed_reason
 from orchestrator.gdb.symbols import KernelSymbolizer
 
 FAKE = Path(__file__).resolve().parent / "fakegdb.py"
@@ -169,7 +171,7 @@ def test_freed_text_is_not_a_mismatch_and_is_said() -> None:
 
 
 def test_module_sites_are_named_by_the_module() -> None:
-    from orchestrator.gdb.probe import region_name
+    from orchestrator.gdb.readback import region_name
 
     mod = TextRegion("module", "pokelab_ops", 0x1000, 0x2000)
     assert region_name("?", 0x1050, mod) == "pokelab_ops.text+0x50"

@@ -14,18 +14,16 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.errors import InfraError, UsageError
-from orchestrator.machine import qemu_build
-from orchestrator.machine.qemu_build import (
+from orchestrator.machine import qemu_binary, qemu_build
+from orchestrator.machine.qemu_binary import (
     QemuBinary,
     check_given,
     choose,
-    disable_edk2_unpacking,
-    needs_build,
-    parse_ninja_progress,
     parse_tb_flush_count,
     parse_version,
     version_tuple,
 )
+from orchestrator.machine.qemu_build import disable_edk2_unpacking, needs_build, parse_ninja_progress
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "qemu"
 
@@ -132,9 +130,9 @@ def test_needs_build() -> None:
 
 
 def test_cost_warning_says_what_and_what_to_do() -> None:
-    text = qemu_build.cost_warning(OLD)
+    text = qemu_binary.cost_warning(OLD)
     assert "7.2.22" in text and "/usr/bin/q" in text and "TB flushes per stop 1" in text
-    assert "pokelab qemu" in text and qemu_build.BUILD_VERSION in text
+    assert "pokelab qemu" in text and qemu_binary.BUILD_VERSION in text
     assert "\n" not in text
 
 
@@ -157,12 +155,12 @@ def test_check_given(tmp_path: Path) -> None:
 
 
 def test_built_path_needs_its_stamp(tmp_path: Path) -> None:
-    d = qemu_build.install_dir(tmp_path)
+    d = qemu_binary.install_dir(tmp_path)
     d.mkdir(parents=True)
-    (d / qemu_build.BINARY).write_text("")
-    assert qemu_build.built_path(tmp_path) is None  # a build cut short: no build.json
+    (d / qemu_binary.BINARY).write_text("")
+    assert qemu_binary.built_path(tmp_path) is None  # a build cut short: no build.json
     (d / "build.json").write_text("{}")
-    assert qemu_build.built_path(tmp_path) == d / qemu_build.BINARY
+    assert qemu_binary.built_path(tmp_path) == d / qemu_binary.BINARY
 
 
 def test_a_failed_build_goes_on_only_from_the_same_configuration(tmp_path: Path) -> None:
@@ -184,7 +182,7 @@ def test_a_failed_build_goes_on_only_from_the_same_configuration(tmp_path: Path)
 
 def test_kvm_probe_key_follows_the_host_kernel_and_the_qemu(tmp_path: Path) -> None:
     """The cached "KVM boots a guest here" answer is redone for another kernel or QEMU binary."""
-    from orchestrator.machine.qemu_build import QemuBinary, kvm_probe_key
+    from orchestrator.machine.qemu_binary import QemuBinary, kvm_probe_key
 
     def uname(release: str) -> os.uname_result:
         return os.uname_result(("Linux", "h", release, "#1 SMP", "x86_64"))

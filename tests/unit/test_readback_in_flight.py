@@ -25,8 +25,10 @@ from typing import Any
 from test_probe_freed_text import OPS_EMPTY, STEXT, probe_on
 
 from orchestrator.core.judge import check_in_flight, check_poke_in_flight
+from orchestrator.gdb.ledger import SiteState, layout_from_setup
 from orchestrator.gdb.mi import console_lines, parse_transcript
-from orchestrator.gdb.probe import Probe, SiteState, in_flight_from_report, layout_from_setup
+from orchestrator.gdb.probe import Probe
+from orchestrator.gdb.readback import in_flight_from_report
 
 CAPTURE = Path(__file__).resolve().parent.parent / "data" / "mi" / "probe-6.1-pass.mi.log"
 SCT = 0xFFFFFFFF810B0F40  # a core-text site (the static call trampoline of the issue)

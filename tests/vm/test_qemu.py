@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.host.cache import cache_dir
-from orchestrator.machine import qemu_build
+from orchestrator.machine import qemu_binary
 
 pytestmark = pytest.mark.vm
 
@@ -23,7 +23,7 @@ POKELAB = [sys.executable, "-m", "orchestrator.cli"]
 
 def test_chosen_qemu_does_not_flush_at_a_stop(tmp_path: Path) -> None:
     """A real probe run on the chosen QEMU: QEMU's own TB flush count stays put while it traps."""
-    chosen = qemu_build.select(None, cache_dir())
+    chosen = qemu_binary.select(None, cache_dir())
     assert not chosen.flushes, (
         f"VM commands would run on {chosen.path} (QEMU {chosen.version}), which flushes at every "
         "debug stop: run `pokelab qemu` (make qemu)")
@@ -49,11 +49,11 @@ def test_host_qemu_7_2_is_seen_to_flush(tmp_path: Path) -> None:
     host = Path("/usr/bin/qemu-system-x86_64")
     if not host.is_file():
         pytest.skip("no /usr/bin/qemu-system-x86_64")
-    version = qemu_build.parse_version(subprocess.run([str(host), "--version"], capture_output=True,
+    version = qemu_binary.parse_version(subprocess.run([str(host), "--version"], capture_output=True,
                                                       text=True, timeout=20, check=True).stdout)
-    if qemu_build.version_tuple(version) >= qemu_build.FAST_SINCE:
+    if qemu_binary.version_tuple(version) >= qemu_binary.FAST_SINCE:
         pytest.skip(f"the host's QEMU is {version}: nothing old to measure here")
-    assert qemu_build.measure_flushes(host, (), tmp_path) == 1.0
+    assert qemu_binary.measure_flushes(host, (), tmp_path) == 1.0
 
 
 def test_qemu_override_is_used(tmp_path: Path) -> None:
@@ -69,5 +69,5 @@ def test_qemu_override_is_used(tmp_path: Path) -> None:
     verdict = json.loads((art / "verdict.json").read_text())
     assert verdict["verdict"] == "PASS", verdict.get("reasons")
     assert verdict["qemu"] == str(host)
-    if qemu_build.version_tuple(verdict["qemu_version"]) < qemu_build.FAST_SINCE:
+    if qemu_binary.version_tuple(verdict["qemu_version"]) < qemu_binary.FAST_SINCE:
         assert res.stderr.count("flushes TCG's whole translation cache") == 1, res.stderr

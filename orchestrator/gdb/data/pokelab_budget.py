@@ -1,6 +1,6 @@
 """The recorder's per-batch trap budget: pure accounting, stdlib only.
 
-Sourced into GDB's Python before ``pokelab_gdb.py`` (which drives it from its
+Imported into GDB's Python by ``pokelab_gdb.py`` (whose ``pokelab_traps`` drives it from its
 breakpoints) and imported by the unit tests.  Nothing here touches GDB.
 
 Every int3 window of the x86 text_poke machinery is opened by one call of the
