@@ -15,8 +15,10 @@ slowdown factor and cap them:
   (``-smp N`` with ``tcg,thread=single``: N; ``thread=multi`` or KVM: 1); the
   second is measured (``pokelab bench --part vm``: switch time with the probe /
   without it, the same switches: 1.77 and 1.88 on QEMU 7.2, 1.08 on QEMU
-  10.2.2, issue 11).  TCG's own cost over native code is left out (it cannot
-  be measured on a host where KVM does not work), so the factor errs low.
+  10.2.2, issue 11) and follows the QEMU in use (:func:`probe_overhead`: its
+  measured TB flushes per debug stop decide which figure applies).  TCG's own
+  cost over native code is left out (it cannot be measured on a host where KVM
+  does not work), so the factor errs low.
 * caps: ``rcupdate.rcu_cpu_stall_timeout`` at 300 s (the kernel clamps it
   there: ``rcu_jiffies_till_stall_check()`` in kernel/rcu/tree_stall.h), the
   others at syzkaller's emulated-machine values (``watchdog_thresh=165``,
@@ -85,9 +87,19 @@ def scaled(slowdown: float, parts: tuple[tuple[str, float], ...] = ()) -> GuestW
                           up(HUNG_TASK_TIMEOUT_SECS, HUNG_TASK_MAX), parts)
 
 
+def probe_overhead(flushes: bool | None) -> float:
+    """The probe's slowdown of the guest on a QEMU whose gdbstub flushes the translation cache
+    at every debug stop (``flushes``: True, QEMU before 10.2) or does not (False, 10.2+);
+    None (not known: no QEMU record) takes the flushing figure, the larger one."""
+    return PROBE_OVERHEAD_NO_FLUSH if flushes is False else PROBE_OVERHEAD_FLUSHING
+
+
 def for_machine(accel: str, tcg_thread: str, smp: int,
                 probe_overhead: float = PROBE_OVERHEAD_FLUSHING) -> GuestWatchdogs | None:
-    """The thresholds for a guest of this shape; None under KVM (the defaults fit real CPUs)."""
+    """The thresholds for a guest of this shape; None under KVM (the defaults fit real CPUs).
+
+    ``probe_overhead``: see :func:`probe_overhead` (the caller knows the QEMU).
+    """
     if accel == "kvm":
         return None
     per_thread = smp if tcg_thread == "single" else 1

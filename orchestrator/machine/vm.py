@@ -66,8 +66,11 @@ class VmSpec:
 
     @property
     def watchdogs(self) -> watchdogs.GuestWatchdogs | None:
-        """The guest's hang-detector thresholds, scaled to this machine (None: kernel defaults)."""
-        return watchdogs.for_machine(self.accel, self.tcg_thread, self.smp)
+        """The guest's hang-detector thresholds, scaled to this machine and its QEMU (None: kernel
+        defaults); a QEMU not yet described (``qemu`` None) counts as one that flushes."""
+        flushes = self.qemu.flushes if self.qemu is not None else None
+        return watchdogs.for_machine(self.accel, self.tcg_thread, self.smp,
+                                     watchdogs.probe_overhead(flushes))
 
     @property
     def qemu_record(self) -> dict[str, Any]:

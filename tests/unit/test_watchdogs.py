@@ -103,3 +103,32 @@ def test_stop_rate_of_the_captured_switch(tmp_path: Path) -> None:
     rate = probe.stop_rate(window=30.0, now=end)
     assert rate > verdict.PROBE_STALL_RATE * 10
     assert probe.stop_rate(window=30.0, now=end + 60.0) == 0.0
+
+
+def test_probe_overhead_follows_the_qemu() -> None:
+    assert watchdogs.probe_overhead(False) == watchdogs.PROBE_OVERHEAD_NO_FLUSH
+    assert watchdogs.probe_overhead(True) == watchdogs.PROBE_OVERHEAD_FLUSHING
+    assert watchdogs.probe_overhead(None) == watchdogs.PROBE_OVERHEAD_FLUSHING  # not known: the larger
+
+
+def test_the_spec_scales_by_its_qemus_measured_flushes(tmp_path: Path) -> None:
+    from orchestrator.machine.qemu_build import QemuBinary
+
+    def spec(q: QemuBinary | None) -> VmSpec:
+        return VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "rd", ssh_key=tmp_path / "k",
+                      artifacts=tmp_path / "a", qemu=q)
+
+    fast = spec(QemuBinary(tmp_path / "q10", "10.2.2", "built", tb_flushes_per_stop=0.0)).watchdogs
+    assert fast is not None and fast.slowdown == pytest.approx(4 * 1.1)
+    assert fast.rcu_cpu_stall_timeout == 93 and fast.watchdog_thresh == 44  # ceil(21 * 4.4), ceil(10 * 4.4)
+    assert fast.as_dict()["parts"]["probe_overhead"] == watchdogs.PROBE_OVERHEAD_NO_FLUSH
+    slow = spec(QemuBinary(tmp_path / "q7", "7.2.22", "host", tb_flushes_per_stop=1.0)).watchdogs
+    assert slow is not None and slow.rcu_cpu_stall_timeout == 160
+    # measured beats the version: a 10.2 that was seen flushing is scaled as one that flushes
+    patched = spec(QemuBinary(tmp_path / "qx", "10.2.2", "given", tb_flushes_per_stop=2.0)).watchdogs
+    assert patched is not None and patched.slowdown == pytest.approx(4 * 1.9)
+    # not measured: the version decides; not described at all: the larger figure
+    by_version = spec(QemuBinary(tmp_path / "q11", "11.0.0", "host")).watchdogs
+    assert by_version is not None and by_version.slowdown == pytest.approx(4.4)
+    unknown = spec(None).watchdogs
+    assert unknown is not None and unknown.slowdown == pytest.approx(4 * 1.9)
