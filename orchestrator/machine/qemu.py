@@ -20,8 +20,11 @@ QEMU = "qemu-system-x86_64"
 #: ``loglevel=6`` keeps the banner, warnings and oopses but drops KERN_INFO chatter
 #: (printk to an emulated UART is slow under TCG); ``lpj=`` skips the per-CPU
 #: delay-loop calibration (~0.15 s per vCPU; x86 delays use the TSC anyway).
+#: ``cryptomgr.notests`` skips the crypto self-tests (0.4-0.7 s of a TCG boot, measured:
+#: ``crypto_algapi_init``'s deferred tests and ``crypto_kdf108_init``'s hmac(sha256));
+#: ``no_timer_check`` skips the IO-APIC timer-IRQ check (a few 10 ms of delay loops on ``pc``).
 BASE_APPEND = ("console=ttyS0", "nokaslr", "panic=-1", "earlyprintk=serial,ttyS0",
-               "loglevel=6", "lpj=4231920")
+               "loglevel=6", "lpj=4231920", "cryptomgr.notests", "no_timer_check")
 
 #: The machine types pokelab boots (``--machine``).  ``pc`` (i440FX, PCI, the default) or
 #: ``microvm`` (no PCI, no firmware tables but ACPI's; virtio-mmio devices it lists in its DSDT).
