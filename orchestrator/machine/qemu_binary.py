@@ -47,8 +47,12 @@ FAST_SINCE = (10, 2)
 #: The QEMU version ``pokelab qemu`` builds (qemu_build.DEBIAN_VERSION's upstream): the cache
 #: directory's name.
 BUILD_VERSION = "10.2.2"
-#: The firmware dirs a built binary is run with (``-L``, first wins): the host's BIOS and ROMs.
-HOST_DATA_DIRS = (Path("/usr/share/seabios"), Path("/usr/share/qemu"))
+#: The firmware dirs a built binary is run with (``-L``, first wins): the host's BIOS and ROMs,
+#: in Debian's QEMU's own order.  So ``-M microvm`` gets qboot (``/usr/share/qemu/bios-microvm.bin``
+#: is a link to ``qboot.rom``) as with the host's QEMU, not the SeaBIOS build of the same name in
+#: ``/usr/share/seabios`` (qboot boots ~0.1 s sooner under TCG, measured); ``-M pc`` gets
+#: ``/usr/share/seabios/bios-256k.bin`` either way.
+HOST_DATA_DIRS = (Path("/usr/share/qemu"), Path("/usr/share/seabios"))
 #: s for ``qemu-system-x86_64 --version``
 VERSION_DEADLINE = 20.0
 

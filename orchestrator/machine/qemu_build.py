@@ -9,8 +9,9 @@ what pokelab needs only (``x86_64-softmmu`` with the devices of :data:`DEVICES_M
 slirp, plugins; no docs, tools, GUI, audio or USB), built with ``ninja qemu-system-x86_64``, and installed as
 ``<cache>/qemu/<version>/qemu-system-x86_64`` with a ``build.json`` beside it
 (written last: its presence marks a complete build).  The build tree is deleted
-afterwards.  The built binary uses the host's firmware: ``-L /usr/share/seabios
--L /usr/share/qemu`` (packages ``seabios`` and ``qemu-system-data``).  Host
+afterwards.  The built binary uses the host's firmware: ``-L /usr/share/qemu
+-L /usr/share/seabios`` (packages ``qemu-system-data`` and ``seabios``), in the order of
+Debian's own QEMU (``qemu-system-x86_64 -L help``).  Host
 packages it needs: the Makefile's ``QEMU_BUILD_PACKAGES`` (``make qemu`` installs them;
 :func:`_missing_build_tools` names the missing ones); meson
 >= 1.5 and pycotap come from PyPI into a venv in the build tree.

@@ -63,10 +63,10 @@ def test_golden_kvm() -> None:
 def test_golden_built_qemu() -> None:
     """A QEMU built by ``pokelab qemu``: its path, and the host's firmware dirs with ``-L``."""
     cfg = _config(qemu="/pokelab/qemu/10.2.2/qemu-system-x86_64",
-                  data_dirs=("/usr/share/seabios", "/usr/share/qemu"))
+                  data_dirs=("/usr/share/qemu", "/usr/share/seabios"))
     argv = build_argv(cfg)
     _check_golden("qemu_argv_tcg_built.txt", argv)
-    assert argv[:5] == [cfg.qemu, "-L", "/usr/share/seabios", "-L", "/usr/share/qemu"]
+    assert argv[:5] == [cfg.qemu, "-L", "/usr/share/qemu", "-L", "/usr/share/seabios"]
     assert argv[5:] == build_argv(_config())[1:]  # nothing else changes
 
 
