@@ -17,7 +17,7 @@ QEMU_BUILD_PACKAGES := ninja-build pkg-config device-tree-compiler libglib2.0-de
 # what a kernel build needs (pokelab build-kernel, bisect; make bench, e2e-patched, e2e-bisect)
 E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc patch
 
-.PHONY: all setup apt kbuild-deps venv qemu images demo test unit host vm lint types bench clean help
+.PHONY: all setup apt kbuild-deps venv qemu images demo demo-kernel demo-deps test unit host vm lint types bench clean help
 
 help:
 	@echo "make demo   - boot the default kernel, run a guest command over SSH, then probe it"
@@ -65,8 +65,18 @@ qemu: setup
 images: setup qemu
 	$(BIN)/pokelab images $(addprefix --kernel ,$(TEST_KERNELS))
 
+# the default kernel and its initramfs (what `make demo` boots)
+demo-kernel: setup
+	$(BIN)/pokelab images
+
+# On a fresh machine the QEMU build (minutes of CPU) and the default kernel's download (minutes
+# of network and unpacking) run side by side: a cold `make demo` waits for the longer one only.
+# Each is cached and locked on its own, so a warm run does nothing here.
+demo-deps: setup
+	$(MAKE) --no-print-directory -j2 qemu demo-kernel
+
 # A guest command over SSH, then the main job: the probe on the default kernel.
-demo: setup qemu
+demo: demo-deps
 	$(BIN)/pokelab run-cmd -- 'uname -a; echo "online vCPUs: $$(cat /sys/devices/system/cpu/online)"; cat /proc/cmdline'
 	$(BIN)/pokelab repro ftrace-function
 
