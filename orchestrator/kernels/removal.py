@@ -6,7 +6,7 @@ A fetched Debian kernel (release ``R``, build-id ``B``) made, under ``<cache>``:
     debs/linux-image-R_*.deb, linux-image-R-dbg_*.deb, linux-headers-R_*.deb
     modules/R/                               our out-of-tree modules built for it (kmod.py)
     buildroots/debs/linux-headers-R_<ver>/   its flavour's headers, unpacked (host/buildroot.py)
-    initramfs/initramfs-R-<hash16>.cpio.gz   its initramfs (rootfs.py)
+    initramfs/initramfs-R-<hash16>.cpio      its initramfs (rootfs.py; .cpio.gz before it was uncompressed)
     symbols/B.map, census/B.json             what the probe read from its vmlinux
 
 A kernel built by ``pokelab build-kernel`` (``custom-<id>``) made ``kernels/custom-<id>/`` (and
@@ -34,7 +34,7 @@ from ..host.cache import tree_size
 from .catalog import Catalog, KernelSpec
 from .images import META, STAMP, custom_registry, remove_kernel
 
-_INITRAMFS = re.compile(r"^initramfs-(?P<release>.+)-[0-9a-f]{16}\.cpio\.gz$")
+_INITRAMFS = re.compile(r"^initramfs-(?P<release>.+)-[0-9a-f]{16}\.cpio(\.gz)?$")
 
 
 @dataclass(frozen=True)

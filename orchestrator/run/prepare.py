@@ -182,7 +182,7 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
             accel = "kvm" if json.loads((cache / "kvm-probe.json").read_text()).get("works") else "tcg"
         except (OSError, ValueError, AttributeError):
             accel = "tcg"
-    spec_ = VmSpec(bzimage=bzimage, initrd=cache / "initramfs" / f"initramfs-{release}-<hash>.cpio.gz",
+    spec_ = VmSpec(bzimage=bzimage, initrd=cache / "initramfs" / f"initramfs-{release}-<hash>.cpio",
                    ssh_key=cache / "ssh" / rootfs.KEY_NAME, artifacts=artifacts, release=release, smp=vm.smp,
                    memory_mb=vm.memory_mb, accel=accel, tcg_thread=vm.tcg_thread, machine=vm.machine,
                    gdb_port=vm.gdb_port, ssh_port=vm.ssh_port, qemu=QemuBinary(qpath, "", "dry-run"))

@@ -30,6 +30,7 @@ def cache(tmp_path: Path) -> Path:
         (k / rel / "meta.json").write_text(json.dumps({"build_id": bid}))
         _file(tmp_path / "modules" / rel / "0123456789abcdef" / "pokelab_ops.ko", 1000)
         _file(tmp_path / "initramfs" / f"initramfs-{rel}-0123456789abcdef.cpio.gz", 1000)
+        _file(tmp_path / "initramfs" / f"initramfs-{rel}-fedcba9876543210.cpio", 1000)  # uncompressed
     reg = {}
     for kid in (CUSTOM_A, CUSTOM_B):
         bid = kid.removeprefix("custom-") + "0" * 28
@@ -62,7 +63,8 @@ def test_a_debian_kernel_goes_with_what_it_made(cache: Path) -> None:
     assert _names(plan.removals[0].paths, cache) == {
         f"modules/{REL}", f"debs/linux-headers-{REL}_6.1.176-1_amd64.deb",
         f"buildroots/debs/linux-headers-{REL}_6.1.176-1", f"symbols/{BID}.map", f"census/{BID}.json",
-        f"initramfs/initramfs-{REL}-0123456789abcdef.cpio.gz"}
+        f"initramfs/initramfs-{REL}-0123456789abcdef.cpio.gz",
+        f"initramfs/initramfs-{REL}-fedcba9876543210.cpio"}
     kept = {k.what.split(" (")[0]: _names(k.paths, cache) for k in plan.kept}
     assert kept == {
         "build roots": {"buildroots/bookworm-0123456789ab"},
@@ -72,10 +74,10 @@ def test_a_debian_kernel_goes_with_what_it_made(cache: Path) -> None:
     assert [k.size for k in plan.kept] == [5000, 200]
 
     freed = removal.carry_out(plan.removals[0], cache)
-    # kernel dir (.complete + meta.json), image .deb, module, headers .deb and tree, initramfs,
+    # kernel dir (.complete + meta.json), image .deb, module, headers .deb and tree, 2 initramfs,
     # symbols, census
     meta = len(json.dumps({"build_id": BID}))
-    assert freed == 10 + meta + 1000 + 1000 + 100 + 100 + 1000 + 100 + 100
+    assert freed == 10 + meta + 1000 + 1000 + 100 + 100 + 1000 + 1000 + 100 + 100
     assert not (cache / "kernels" / REL).exists() and not (cache / "modules" / REL).exists()
     assert (cache / "modules" / OTHER).is_dir() and (cache / "kernels" / OTHER / ".complete").is_file()
     assert (cache / "buildroots" / "debs" / f"linux-headers-{OTHER}_6.1.177-1").is_dir()
