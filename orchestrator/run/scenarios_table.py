@@ -184,7 +184,9 @@ SCENARIOS: tuple[Scenario, ...] = (
                   "symbol:sched_schedstats", "symbol:update_curr"),
         load=Load("yield"),
         function=None,
-        floor_functions=("update_curr", "update_curr_se"),
+        # the key's sites, wherever the compiler put them (update_curr on 6.1, update_se+0x4b on
+        # 7.3: inlined), named by the census from the kernel's __jump_table
+        floor_keys=("jump_label:sched_schedstats",),
         steps=(Step("schedstats-on", "echo 1 > /proc/sys/kernel/sched_schedstats",
                     # the scheduler's own counts, behind the static branch: any load, any task
                     evidence=SCHEDSTAT_DELTA),
