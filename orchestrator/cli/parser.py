@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario", required=True, help=SCENARIO_HELP)
     s.add_argument("--runs", type=int, default=3, metavar="N",
                    help="scenario runs per revision (default 3; good needs min(N, 3) clean runs and no "
-                        "failure, bad needs 2 failing runs)")
+                        "failure, bad needs min(N, 2) failing runs)")
     s.add_argument("--log", type=output_file("create"), metavar="FILE",
                    help="JSON-lines bisect log (default: --replay's file, else under the artifacts)")
     s.add_argument("--replay", type=input_file(text=True), metavar="FILE",

@@ -80,7 +80,7 @@ def run(req: BisectRequest, execute: Execute, say: Say) -> tuple[list[str], int]
     """Bisect; the answer's lines and the exit status (0 found, 1 not narrowed to one, 2 not a regression)."""
     req.check()
     replay = read_log(req.replay) if req.replay is not None else None
-    policy = Policy(min_clean=min(3, req.runs))
+    policy = Policy(min_failures=min(2, req.runs), min_clean=min(3, req.runs))
     run_one = step_runner(req.base, execute)
     art = req.base.artifacts
     if req.debian is not None:

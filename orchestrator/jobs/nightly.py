@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import crash
+from ..core.errors import RunInterrupted
 from ..core.verdict import EXIT_CODES, FAILING
 from ..gdb.ledger import read_trap_log
 from .nightly_reports import html_report, junit_xml, kcidb
@@ -256,8 +257,12 @@ def run_matrix(cells: Sequence[Cell], runner: Runner, out_dir: Path, jobs: int =
         artifacts = out_dir / "runs" / kernel / scenario
         artifacts.mkdir(parents=True, exist_ok=True)
         t0 = _dt.datetime.now(_dt.UTC)
+        interrupted: RunInterrupted | None = None
         try:
             out = runner(kernel, scenario, artifacts)
+        except RunInterrupted as exc:  # the cell's verdict (never PASS) is kept, then the night stops
+            interrupted = exc
+            out = dict(exc.out)
         except Exception as exc:  # a bug in one cell must not lose the night
             out = {"verdict": "INFRA", "reasons": [f"{type(exc).__name__}: {exc}"]}
         out.setdefault("kernel_id", kernel)
@@ -271,6 +276,8 @@ def run_matrix(cells: Sequence[Cell], runner: Runner, out_dir: Path, jobs: int =
             done[0] += 1
             progress(f"[{done[0]}/{len(cells)}] {kernel} {scenario}: {rec['verdict']} "
                      f"({rec.get('traps_judged', 0)} traps judged, {dur:.0f} s)")
+        if interrupted is not None:
+            raise interrupted
         return rec
 
     if jobs <= 1:

@@ -148,7 +148,10 @@ def cell_runner(req: NightlyRequest, table: Mapping[str, Scenario], execute: Exe
         try:
             return execute(request).as_dict()
         except PokelabError as exc:  # a usage error of this cell alone (a kernel gone from the archive)
-            return RunResult.of_error(exc, {"kernel_id": kernel, "artifacts": str(artifacts)}).as_dict()
+            result = RunResult.of_error(exc, {"kernel_id": kernel, "scenario": scenario,
+                                              "artifacts": str(artifacts)})
+            result.write()
+            return result.as_dict()
 
     return run
 

@@ -209,7 +209,8 @@ def summary_lines(out: RunResult) -> list[str]:
 def report_lines(rep: Repro) -> list[str]:
     """What ``pokelab repro`` prints: the verdict line, the runs, the last run's summary."""
     final = rep.final
-    lines = [f"{final.get('scenario')} on {final.get('kernel')}: {final.verdict}  "
+    kernel = final.get("kernel") or final.get("kernel_id") or "the default kernel"
+    lines = [f"{final.get('scenario')} on {kernel}: {final.verdict}  "
              f"({'; '.join(final.reasons)})"]
     if rep.many:
         lines.append(f"runs {final['runs']}, failures {final['failures']}, rate {final['rate']:.2f}")

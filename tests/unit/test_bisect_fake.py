@@ -154,3 +154,15 @@ def test_a_debian_bisect_runs_each_package_through_execute(tmp_path: Path,
         abi = str(r.kernel.kernel).removesuffix("-cloud-amd64")
         assert r.artifacts.parent == tmp_path / "art" / abi
         assert r.artifacts.name in ("run-1", "run-2", "run-3")
+
+
+def test_one_run_per_revision_can_find_the_culprit(history: tuple[Path, list[str]], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--runs 1``: one failing run marks a revision bad (the policy asks min(runs, 2) failures), else
+    the bad endpoint itself would only ever be a skip."""
+    repo, shas = history
+    monkeypatch.setenv("POKELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kbuild, "build_kernel", _fake_build([]))
+    req = BisectRequest(_base(tmp_path), runs=1, source=repo, good=shas[0], bad=shas[-1], jobs=1)
+    lines, code = bisect_run.run(req, ScriptedExecute(_verdict_of_kernel), [].append)
+    assert code == 0 and lines[0] == f"{shas[5]} is the first bad commit", lines

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fakerun import Outcome, ScriptedExecute
+from fakerun import Interrupt, Outcome, ScriptedExecute
 
 from orchestrator.core.errors import InfraError, UsageError
 from orchestrator.jobs import nightly, nightly_run
@@ -136,3 +136,20 @@ def test_plan_of_named_kernels_needs_nothing_from_the_host(tmp_path: Path,
                     (dict(kernels="6.1", jobs=0), "-j must be at least 1")):
         with pytest.raises(UsageError, match=msg):
             nightly_run.plan(_req(tmp_path, **kw))
+
+
+def test_a_cell_interrupted_mid_run_keeps_its_own_verdict(tmp_path: Path) -> None:
+    """SIGINT inside a cell: the night stops, but that cell's verdict (a FAIL seen before the signal)
+    is in the summary, not MISSING."""
+    ex = ScriptedExecute(["PASS", Interrupt("FAIL")])
+    with pytest.raises(KeyboardInterrupt):
+        nightly_run.run(_req(tmp_path), Plan(CELLS, TABLE), ex)
+    summary = json.loads((tmp_path / "night" / "summary.json").read_text())
+    assert [r["verdict"] for r in summary["results"]] == ["PASS", "FAIL", "MISSING", "MISSING"]
+
+
+def test_a_refused_cell_writes_its_verdict(tmp_path: Path) -> None:
+    ex = _by_cell({("6.1", "kprobe-ftrace"): UsageError("no Debian kernel 6.1.0-99 in pokelab's apt sources")})
+    nightly_run.cell_runner(_req(tmp_path), TABLE, ex)("6.1", "kprobe-ftrace", tmp_path / "cell")
+    written = json.loads((tmp_path / "cell" / "verdict.json").read_text())
+    assert written["verdict"] == "USAGE" and written["scenario"] == "kprobe-ftrace"
