@@ -1,5 +1,3 @@
 """The ``pokelab`` command line: parse, call a job, render, exit."""
 
-from .app import main
-
-__all__ = ["main"]
+from .app import main as main

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
-from ..core.errors import PokelabError, RunInterrupted, Terminated, signal_exception
+from ..core.errors import PokelabError, Terminated, signal_stop
 from ..core.verdict import EXIT_CODES, exit_status, verdict_for
 from .parser import build_parser
 
@@ -43,25 +42,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     _logging(args.verbose)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    func: Callable[[Any], int] = args.func
+    from . import commands  # after parsing: a usage error never loads the jobs
+
+    func = commands.handler(args.command)
     try:
         return func(args)
     except PokelabError as exc:
         verdict = verdict_for(exc)
+        if exc.tail and exc.tail_always and not args.verbose:  # a build's log, then what failed
+            print(exc.tail, file=sys.stderr)
         print(f"pokelab: {verdict.lower().replace('_', ' ')}: {exc.title}", file=sys.stderr)
         if exc.tail and args.verbose:
             print(exc.tail, file=sys.stderr)
         return exit_status(verdict, bisect=bool(getattr(args, "bisect_exit_codes", False)))
-    except RunInterrupted as exc:  # its verdict.json is written
-        print(f"pokelab: interrupted by {exc.signal_name}", file=sys.stderr)
-        return exc.code
-    except BaseException as exc:  # Ctrl-C, SIGTERM; a signal's exception raised inside a lock's
-        sig = signal_exception(exc)  # wait may surface as another error ("release unlocked lock")
-        if sig is None or (isinstance(sig, SystemExit) and not isinstance(sig, Terminated)):
+    except BaseException as exc:  # Ctrl-C, SIGTERM: also when raised inside a lock's wait and hidden
+        stop = signal_stop(exc)  # behind another error ("release unlocked lock")
+        if stop is None:
             raise
-        if isinstance(sig, KeyboardInterrupt):
-            print("pokelab: interrupted", file=sys.stderr)
-            return 130
-        print("pokelab: terminated", file=sys.stderr)
-        code = getattr(sig, "code", None)
-        return code if isinstance(code, int) else 143
+        print(f"pokelab: {stop[0]}", file=sys.stderr)
+        return stop[1]

@@ -14,6 +14,8 @@ class PokelabError(Exception):
     """Base class.  ``title`` is one line; ``tail`` is optional context (console tail, log tail)."""
 
     verdict = Verdict.INFRA
+    #: the tail is what the user must read (a build's log): shown without ``-v`` too
+    tail_always = False
 
     def __init__(self, title: str, tail: str = "") -> None:
         super().__init__(title)
@@ -87,3 +89,22 @@ def signal_exception(exc: BaseException | None, depth: int = 8) -> BaseException
         exc = exc.__cause__ or exc.__context__
         depth -= 1
     return None
+
+
+def signal_stop(exc: BaseException) -> tuple[str, int] | None:
+    """How a process ended by ``exc`` reports it: (what to say after ``pokelab: ``, exit status),
+    or None if ``exc`` is not (and does not hide, :func:`signal_exception`) SIGINT or SIGTERM.
+
+    A :class:`RunInterrupted` (its verdict.json is written) says which signal; another
+    KeyboardInterrupt is ``interrupted`` (130); a :class:`Terminated` is ``terminated``
+    (its code, 143 for SIGTERM); any other SystemExit is not a signal.
+    """
+    if isinstance(exc, RunInterrupted):
+        return f"interrupted by {exc.signal_name}", exc.code
+    sig = signal_exception(exc)
+    if sig is None or (isinstance(sig, SystemExit) and not isinstance(sig, Terminated)):
+        return None
+    if isinstance(sig, KeyboardInterrupt):
+        return "interrupted", 130
+    code = getattr(sig, "code", None)
+    return "terminated", code if isinstance(code, int) else 143

@@ -220,3 +220,11 @@ def report_lines(rep: Repro) -> list[str]:
     if rep.many and final.artifacts is not None:
         lines.append(f"summary: {final.artifacts / VERDICT_FILE}")
     return lines
+
+
+def scenario_lines() -> list[str]:
+    """``pokelab scenarios``: each built-in scenario's name and description, a line each."""
+    from ..run.scenarios_table import SCENARIOS
+
+    width = max(len(s.name) for s in SCENARIOS)
+    return [f"{s.name:{width}}  {s.description}" for s in SCENARIOS]

@@ -238,7 +238,7 @@ def test_bisect_usage_errors(tmp_path: Path, args: list[str], needle: str) -> No
 # --------------------------------------------------------------------------- every path argument
 #
 # Every path and file a subcommand takes is checked while the command line is parsed
-# (orchestrator/cli/paths.py): a missing file, a directory, a binary file where text
+# (orchestrator/host/userpaths.py, through cli/parser.py): a missing file, a directory, a binary file where text
 # is read, a file that cannot be read, a place where nothing can be created: one line
 # ``pokelab: usage: argument OPT: PATH: why`` and exit 2, before anything runs.
 

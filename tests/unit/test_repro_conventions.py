@@ -331,6 +331,18 @@ def test_signal_exception_finds_the_signal_behind_other_errors() -> None:
     assert signal_exception(RuntimeError("x")) is None and signal_exception(None) is None
 
 
+def test_signal_stop_is_what_the_cli_says_and_exits_with() -> None:
+    from orchestrator.core.errors import InfraError, Terminated, signal_stop
+
+    assert signal_stop(RunInterrupted({}, 143, "SIGTERM")) == ("interrupted by SIGTERM", 143)
+    assert signal_stop(_broken_wait(KeyboardInterrupt())) == ("interrupted", 130)
+    assert signal_stop(Terminated(143)) == ("terminated", 143)
+    hidden = InfraError("GDB did not answer")
+    hidden.__context__ = _broken_wait(Terminated(143))
+    assert signal_stop(hidden) == ("terminated", 143)
+    assert signal_stop(SystemExit(2)) is None and signal_stop(RuntimeError("x")) is None
+
+
 @pytest.mark.parametrize("exc, code", [(_broken_wait(SystemExit(143)), 143),
                                        (_broken_wait(KeyboardInterrupt()), 130)])
 def test_run_probed_sees_a_signal_behind_a_broken_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

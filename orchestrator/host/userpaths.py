@@ -1,10 +1,11 @@
-"""Checks of the paths a user gives on the command line, made before anything runs.
+"""Checks of the paths a user gives (a command line, a request), made before anything runs.
 
-Each public function returns an argparse ``type=``: the check runs while the
-command line is parsed, so a bad path is one usage line (``pokelab: usage:
-argument --replay: FILE: ...``, exit 2) before any tool, download or guest, and
-nothing is created for a rejected command line.  Pure but for ``os.stat``,
-``open`` and a directory made and removed at once to prove one can be made.
+Each check takes the path as given and returns it as a :class:`~pathlib.Path`, or
+raises :class:`PathRefused` whose message is ``"<path>: <why>"`` (the CLI makes it one
+usage line while parsing: ``pokelab: usage: argument --replay: FILE: ...``, exit 2), so
+a bad path is refused before any tool, download or guest, and nothing is created
+for it.  Filesystem reads only: ``os.stat``, ``open``, and a directory made and
+removed at once to prove one can be made.
 
 * :func:`input_file`: exists, not a directory, readable (the first block is
   read); ``text=True`` also refuses a binary file (a NUL byte or bytes that are
@@ -19,23 +20,25 @@ nothing is created for a rejected command line.  Pure but for ``os.stat``,
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import errno
 import os
 import stat
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
-PathType = Callable[[str], Path]
+
+class PathRefused(ValueError):
+    """A path that fails its check; ``str()`` is ``"<path>: <why>"``."""
+
 
 #: bytes of an input file read to prove it readable (and text, when asked)
 PROBE_BYTES = 65536
 
 
-def _bad(path: str, why: str) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(f"{path}: {why}")
+def _bad(path: str, why: str) -> PathRefused:
+    return PathRefused(f"{path}: {why}")
 
 
 def _strerror(exc: OSError) -> str:
@@ -73,48 +76,35 @@ def _check_readable_file(path: str, st: os.stat_result, text: bool) -> None:
             raise _bad(path, "a binary file, not text")
 
 
-def input_file(text: bool = False) -> PathType:
+def input_file(path: str, text: bool = False) -> Path:
     """An existing readable file (text only with ``text=True``)."""
-
-    def check(path: str) -> Path:
-        st = _stat(path)
-        if st is None:
-            raise _bad(path, "no such file")
-        _check_readable_file(path, st, text)
-        return Path(path)
-
-    return check
+    st = _stat(path)
+    if st is None:
+        raise _bad(path, "no such file")
+    _check_readable_file(path, st, text)
+    return Path(path)
 
 
-def input_dir() -> PathType:
+def input_dir(path: str) -> Path:
     """An existing directory one can list."""
-
-    def check(path: str) -> Path:
-        st = _stat(path)
-        if st is None:
-            raise _bad(path, "no such directory")
-        if not stat.S_ISDIR(st.st_mode):
-            raise _bad(path, "not a directory")
-        try:
-            os.listdir(path)
-        except OSError as exc:
-            raise _bad(path, f"cannot list: {_strerror(exc)}") from None
-        return Path(path)
-
-    return check
+    st = _stat(path)
+    if st is None:
+        raise _bad(path, "no such directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise _bad(path, "not a directory")
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        raise _bad(path, f"cannot list: {_strerror(exc)}") from None
+    return Path(path)
 
 
-def input_file_or_dir(text: bool = False) -> PathType:
+def input_file_or_dir(path: str, text: bool = False) -> Path:
     """An existing directory, or an existing readable file (text only with ``text=True``)."""
-    as_dir, as_file = input_dir(), input_file(text)
-
-    def check(path: str) -> Path:
-        st = _stat(path)
-        if st is None:
-            raise _bad(path, "no such file or directory")
-        return as_dir(path) if stat.S_ISDIR(st.st_mode) else as_file(path)
-
-    return check
+    st = _stat(path)
+    if st is None:
+        raise _bad(path, "no such file or directory")
+    return input_dir(path) if stat.S_ISDIR(st.st_mode) else input_file(path, text)
 
 
 def _can_make_in(path: str, base: Path, what: str) -> None:
@@ -148,40 +138,33 @@ def _creatable_dir(path: str) -> None:
     _can_make_in(path, base, "cannot be created under")
 
 
-def output_dir() -> PathType:
+def output_dir(path: str) -> Path:
     """A directory that exists and is writable, or can be created."""
-
-    def check(path: str) -> Path:
-        _creatable_dir(path)
-        return Path(path)
-
-    return check
+    _creatable_dir(path)
+    return Path(path)
 
 
-def output_file(parent: str = "exists") -> PathType:
-    """A file to write: not a directory, writable if present; its directory exists or can be made."""
+def output_file(path: str, parent: Literal["exists", "create"] = "exists") -> Path:
+    """A file to write: not a directory, writable if present; its directory exists
+    (``parent="exists"``) or can be made (``parent="create"``)."""
     if parent not in ("exists", "create"):
         raise ValueError(f"parent must be 'exists' or 'create', not {parent!r}")
-
-    def check(path: str) -> Path:
-        st = _stat(path)
-        if st is not None:
-            if stat.S_ISDIR(st.st_mode):
-                raise _bad(path, "is a directory, not a file")
-            if not os.access(path, os.W_OK):
-                raise _bad(path, "not writable")
-            return Path(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        if parent == "create":
-            try:
-                _creatable_dir(folder)
-            except argparse.ArgumentTypeError as exc:
-                raise _bad(path, str(exc)) from None
-            return Path(path)
-        fst = _stat(folder)
-        if fst is None or not stat.S_ISDIR(fst.st_mode):
-            raise _bad(path, f"directory {folder} does not exist")
-        _can_make_in(path, Path(folder), "cannot write in")
+    st = _stat(path)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise _bad(path, "is a directory, not a file")
+        if not os.access(path, os.W_OK):
+            raise _bad(path, "not writable")
         return Path(path)
-
-    return check
+    folder = os.path.dirname(os.path.abspath(path))
+    if parent == "create":
+        try:
+            _creatable_dir(folder)
+        except PathRefused as exc:
+            raise _bad(path, str(exc)) from None
+        return Path(path)
+    fst = _stat(folder)
+    if fst is None or not stat.S_ISDIR(fst.st_mode):
+        raise _bad(path, f"directory {folder} does not exist")
+    _can_make_in(path, Path(folder), "cannot write in")
+    return Path(path)

@@ -1,0 +1,103 @@
+"""``pokelab kernels``, ``images`` and ``build-kernel`` as jobs: the lines they print.
+
+Each function yields its lines as the work is done (a removal, a fetch), so the CLI
+prints them as they come; errors (:class:`~orchestrator.core.errors.UsageError` for a
+name never fetched or built here) are raised before the first line of a removal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UsageError
+from ..host.cache import cache_dir
+from ..kernels import removal
+from ..kernels.catalog import Catalog
+from ..kernels.debian import available, resolve_spec
+from ..kernels.images import custom_registry, ensure_kernel, is_cached
+from ..kernels.kbuild import BuildError, build_kernel
+from ..kernels.rootfs import ensure_initramfs, ensure_ssh_key
+
+
+def list_lines(debian: bool = False) -> Iterator[str]:
+    """``pokelab kernels``: each catalog kernel (its flags, cached or not), then each kernel built
+    here; ``debian``: instead each Debian kernel in pokelab's apt sources (line, flavour, release,
+    version, suites, whether it has -dbg and is cached)."""
+    cat, cache = Catalog.load(), cache_dir()
+    if debian:
+        for d in available(cache, None, with_suites=True):
+            flags = [d.version, ",".join(d.suites) or "?",
+                     "with -dbg" if d.has_dbg else "no -dbg: not usable"]
+            if d.has_dbg and is_cached(d.spec(), cache):
+                flags.append("cached")
+            yield f"{d.line:5} {d.flavour:11} {d.release:32} {', '.join(flags)}"
+        return
+    for k in cat.kernels:
+        flags = [k.wants, *(["default"] if k.default else [])]
+        spec = _resolved_offline(k, cache)
+        flags.append(f"cached: {spec.release} ({spec.version})" if spec and is_cached(spec, cache)
+                     else "not cached")
+        yield f"{k.id:12} {', '.join(flags)}"
+    for kid, entry in sorted(custom_registry(cache).items()):
+        try:
+            meta = json.loads((Path(entry["dir"]) / "meta.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # removed by hand: not listed
+        patches = ", ".join(Path(p).name for p in meta.get("patches", [])) or "no patches"
+        yield f"{kid} {meta.get('release', '?')}  built from {meta.get('source', '?')} ({patches})"
+
+
+def _resolved_offline(request: Any, cache: Path) -> Any:
+    """The kernel spec ``request`` last resolved to here (no archive asked), or None."""
+    try:
+        return resolve_spec(request, cache, offline=True)
+    except UsageError:
+        return None
+
+
+def remove_lines(names: Sequence[str]) -> Iterator[str]:
+    """``pokelab kernels --remove NAME...``: built kernels (``custom-*``, or ``built`` for all) and
+    fetched ones (:func:`.removal.plan`, UsageError before anything is deleted); a line per
+    kernel removed (MB freed), the total, and what is left on purpose."""
+    cache = cache_dir()
+    plan = removal.plan(names, Catalog.load(), cache)
+    total = 0
+    for one in plan.removals:
+        freed = removal.carry_out(one, cache)
+        total += freed
+        yield f"removed {one.name} ({freed / 1e6:.0f} MB)"
+    yield f"freed {total / 1e6:.0f} MB; a removed Debian kernel is fetched again when next used"
+    for kept in plan.kept:
+        yield f"left {kept.size / 1e6:.0f} MB: {kept.what}"
+
+
+def fetch_images(kernel_ids: Sequence[str] | None) -> Iterator[str]:
+    """``pokelab images``: fetch and prepare each kernel (catalog ids, ``["all"]``; None: the default)
+    and its initramfs, a line each, then the SSH key's line."""
+    cat = Catalog.load()
+    wanted = list(cat.kernels) if kernel_ids == ["all"] else [
+        cat.lookup(k) for k in (kernel_ids or [cat.default.id])]
+    cache = cache_dir()
+    key = ensure_ssh_key(cache)
+    for request in wanted:
+        k = ensure_kernel(resolve_spec(request, cache), cache)
+        initrd = ensure_initramfs(k, cache, {})
+        yield f"{request.id:10} {k.package} {k.version}  build-id {k.build_id[:16]}  initramfs {initrd.name}"
+    yield f"ssh key    {key}"
+
+
+def build(source: Path | None, patches: Sequence[Path], fragments: Sequence[Path], out: Path | None,
+          jobs: int, say: Callable[[str], None]) -> str:
+    """``pokelab build-kernel``: build and register; the line naming what was built.  A failed
+    patch, config or make is a :class:`~orchestrator.kernels.kbuild.BuildError` whose tail (the
+    log) is shown without ``-v`` too."""
+    try:
+        res = build_kernel(source, patches, fragments, out, jobs=jobs, say=say)
+    except BuildError as exc:
+        exc.tail_always = True
+        raise
+    return (f"{res.kernel_id} release {res.release} build-id {res.build_id} "
+            f"built in {res.seconds:.0f} s ({res.kernel_dir})")
