@@ -238,8 +238,8 @@ def test_bisect_usage_errors(tmp_path: Path, args: list[str], needle: str) -> No
 # --------------------------------------------------------------------------- every path argument
 #
 # Every path and file a subcommand takes is checked while the command line is parsed
-# (orchestrator/host/userpaths.py, through cli/parser.py): a missing file, a directory, a binary file where text
-# is read, a file that cannot be read, a place where nothing can be created: one line
+# (orchestrator/host/userpaths.py, through cli/parser.py): a missing file, a directory, a binary
+# file where text is read, a file that cannot be read, a place where nothing can be created: one line
 # ``pokelab: usage: argument OPT: PATH: why`` and exit 2, before anything runs.
 
 IN_BIN, IN_TEXT, IN_TEXT_OR_DIR, IN_DIR, OUT_DIR, OUT_FILE, OUT_FILE_CREATE = (
