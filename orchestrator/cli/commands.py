@@ -7,13 +7,14 @@ return what to print; a command returns the exit status; errors propagate to the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
 from argparse import Namespace
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..core.ktap import from_nightly
 from ..core.verdict import exit_status
@@ -27,6 +28,7 @@ from ..run.scenario_file import resolve
 from ..run.scenarios_table import BY_NAME
 
 Command = Callable[[Namespace], int]
+T = TypeVar("T")
 
 
 def say(msg: str) -> None:
@@ -43,9 +45,14 @@ def _show(lines: Iterable[str], fmt: str = "text", ktap: Callable[[], str] | Non
     return 0
 
 
+def _from(cls: Callable[..., T], a: Namespace, **given: Any) -> T:
+    """``cls`` (a typed request) from the options ``parser.fields`` made of its fields, and ``given``."""
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli")}  # type: ignore[arg-type]
+    return cls(**{n: getattr(a, n) for n in names if hasattr(a, n)}, **given)
+
+
 def _vm(a: Namespace) -> VmOptions:
-    return VmOptions(a.smp, a.memory, a.accel, a.tcg_thread, a.machine, getattr(a, "gdb_port", None),
-                     getattr(a, "ssh_port", None), a.qemu)
+    return _from(VmOptions, a)
 
 
 def _artifacts(a: Namespace, label: str) -> Path:
@@ -54,14 +61,14 @@ def _artifacts(a: Namespace, label: str) -> Path:
 
 def _guest(a: Namespace, label: str) -> tuple[KernelChoice, VmOptions, Path]:
     """The kernel, VM and artifact dir of a command that boots a guest."""
-    return KernelChoice(a.kernel, a.bzimage, a.vmlinux, a.modules), _vm(a), _artifacts(a, label)
+    return _from(KernelChoice, a), _vm(a), _artifacts(a, label)
 
 
 #: the commands that print the lines their job returns, and nothing else
 LISTINGS: dict[str, Callable[[Namespace], Iterable[str]]] = {
     "kernels": lambda a: kernels.remove_lines(a.remove) if a.remove else kernels.list_lines(a.debian),
     "images": lambda a: kernels.fetch_images(a.kernel),
-    "build-kernel": lambda a: [kernels.build(a.source, a.patches, a.config_fragment, a.out, a.jobs, say)],
+    "build-kernel": lambda a: [kernels.build(_from(kernels.BuildRequest, a), say)],
     "qemu": lambda a: [guest.ensure_qemu(a.jobs, progress=say)],
     "scenarios": lambda a: repro.scenario_lines(),
 }
@@ -92,36 +99,34 @@ def cmd_run_cmd(a: Namespace) -> int:
     return res.status
 
 
-def _repro(a: Namespace, choice: repro.Choice, *, runs: int | None = None, until_fail: bool = False,
-           fmt: str = "text", gdb: bool = False, bisect: bool = False) -> int:
+def _repro(a: Namespace, choice: repro.Choice, opts: repro.ReproOptions) -> int:
     """Run a scenario (``repro``, ``probe``): the request, the job, the verdict lines."""
     kernel, vm, artifacts = _guest(a, f"{a.command}-{choice.scenario.name}")
-    request = RunRequest(choice.scenario, artifacts, kernel, vm, inject=a.inject, inject_every=a.inject_every,
-                         workload=getattr(a, "workload", None), info=choice.info)
+    request = _from(RunRequest, a, scenario=choice.scenario, artifacts=artifacts, kernel=kernel, vm=vm,
+                    info=choice.info)
     request.check()
     if a.dry_run:
         return _show([guest.dry_run_line(kernel, vm, artifacts)])
-    hold = gdb_hold(functools.partial(print, flush=True)) if gdb else None
-    rep = repro.run(request, Executor(progress=say, hold=hold), runs=runs, until_fail=until_fail, say=say)
-    if a.json is not None:
-        rep.final.write(a.json)
-    _show(repro.report_lines(rep), fmt, lambda: repro.ktap_text(rep.final))
+    hold = gdb_hold(functools.partial(print, flush=True)) if opts.gdb else None
+    rep = repro.run(request, Executor(progress=say, hold=hold), runs=opts.runs, until_fail=opts.until_fail,
+                    say=say)
+    if opts.json is not None:
+        rep.final.write(opts.json)
+    _show(repro.report_lines(rep), opts.format, lambda: repro.ktap_text(rep.final))
     if rep.stopped is not None:
         say(f"interrupted by {rep.stopped[0]}: verdict written to {artifacts / 'verdict.json'}")
         return rep.stopped[1]
-    return exit_status(rep.final.verdict, bisect=bisect)
+    return exit_status(rep.final.verdict, bisect=opts.bisect_exit_codes)
 
 
 def cmd_probe(a: Namespace) -> int:
-    return _repro(a, repro.Choice(repro.probe_scenario(a.toggles, a.function, a.min_judged)))
+    return _repro(a, repro.Choice(repro.probe_scenario(a.toggles, a.function, a.min_judged)),
+                  _from(repro.ReproOptions, a))
 
 
 def cmd_repro(a: Namespace) -> int:
-    repro.check_runs(a.repeat, a.runs, a.until_fail)
-    choice = repro.choose(a.scenario, trigger_path=a.trigger, function=a.function, min_judged=a.min_judged,
-                          repeat=a.repeat, builtin=BY_NAME.get)
-    return _repro(a, choice, runs=a.runs, until_fail=a.until_fail, fmt=a.format, gdb=a.gdb,
-                  bisect=a.bisect_exit_codes)
+    opts = _from(repro.ReproOptions, a)
+    return _repro(a, repro.choose(a.scenario, opts, BY_NAME.get), opts)
 
 
 def cmd_bench(a: Namespace) -> int:
@@ -133,7 +138,7 @@ def cmd_bench(a: Namespace) -> int:
 
 
 def _reports(a: Namespace) -> nightly_run.Reports:
-    return nightly_run.Reports(a.out, a.previous, a.known_issues, a.kcidb, a.artifacts_url)
+    return _from(nightly_run.Reports, a, out_dir=a.out)
 
 
 def _night_done(summary: dict[str, Any], out_dir: Path, fmt: str) -> int:
@@ -143,7 +148,7 @@ def _night_done(summary: dict[str, Any], out_dir: Path, fmt: str) -> int:
 
 
 def cmd_nightly(a: Namespace) -> int:
-    req = nightly_run.NightlyRequest(_reports(a), _vm(a), a.kernels, a.scenarios, a.repeat, a.shard, a.jobs)
+    req = _from(nightly_run.NightlyRequest, a, reports=_reports(a), vm=_vm(a))
     plan = nightly_run.plan(req)
     if a.dry_run:
         return _show(["\n".join(f"{k} {s}" for k, s in plan.cells)])
@@ -156,8 +161,7 @@ def cmd_merge(a: Namespace) -> int:
 
 def cmd_bisect(a: Namespace) -> int:
     base = RunRequest(resolve(a.scenario, BY_NAME.get), _artifacts(a, "bisect"), KernelChoice(), _vm(a))
-    req = bisect_run.BisectRequest(base, a.runs, a.source, a.good, a.bad, a.debian, a.log, a.replay, a.jobs,
-                                   a.scenario)
+    req = _from(bisect_run.BisectRequest, a, base=base, scenario_arg=a.scenario)
     lines, code = bisect_run.run(req, Executor(), say)
     _show(["\n".join(lines)])
     return code

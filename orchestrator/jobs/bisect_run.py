@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.bisect_logic import Policy
 from ..core.errors import UsageError
+from ..core.fields import option
 from ..host.cache import cache_dir
 from ..kernels.catalog import DEFAULT_FLAVOUR, Catalog
 from ..kernels.debian import available, parse_range, resolve, select_range
@@ -39,14 +40,26 @@ class BisectRequest:
     is the bisect's); git mode: ``source``, ``good``, ``bad``; Debian mode: ``debian`` (GOOD..BAD)."""
 
     base: RunRequest
-    runs: int = 3
-    source: Path | None = None
-    good: str | None = None
-    bad: str | None = None
-    debian: str | None = None
-    log: Path | None = None
-    replay: Path | None = None
-    jobs: int = 2
+    runs: int = field(default=3, metadata=option(
+        "scenario runs per revision (good needs min(N, 3) clean runs and no failure, bad needs min(N, 2) "
+        "failing runs)", metavar="N", type=int))
+    source: Path | None = field(default=None, metadata=option(
+        "a git kernel checkout (bisected in a scratch worktree; yours is not touched)", metavar="DIR",
+        path="dir"))
+    good: str | None = field(default=None, metadata=option(
+        "with --source: a revision the scenario passes on", metavar="REV"))
+    bad: str | None = field(default=None, metadata=option(
+        "with --source: a revision the scenario fails on", metavar="REV"))
+    debian: str | None = field(default=None, metadata=option(
+        "bisect the Debian cloud-amd64 kernels apt knows between two versions, named by ABI (6.1.0-47), "
+        "release, package version (6.1.170-3) or catalog id (6.1)", metavar="GOOD..BAD"))
+    log: Path | None = field(default=None, metadata=option(
+        "JSON-lines bisect log (default: --replay's file, else under the artifacts)", metavar="FILE",
+        path="new-file"))
+    replay: Path | None = field(default=None, metadata=option(
+        "resume from a bisect log: logged revisions are not run again", metavar="FILE", path="text"))
+    jobs: int = field(default=2, metadata=option("make -j with --source", flag="-j --jobs", metavar="N",
+                                                 type=int))
     #: the scenario as the user named it (a FILE.toml path too), for the command line to go on with
     scenario_arg: str | None = None
 

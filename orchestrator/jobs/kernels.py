@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
+from ..core.fields import option
 from ..host.cache import cache_dir
 from ..kernels import removal
 from ..kernels.catalog import Catalog
@@ -89,13 +91,31 @@ def fetch_images(kernel_ids: Sequence[str] | None) -> Iterator[str]:
     yield f"ssh key    {key}"
 
 
-def build(source: Path | None, patches: Sequence[Path], fragments: Sequence[Path], out: Path | None,
-          jobs: int, say: Callable[[str], None]) -> str:
+@dataclass(frozen=True)
+class BuildRequest:
+    """``pokelab build-kernel``: a tree, patches and config fragments, built out of tree."""
+
+    source: Path | None = field(default=None, metadata=option(
+        "kernel tree, plain or git (default: Debian's linux-source-6.1, unpacked once)", metavar="DIR",
+        path="dir"))
+    patches: tuple[Path, ...] = field(default=(), metadata=option(
+        "patches applied with patch -p1 to a scratch copy, in order (a dir: its *.patch)", nargs="+",
+        metavar="DIR|FILE", path="text-or-dir"))
+    config_fragment: tuple[Path, ...] = field(default=(), metadata=option(
+        "config fragments merged on allnoconfig (default: images/config/*.config)", nargs="+",
+        metavar="FILE", path="text"))
+    out: Path | None = field(default=None, metadata=option(
+        "make O= dir (default: under the cache)", metavar="DIR", path="out-dir"))
+    jobs: int = field(default=2, metadata=option("make -j", flag="-j --jobs", metavar="N", type=int))
+
+
+def build(req: BuildRequest, say: Callable[[str], None]) -> str:
     """``pokelab build-kernel``: build and register; the line naming what was built.  A failed
     patch, config or make is a :class:`~orchestrator.kernels.kbuild.BuildError` whose tail (the
     log) is shown without ``-v`` too."""
     try:
-        res = build_kernel(source, patches, fragments, out, jobs=jobs, say=say)
+        res = build_kernel(req.source, list(req.patches), list(req.config_fragment), req.out, jobs=req.jobs,
+                           say=say)
     except BuildError as exc:
         exc.tail_always = True
         raise

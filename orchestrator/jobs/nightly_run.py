@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import PokelabError, UsageError
+from ..core.fields import option
 from ..host.cache import cache_dir
 from ..kernels.catalog import Catalog
 from ..kernels.debian import fetchable, resolve_spec
@@ -49,10 +50,14 @@ class Reports:
     """Where the reports go and what they compare with (nightly and merge)."""
 
     out_dir: Path
-    previous: Path | None = None
-    known_issues: Path | None = None
-    kcidb: Path | None = None
-    artifacts_url: str | None = None
+    previous: Path | None = field(default=None, metadata=option(
+        "a previous summary.json to compare with", metavar="SUMMARY", path="text"))
+    known_issues: Path | None = field(default=None, metadata=option(
+        "known flakes (TOML or JSON, docs/nightly.md)", metavar="FILE", path="text"))
+    kcidb: Path | None = field(default=None, metadata=option(
+        "also write KCIDB-style JSON here", metavar="FILE", path="new-file"))
+    artifacts_url: str | None = field(default=None, metadata=option(
+        "where OUT is published: KCIDB output_files URLs are made from it", metavar="URL"))
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,16 @@ class NightlyRequest:
 
     reports: Reports
     vm: VmOptions = field(default_factory=VmOptions)
-    kernels: str | None = None
-    scenarios: str | None = None
-    repeat: int | None = None
-    shard: str | None = None
-    jobs: int = 1
+    kernels: str | None = field(default=None, metadata=option(
+        "kernel ids as --kernel takes them: catalog, custom-*, Debian ABIs (default: every catalog kernel "
+        "cached or fetchable)", metavar="A,B"))
+    scenarios: str | None = field(default=None, metadata=option(
+        "scenario names or scenario files FILE.toml (default: every built-in scenario)", metavar="A,B"))
+    repeat: int | None = field(default=None, metadata=option("cycles of each scenario's steps", metavar="N",
+                                                             type=int))
+    shard: str | None = field(default=None, metadata=option(
+        "run only shard I of N (1-based, deterministic)", metavar="I/N"))
+    jobs: int = field(default=1, metadata=option("parallel VMs", flag="-j --jobs", metavar="N", type=int))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from ..core import ktap
 from ..core.budget import summary_line
 from ..core.errors import RunInterrupted, Terminated, UsageError
+from ..core.fields import option
 from ..core.verdict import REPRODUCED, run_rate
 from ..run import scenario_file, trigger
 from ..run.execute import Execute
@@ -31,16 +32,49 @@ FORMATS = ("text", "ktap")
 
 
 @dataclass(frozen=True)
+class ReproOptions:
+    """What ``pokelab repro`` (and ``probe``) take beyond the run itself: what to run, how often, how
+    to report."""
+
+    trigger: Path | None = field(default=None, metadata=option(
+        "instead of a scenario: your trigger (a script, a binary, a .tc file or a dir of .tc files) copied "
+        "in and run from vCPU 0, the default load on the others", metavar="FILE|DIR", path="file-or-dir"))
+    function: str | None = field(default=None, metadata=option(
+        "trace this function instead (the real symbol); with --trigger: the function whose site is read "
+        "back and whose traps count to the floor"))
+    min_judged: int | None = field(default=None, metadata=option(
+        "the floor: fewer traps judged (at the traced function's site) is INCONCLUSIVE", metavar="N",
+        type=int))
+    repeat: int | None = field(default=None, metadata=option("cycles of the scenario's steps", metavar="N",
+                                                             type=int))
+    runs: int | None = field(default=None, metadata=option(
+        "boot and run the scenario N times, each in artifacts/run-I (a failure rate)", metavar="N", type=int))
+    until_fail: bool = field(default=False, metadata=option(
+        "with --runs: stop at the first FAIL or CRASH", action="store_true"))
+    gdb: bool = field(default=False, metadata=option(
+        "at the first violation leave the guest stopped and print the gdb command; Ctrl-C ends it",
+        action="store_true"))
+    format: str = field(default="text", metadata=option(
+        "stdout: text or KTAP v1 (the text lines go to stderr)", choices=FORMATS))
+    bisect_exit_codes: bool = field(default=False, metadata=option(
+        "exit as `git bisect run` expects: 0 PASS, 1 FAIL/CRASH, 125 other verdicts, 128 bad usage (aborts "
+        "the bisect)", action="store_true"))
+    json: Path | None = field(default=None, metadata=option(
+        "write the JSON verdict here too", metavar="FILE", path="out-file"))
+
+
+@dataclass(frozen=True)
 class Choice:
     scenario: Scenario
     #: more keys of the verdict JSON, filled in during the run (the trigger's results)
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def choose(name: str | None, *, trigger_path: Path | None, function: str | None, min_judged: int | None,
-           repeat: int | None, builtin: Callable[[str], Scenario | None]) -> Choice:
-    """The scenario to run: SCENARIO (a name or FILE.toml) or ``--trigger``; UsageError if neither
-    or both, or if what they name is bad."""
+def choose(name: str | None, opts: ReproOptions, builtin: Callable[[str], Scenario | None]) -> Choice:
+    """The scenario to run: SCENARIO (a name or FILE.toml) or ``--trigger``, with ``opts``' function,
+    floor and repeat; UsageError if neither or both, if what they name is bad, or for bad counts."""
+    check_runs(opts.repeat, opts.runs, opts.until_fail)
+    trigger_path, function, min_judged, repeat = opts.trigger, opts.function, opts.min_judged, opts.repeat
     if min_judged is not None and min_judged < 1:
         raise UsageError("--min-judged must be at least 1 (0 traps prove nothing)")
     if trigger_path is not None:
@@ -72,9 +106,9 @@ def check_runs(repeat: int | None, runs: int | None, until_fail: bool) -> None:
 PROBE_SCENARIO = "ftrace-function"
 
 
-def probe_scenario(toggles: int, function: str, min_judged: int | None) -> Scenario:
+def probe_scenario(toggles: int, function: str | None, min_judged: int | None) -> Scenario:
     """``pokelab probe --toggles N --function F --min-judged M``: the built-in ftrace-function scenario
-    with N cycles on F, the floor M traps at F's site (default 1)."""
+    with N cycles on F (default its own, ``__do_sys_getpid``), the floor M traps at F's site (default 1)."""
     from ..run.scenarios_table import BY_NAME
 
     if toggles < 1:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
+from ..core.fields import option
 from ..machine.qemu_binary import check_given
 from .scenario import Scenario
 
@@ -31,10 +32,17 @@ class KernelChoice:
     for a kernel whose virtio drivers are modules (they then go into the initramfs).
     """
 
-    kernel: str | None = None
-    bzimage: Path | None = None
-    vmlinux: Path | None = None
-    modules: Path | None = None
+    kernel: str | None = field(default=None, metadata=option(
+        "a catalog id from `pokelab kernels`; a line (7.3: its newest ABI with -dbg; 7.3-rt-amd64); a "
+        "Debian ABI (6.1.0-57, 7.3.4+deb13, 6.1.0-57-rt-amd64) or package (linux-image-7.3.4+deb13-amd64); "
+        "custom-<id>", metavar="ID"))
+    bzimage: Path | None = field(default=None, metadata=option(
+        "your own kernel image (with --vmlinux)", metavar="P", path="file"))
+    vmlinux: Path | None = field(default=None, metadata=option(
+        "its debug vmlinux (build-id must match)", metavar="P", path="file"))
+    modules: Path | None = field(default=None, metadata=option(
+        "with --bzimage: its lib/modules/<release> tree (virtio drivers as modules)", metavar="DIR",
+        path="dir"))
 
     def check(self) -> None:
         """UsageError for a combination or a path that cannot work (before anything slow)."""
@@ -60,14 +68,23 @@ class VmOptions:
     executable file (None: :func:`orchestrator.machine.qemu_binary.select` chooses).
     """
 
-    smp: int = 4
-    memory_mb: int = 1024
-    accel: str = "auto"
-    tcg_thread: str = "single"
-    machine: str = "pc"
-    gdb_port: int | None = None
-    ssh_port: int | None = None
-    qemu: Path | None = None
+    smp: int = field(default=4, metadata=option("vCPUs", metavar="N", type=int))
+    memory_mb: int = field(default=1024, metadata=option("guest RAM", flag="--memory", metavar="MIB",
+                                                         type=int))
+    accel: str = field(default="auto", metadata=option(
+        "auto: KVM where it was seen to boot a guest, else TCG", choices=ACCELS))
+    tcg_thread: str = field(default="single", metadata=option(
+        "TCG threading; 'multi' is known unstable for text_poke", choices=TCG_THREADS))
+    machine: str = field(default="pc", metadata=option(
+        "QEMU machine: pc (i440FX, virtio on PCI) or microvm (no PCI or legacy timers, virtio-mmio found "
+        "through ACPI)", choices=MACHINES))
+    qemu: Path | None = field(default=None, metadata=option(
+        "this qemu-system-x86_64 (default: the host's if its gdbstub does not flush translated code at a "
+        "stop, else the one `pokelab qemu` built)", metavar="PATH", type=Path))
+    gdb_port: int | None = field(default=None, metadata=option("gdbstub port on 127.0.0.1", metavar="PORT",
+                                                                type=int))
+    ssh_port: int | None = field(default=None, metadata=option("SSH port on 127.0.0.1", metavar="PORT",
+                                                                type=int))
 
     def check(self) -> None:
         """UsageError for values QEMU or the guest cannot take."""
@@ -99,9 +116,13 @@ class RunRequest:
     artifacts: Path
     kernel: KernelChoice = field(default_factory=KernelChoice)
     vm: VmOptions = field(default_factory=VmOptions)
-    inject: str | None = None
-    inject_every: int = 2
-    workload: Path | None = None
+    inject: str | None = field(default=None, metadata=option(
+        "corrupt the emulation at chosen CALL traps (wrong-target: JMP32 ones too; self-test: must end "
+        "FAIL)", choices=INJECTIONS))
+    inject_every: int = field(default=2, metadata=option("inject at every K-th eligible trap", metavar="K",
+                                                         type=int))
+    workload: Path | None = field(default=None, metadata=option(
+        "a static binary or script to copy in and run pinned as the load", metavar="FILE", path="file"))
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:

@@ -224,18 +224,16 @@ def test_trigger_scenario() -> None:
 
 
 def test_choose() -> None:
-    c = repro.choose(None, trigger_path=TRIGGERS / "ftrace-tc", function=None, min_judged=None,
-                     repeat=None, builtin=BY_NAME.get)
+    c = repro.choose(None, repro.ReproOptions(trigger=TRIGGERS / "ftrace-tc"), BY_NAME.get)
     assert c.scenario.name == "trigger-ftrace-tc" and c.info["trigger"]["kind"] == "tc"
-    c = repro.choose("ftrace-function", trigger_path=None, function=None, min_judged=5, repeat=1,
-                     builtin=BY_NAME.get)
+    c = repro.choose("ftrace-function", repro.ReproOptions(min_judged=5, repeat=1), BY_NAME.get)
     assert c.scenario.min_traps == 5 and c.scenario.repeat == 1 and not c.info
-    for kwargs, msg in ((dict(name=None, trigger_path=None), "give a SCENARIO"),
-                        (dict(name="ftrace-function", trigger_path=TRIGGERS), "not both"),
-                        (dict(name="ftrace-function", trigger_path=None, min_judged=0), "at least 1")):
-        args: dict[str, Any] = {"function": None, "min_judged": None, "repeat": None, **kwargs}
+    for name, opts, msg in ((None, repro.ReproOptions(), "give a SCENARIO"),
+                            ("ftrace-function", repro.ReproOptions(trigger=TRIGGERS), "not both"),
+                            ("ftrace-function", repro.ReproOptions(min_judged=0), "at least 1"),
+                            ("ftrace-function", repro.ReproOptions(until_fail=True), "needs --runs")):
         with pytest.raises(UsageError, match=msg):
-            repro.choose(args.pop("name"), builtin=BY_NAME.get, **args)
+            repro.choose(name, opts, BY_NAME.get)
 
 
 def test_tc_results_and_what_holds_against_a_run() -> None:
