@@ -39,9 +39,11 @@ attaches (``verdict.json``'s ``baseline_steps``, each step timed as in ``steps``
   the part of ``trap_ms`` that GDB's Python sees.
 * ``trap_cost_ratio`` = ``trap_ms`` / ``bare_stop_ms`` (target <= 1.5).
 * ``tb_flushes_per_stop``: QEMU's ``TB flush count`` (HMP ``info jit``) after the
-  scenario's steps (setup, cycles, teardown) minus before, per breakpoint hit of the probe in
-  between (``probe_stops``: handler entries, returns, batches; each hit is GDB's stop plus its
-  step-over).  Target 0: QEMU >= 10.2 does not flush at a debug stop (2 with 7.2).
+  scenario's steps (setup, cycles, teardown) minus before (what the probe's stops and the
+  read-backs' pauses of the guest flushed), per breakpoint hit of the probe in between
+  (``probe_stops``: handler entries, returns, batches; each hit is GDB's stop plus its
+  step-over).  Target 0: QEMU >= 10.2 does not flush at a debug stop (2 with 7.2 at each
+  stop; 2.48 in a 4-cycle run, where the pauses weigh more).
   ``qemu_tb_flushes_per_stop`` is the same measured on single-steps when the binary
   was chosen (:mod:`orchestrator.machine.qemu_binary`).
 * ``traps_per_min``: judged traps per wall minute of the probe's cycles (``probe_toggle_s``:
