@@ -20,27 +20,36 @@ phase (boots alternate one by one), so the machine's noise hits both:
   median of the wall time per ``-exec-continue`` -> ``*stopped`` cycle.
 * ``py_stop_ms``: the same breakpoint handled inside GDB (Python ``stop()``
   returning False): median interval between consecutive hits.
-* ``switch_without_probe_s`` / ``switch_with_probe_s``: median host time of one
-  function-tracer switch (``function`` <-> ``nop`` on ``__do_sys_getpid``, under the
-  getpid load) before GDB attaches / under the probe; ``probe_overhead`` = with / without
-  (target <= 1.10).
-* ``trap_ms``: host cost per inspected trap, measured from outside: (wall time of
-  a switch with the probe - without) x switches / traps judged.  This counts
-  everything a trap costs, including what happens in QEMU after GDB resumes it
-  (the re-translation after a flush).
+
+The probe figures come from one run of the ``ftrace-function`` scenario (function tracer on/off on
+``__do_sys_getpid``, ``--toggles`` cycles, vCPUs 1.. in getpid) through ``execute(RunRequest(...))``,
+with as many ``baseline_cycles``: the same setup, cycles and teardown on the booted guest before GDB
+attaches (``verdict.json``'s ``baseline_steps``, each step timed as in ``steps``); its
+``verdict.json`` is in ``bench-artifacts/probe/`` (and ``compare/probe/``).
+
+* ``switch_without_probe_s`` / ``switch_with_probe_s``: median host time of one function-tracer
+  switch (the scenario's ``tracer-on`` and ``tracer-off`` steps: ``function`` <-> ``nop`` written to
+  ``current_tracer`` from vCPU 0, a round trip over SSH) before GDB attaches / under the probe;
+  ``probe_overhead`` = with / without (target <= 1.10).
+* ``trap_ms``: host cost per inspected trap, measured from outside: (with - without) x switches
+  under the probe / traps judged.  This counts everything a trap costs, including what happens
+  in QEMU after GDB resumes it (the re-translation after a flush).
 * ``trap_inside_ms``: median, over the probe's real traps, of the time from
   handling the entry stop to the end of handling the return stop (GDB-side):
   the part of ``trap_ms`` that GDB's Python sees.
 * ``trap_cost_ratio`` = ``trap_ms`` / ``bare_stop_ms`` (target <= 1.5).
 * ``tb_flushes_per_stop``: QEMU's ``TB flush count`` (HMP ``info jit``) after the
-  probe's toggles minus before, per breakpoint hit of the probe in between
+  scenario's steps (setup, cycles, teardown) minus before (what the probe's stops and the
+  read-backs' pauses of the guest flushed), per breakpoint hit of the probe in between
   (``probe_stops``: handler entries, returns, batches; each hit is GDB's stop plus its
-  step-over).  Target 0: QEMU >= 10.2 does not flush at a debug stop (2 with 7.2).
+  step-over).  Target 0: QEMU >= 10.2 does not flush at a debug stop (2 with 7.2 at each
+  stop; 2.48 in a 4-cycle run, where the pauses weigh more).
   ``qemu_tb_flushes_per_stop`` is the same measured on single-steps when the binary
   was chosen (:mod:`orchestrator.machine.qemu_binary`).
-* ``traps_per_min``: judged traps per wall minute of the probe's toggle phase.
+* ``traps_per_min``: judged traps per wall minute of the probe's cycles (``probe_toggle_s``:
+  ``cycles_s`` of the run, its steps with their evidence and read-backs).
   Information only: a slower probe keeps more vCPUs in each int3 window, so it
-  rises when the probe gets slower.
+  rises when the probe gets slower.  ``probe_traps_judged``: the run's judged traps.
 
 Part ``kbuild`` (Debian's linux-source-6.1, default config fragments; definitions in
 :mod:`orchestrator.jobs.bench_kbuild`):
@@ -58,25 +67,29 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import InfraError, UsageError
+from ..core.verdict import Verdict
 from ..gdb.mi import MiSession, gdb_argv
 from ..gdb.probe import GDB_SCRIPT
 from ..kernels import loadgen
 from ..kernels.images import KernelArtifacts
 from ..machine.vm import Vm, VmSpec
-from ..run.prepare import prepare_vm
-from ..run.probe_run import ProbeOptions, run_probe
-from ..run.request import KernelChoice, VmOptions
+from ..run.execute import execute
+from ..run.prepare import Prepared, prepare_vm
+from ..run.request import KernelChoice, RunRequest, VmOptions
 from .bench_kbuild import STEP_RUNS, run_kbuild_bench
+from .repro import probe_scenario
 
 log = logging.getLogger(__name__)
 
 HOT_FUNCTION = "__x64_sys_getpid"
+#: the function the probed run's tracer is filtered on (its load calls it on every vCPU but 0)
+PROBE_FUNCTION = "__do_sys_getpid"
 PARTS = ("vm", "kbuild")
 
 
@@ -155,37 +168,57 @@ def read_figures(out: Path) -> dict[str, Any]:
     return data
 
 
-def _column(spec: VmSpec, kernel: KernelArtifacts, art: Path, stops: int, toggles: int,
+def probe_figures(record: Mapping[str, Any], steps: Sequence[str], bare_stop_ms: float) -> dict[str, Any]:
+    """The probe figures (module docstring) of the bench's probed run: ``record`` is its
+    ``verdict.json`` (:class:`~orchestrator.run.result.RunResult` record, with ``baseline_steps``),
+    ``steps`` the names of the scenario's cycle steps whose host seconds are compared.
+
+    Raises InfraError if either side timed none of them or the probe judged no trap.
+    """
+    def seconds(key: str) -> list[float]:
+        return [float(e["s"]) for e in record.get(key) or () if e["step"] in steps]
+
+    without, under = seconds("baseline_steps"), seconds("steps")
+    traps = int(record.get("traps_judged") or 0)
+    if not without or not under or not traps:
+        raise InfraError(f"the bench's probed run timed {len(without)} step(s) without the probe and "
+                         f"{len(under)} under it, with {traps} trap(s) judged: no probe figures")
+    base, probed = statistics.median(without), statistics.median(under)
+    trap_ms = round((probed - base) * len(under) / traps * 1000.0, 3)
+    inside = record.get("trap_cost_ms_median")
+    cycles_s = record.get("cycles_s")
+    return {"switch_without_probe_s": round(base, 3), "switch_with_probe_s": round(probed, 3),
+            "probe_overhead": round(probed / base, 3), "trap_ms": trap_ms,
+            "trap_inside_ms": None if inside is None else round(inside, 3),
+            "trap_cost_ratio": round(trap_ms / bare_stop_ms, 3),
+            "tb_flushes_per_stop": record.get("tb_flushes_per_stop"), "tb_flushes": record.get("tb_flushes"),
+            "probe_stops": record.get("probe_stops"),
+            "traps_per_min": round(traps / cycles_s * 60, 1) if cycles_s else None,
+            "probe_traps_judged": traps, "probe_toggle_s": cycles_s}
+
+
+def _column(spec: VmSpec, kernel: KernelArtifacts, qemu: Path | None, art: Path, stops: int, toggles: int,
             progress: Callable[[str], None]) -> dict[str, Any]:
-    """The stop-cost and probe figures of one QEMU (the boot figures are taken apart)."""
+    """The stop-cost and probe figures of one QEMU (the boot figures are taken apart).
+
+    The probe figures come from one run of the ``ftrace-function`` scenario (``toggles`` cycles on
+    :data:`PROBE_FUNCTION`) through :func:`~orchestrator.run.execute.execute`, on ``spec`` (made
+    from ``VmOptions(qemu=qemu)``), with as many baseline cycles before the probe attaches.
+    """
     name = f"QEMU {spec.qemu.version if spec.qemu else '?'}"
     fig: dict[str, Any] = {}
     costs = _stop_costs(replace(spec, artifacts=art / "stops"), kernel, stops)
     fig.update(costs)
     progress(f"{name}: bare stop {costs['bare_stop_ms']:.2f} ms, in-GDB stop {costs['py_stop_ms']:.2f} ms")
-    pspec = replace(spec, artifacts=art / "probe")
-    (art / "probe").mkdir(parents=True, exist_ok=True)
-    res = run_probe(pspec, kernel, ProbeOptions(toggles=toggles, baseline_switches=2 * toggles),
-                    lambda s: progress(f"{name}: {s}"))
-    if res["verdict"] != "PASS":
-        raise InfraError(f"the probe run of the benchmark on {name} ended {res['verdict']}: "
-                         f"{res.get('reasons')}")
-    base = res["baseline_switch_s"]
-    probed = statistics.median(host for _, host, _ in res["switch_times"])
-    switches = len(res["switch_times"])
-    fig["switch_without_probe_s"] = round(base, 3)
-    fig["switch_with_probe_s"] = round(probed, 3)
-    fig["probe_overhead"] = round(probed / base, 3)
-    fig["trap_ms"] = round((probed - base) * switches / res["traps_judged"] * 1000.0, 3)
-    inside = res.get("trap_cost_ms_median")
-    fig["trap_inside_ms"] = None if inside is None else round(inside, 3)
-    fig["trap_cost_ratio"] = round(fig["trap_ms"] / costs["bare_stop_ms"], 3)
-    fig["tb_flushes_per_stop"] = res.get("tb_flushes_per_stop")
-    fig["tb_flushes"] = res.get("tb_flushes")
-    fig["probe_stops"] = res.get("probe_stops")
-    fig["traps_per_min"] = res.get("traps_per_min")
-    fig["probe_traps_judged"] = res.get("traps_judged")
-    fig["probe_toggle_s"] = res.get("phases", {}).get("toggle_s")
+    sc = probe_scenario(toggles, PROBE_FUNCTION, None)
+    request = RunRequest(scenario=sc, artifacts=art / "probe", vm=VmOptions(qemu=qemu),
+                         baseline_cycles=toggles)
+    res = execute(request, prepared=Prepared(replace(spec, artifacts=request.artifacts), kernel),
+                  progress=lambda s: progress(f"{name}: {s}"))
+    if res.verdict != Verdict.PASS:
+        raise InfraError(f"the probe run of the benchmark on {name} ended {res.verdict}: "
+                         f"{'; '.join(res.reasons)} (see {request.artifacts})")
+    fig.update(probe_figures(res.record, [st.name for st in sc.steps], costs["bare_stop_ms"]))
     progress(f"{name}: trap {fig['trap_ms']:.2f} ms (ratio {fig['trap_cost_ratio']:.2f}), probe overhead "
              f"{fig['probe_overhead']:.2f}, TB flushes per stop {fig['tb_flushes_per_stop']}")
     return fig
@@ -231,7 +264,7 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
     cols[0]["boot_to_ssh_microvm_s"] = round(statistics.median(micro_sshs), 3)
     cols[0]["boot_microvm_ratio"] = round(cols[0]["boot_to_ssh_microvm_s"] / cols[0]["boot_to_ssh_s"], 3)
     for c, s in enumerate(specs):
-        cols[c].update(_column(s, kernel, dirs[c], stops, toggles, progress))
+        cols[c].update(_column(s, kernel, (qemu, qemu_compare)[c], dirs[c], stops, toggles, progress))
     figures: dict[str, Any] = {"kernel": kernel.release, "accel": spec.accel, "smp": spec.smp,
                                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **cols[0]}
     if len(cols) > 1:

@@ -74,6 +74,9 @@ def _probed(spec: VmSpec, kernel: KernelArtifacts, request: RunRequest, out: dic
             for (text, why), met in zip(sc.unsupported_if, present_requirements(vm, conds), strict=True):
                 if met:
                     raise Unsupported(f"{sc.expand(text)}: {why}")
+        if request.baseline_cycles:
+            progress(f"baseline: {request.baseline_cycles} cycle(s) without the probe")
+            body.baseline(vm, request.baseline_cycles)
 
     body = ScenarioBody(sc, request.workload, out)
     return run_probed(spec, kernel, out, body, inject=request.inject, inject_every=request.inject_every,

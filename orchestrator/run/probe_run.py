@@ -1,5 +1,5 @@
-"""``pokelab probe``: boot, load every vCPU but one with getpid, toggle the function tracer
-on ``__do_sys_getpid`` from the remaining one under the probe, judge, summarize.
+"""The probed run (:func:`run_probed`): boot, check the guest before GDB attaches (``pre_attach``),
+attach the probe, run a body (a scenario's: :class:`.scenario_body.ScenarioBody`), judge.
 
 Blame: a guest that does not boot is BOOT_FAIL, an oops on the console is
 CRASH, a broken host tool is INFRA, a kernel layout the probe does not know is
@@ -8,9 +8,7 @@ UNSUPPORTED; only a run that judged traps can PASS or FAIL.
 
 from __future__ import annotations
 
-import json
 import logging
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.budget import DEFAULT as DEFAULT_BUDGET
-from ..core.budget import TrapBudget, summary_line
+from ..core.budget import TrapBudget
 from ..core.census import Census
 from ..core.errors import (
-    InfraError,
     KernelCrash,
     PokelabError,
     RunInterrupted,
@@ -34,26 +31,13 @@ from ..gdb.ledger import read_trap_log
 from ..gdb.probe import Probe
 from ..gdb.symbols import KernelSymbolizer, load_symbols
 from ..host.cache import cache_dir
-from ..kernels import loadgen
+from ..kernels import loadgen  # noqa: F401  (tests/unit/test_run_fakes.py reads probe_run.loadgen)
 from ..kernels.images import KernelArtifacts
 from ..machine.vm import Vm, VmSpec
-from . import ftrace
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FUNCTION = "__do_sys_getpid"
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    toggles: int = 10
-    function: str = DEFAULT_FUNCTION
-    inject: str | None = None
-    inject_every: int = 2
-    min_judged: int = 1
-    #: switches of the tracer to time before the probe attaches (benchmarks only)
-    baseline_switches: int = 0
 
 
 def _crash_titles(vm: Vm) -> list[str]:
@@ -185,10 +169,10 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
                budget: TrapBudget = DEFAULT_BUDGET) -> dict[str, Any]:
     """Boot, attach the probe, run ``body``, judge; always returns ``out`` with a verdict.
 
-    The one runner behind ``pokelab probe`` and every scenario: it never raises
-    PokelabError (errors become verdicts by blame) and always writes
-    ``verdict.json`` into the artifact dir.  ``pre_attach`` runs on the booted
-    guest before GDB attaches (requirement checks, baselines).  ``hold``
+    The one runner behind every scenario (:func:`.execute.execute`, which writes
+    ``verdict.json``): it never raises PokelabError (errors become verdicts by
+    blame).  ``pre_attach`` runs on the booted guest before GDB attaches
+    (requirement checks, ``RunRequest.baseline_cycles``).  ``hold``
     (``--gdb``) runs at the first ``check_alive`` after a violation and ends
     the body by raising StoppedAtViolation.
 
@@ -328,105 +312,6 @@ def _interrupted(exc: BaseException, out: dict[str, Any], vm: Vm, probe: Probe |
     out["verdict"], out["reasons"] = outcome.verdict, list(outcome.reasons)
     out["interrupted"] = True
     return RunInterrupted(out, int(code), name)
-
-
-def run_probe(spec: VmSpec, kernel: KernelArtifacts, opts: ProbeOptions,
-              progress: Progress = lambda s: None) -> dict[str, Any]:
-    """One probed run; always returns a summary dict with a verdict (never raises PokelabError)."""
-    out: dict[str, Any] = {"function": opts.function, "toggles": opts.toggles}
-    load_cpus = list(range(1, spec.smp)) or [0]
-
-    def baseline(vm: Vm) -> None:
-        if not opts.baseline_switches:
-            return
-        vm.check(loadgen.start_command("getpid", load_cpus))
-        ftrace.set_filter(vm, [opts.function])
-        times = []
-        for i in range(opts.baseline_switches):
-            t = time.monotonic()
-            ftrace.set_tracer(vm, "function" if i % 2 == 0 else "nop")
-            times.append(time.monotonic() - t)
-        vm.check(loadgen.STOP_COMMAND)
-        out["baseline_switch_s"] = statistics.median(times)
-
-    def body(run: Run) -> BodyResult:
-        vm, probe = run.vm, run.probe
-        if not ftrace.available(vm, opts.function):
-            raise Unsupported(f"{opts.function} is not in available_filter_functions")
-        vm.check(loadgen.start_command("getpid", load_cpus))
-        ftrace.set_filter(vm, [opts.function])
-        flushes0, stops0 = vm.tb_flush_count(), breakpoint_stops(probe.recorder_stats())
-        t = time.monotonic()
-        per_toggle: list[int] = []
-        out["judged_after_toggle"] = per_toggle
-        switch_times: list[tuple[float, float, float]] = []  # guest s, host s, read-back s
-        out["switch_times"] = switch_times
-        for i in range(opts.toggles):
-            for tracer in ("function", "nop"):
-                t_sw = time.monotonic()
-                guest_s = ftrace.set_tracer(vm, tracer)
-                t_chk = time.monotonic()
-                probe.check_sites()
-                switch_times.append((round(guest_s, 3), round(t_chk - t_sw, 3),
-                                     round(time.monotonic() - t_chk, 3)))
-                run.check_alive("toggling")
-            per_toggle.append(probe.judged_count())
-            progress(f"toggle {i + 1}/{opts.toggles}: {per_toggle[-1]} traps judged")
-        run.phases["toggle_s"] = time.monotonic() - t
-        flushes1 = vm.tb_flush_count()
-        out["probe_stops"] = breakpoint_stops(probe.recorder_stats()) - stops0
-        if flushes0 is not None and flushes1 is not None:
-            out["tb_flushes"] = flushes1 - flushes0
-            out["tb_flushes_per_stop"] = (round(out["tb_flushes"] / out["probe_stops"], 3)
-                                          if out["probe_stops"] else None)
-        counts = loadgen.parse_counts(vm.check(loadgen.STOP_COMMAND))
-        out["load_iterations"] = {str(k): v for k, v in sorted(counts.items())}
-        rng = run.function_range(opts.function)
-        site_traps = run.traps_in([(rng[0], rng[0] + 16)]) if rng else 0
-        out["function_site_traps"] = site_traps
-        return BodyResult(load_ok=all(counts.get(c, 0) > 0 for c in load_cpus),
-                          floor_count=site_traps if rng else None,
-                          floor_what=f"trap(s) judged at {opts.function}'s site")
-
-    out = run_probed(spec, kernel, out, body, inject=opts.inject, inject_every=opts.inject_every,
-                     min_judged=opts.min_judged, pre_attach=baseline, progress=progress)
-    if out["phases"].get("toggle_s"):
-        out["traps_per_min"] = round(out["traps_judged"] / out["phases"]["toggle_s"] * 60, 1)
-    return out
-
-
-def print_summary(out: dict[str, Any], write: Callable[[str], None]) -> None:
-    write(f"verdict: {out['verdict']}  ({'; '.join(out.get('reasons', []))})")
-    pkg = f" ({out['kernel_package']} {out.get('kernel_version')})" if out.get("kernel_package") else ""
-    write(f"kernel {out['kernel']}{pkg}  traps seen {out.get('traps_seen', 0)}, judged "
-          f"{out.get('traps_judged', 0)}, violations {out.get('violations', 0)}, "
-          f"not text_poke {out.get('not_text_poke', 0)}")
-    budget_line = summary_line(out.get("budget"))
-    if budget_line:
-        write(budget_line)
-    if out.get("inject"):
-        write(f"injected {out.get('injected', 0)}, flagged {out.get('injected_flagged', 0)}, "
-              f"false flags {out.get('false_flags', 0)}")
-    for site, info in list((out.get("sites") or {}).items())[:10]:
-        write(f"  site {site} {info['name']}: {info['traps']} traps")
-    if out.get("opcodes"):
-        write("  opcodes: " + ", ".join(f"{k}: {v}" for k, v in out["opcodes"].items()))
-    if out.get("users"):
-        write("  users: " + ", ".join(f"{k}: {v}" for k, v in out["users"].items()))
-    for v in out.get("violation_examples", [])[:3]:
-        write(f"  violation at {v.get('symbol')}: {v.get('reason')}")
-    if out.get("trap_log"):
-        write(f"trap log: {out['trap_log']}")
-    write(f"artifacts: {out['artifacts']}")
-
-
-def write_json(out: dict[str, Any], path: Path | None) -> None:
-    if path is None:
-        return
-    try:
-        path.write_text(json.dumps(out, indent=2) + "\n")
-    except OSError as exc:
-        raise InfraError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def trap_targets(trap_log: str | Path | None) -> list[tuple[str, int]]:

@@ -110,6 +110,11 @@ class RunRequest:
     self-test: the run must end FAIL).  ``workload``: a host file copied in and run
     pinned as the load.  ``info``: more keys of the verdict (a trigger's results, filled
     in during the run).  ``label``: names default artifact dirs and progress lines.
+    ``baseline_cycles``: before the probe attaches, run the setup, this many cycles of the
+    scenario's steps and the teardown on the booted guest under the same load, each step timed
+    (``verdict.json`` ``baseline_steps``, as ``steps``): what the steps cost without the probe
+    (``pokelab bench``'s ``probe_overhead``).  0: none.  Not for a scenario that watches a
+    body site (its steps name a site the probe finds).
     """
 
     scenario: Scenario
@@ -124,6 +129,7 @@ class RunRequest:
     workload: Path | None = field(default=None, metadata=option(
         "a static binary or script to copy in and run pinned as the load", metavar="FILE", path="file"))
     info: Mapping[str, Any] = field(default_factory=dict)
+    baseline_cycles: int = 0
 
     def check(self) -> None:
         """UsageError for anything wrong in the request itself (files, values): nothing is touched."""
@@ -135,6 +141,11 @@ class RunRequest:
             raise UsageError("--inject-every must be at least 1")
         if self.workload is not None and not self.workload.is_file():
             raise UsageError(f"--workload {self.workload}: no such file")
+        if self.baseline_cycles < 0:
+            raise UsageError("baseline_cycles must be 0 or more")
+        if self.baseline_cycles and self.scenario.watch_body:
+            raise UsageError(f"scenario {self.scenario.name} watches a body site the probe finds: "
+                             "its steps cannot run before the probe attaches (baseline_cycles)")
 
     def but(self, **changes: Any) -> RunRequest:
         """A copy with ``changes`` (``kernel=KernelChoice(...)``, ``artifacts=...``, ...)."""

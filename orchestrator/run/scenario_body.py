@@ -11,6 +11,7 @@ import logging
 import re
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,7 @@ class ScenarioBody:
         try:
             for st in sc.setup:
                 self._step(run, st, 0)
+            t0 = time.monotonic()
             for rep in range(sc.repeat):
                 t = time.monotonic()
                 for st in sc.steps:
@@ -101,6 +103,7 @@ class ScenarioBody:
                 per_cycle.append(run.probe.judged_count())
                 run.progress(f"cycle {rep + 1}/{sc.repeat} in {time.monotonic() - t:.1f} s: "
                              f"{per_cycle[-1]} traps judged")
+            self.out["cycles_s"] = round(time.monotonic() - t0, 2)  # the repeated steps' wall time
             for st in sc.teardown:
                 self._step(run, st, 0)
         except BaseException as exc:
@@ -172,30 +175,71 @@ class ScenarioBody:
                       "states": {str(c): states.get(c) for c in cpus}}
 
     # -- steps ----------------------------------------------------------------------
+    def _act(self, vm: Vm, st: Step, on_fail: Callable[[], None]) -> tuple[float, str | None]:
+        """Run a step's action from vCPU 0: its host seconds, and why a Python action could not
+        be done (None: done).  A failed command: ``on_fail()``, then InfraError."""
+        t = time.monotonic()
+        if not isinstance(st.action, str):
+            not_done = st.action(vm)
+            return time.monotonic() - t, not_done or None
+        cmd = self.expand(st.action)
+        res = vm.run(f"taskset -c 0 sh -c {shlex.quote(cmd)}")
+        if res.status != 0:
+            on_fail()
+            raise InfraError(f"step '{st.name}' failed ({res.status}): {cmd}: "
+                             f"{(res.stderr or res.stdout).strip()[-200:]}")
+        return time.monotonic() - t, None
+
+    def _evidence(self, vm: Vm, evidence: str) -> tuple[int | None, str]:
+        """A step's evidence count (None: the command printed no number) and, for None, why."""
+        res = vm.run(f"taskset -c 0 sh -c {shlex.quote(self.expand(evidence))}")
+        m = re.search(r"-?\d+", res.stdout)
+        if m is not None:
+            return int(m.group(0)), ""
+        why = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        return None, f"printed no count, exit {res.status}: {why[0][:120]}"
+
+    def baseline(self, vm: Vm, cycles: int) -> list[dict[str, Any]]:
+        """The same steps with no probe attached (``RunRequest.baseline_cycles``, run before GDB attaches):
+        the setup, ``cycles`` cycles of the steps and the teardown, under the same load, each timed as
+        under the probe (host seconds of its action).  Evidence is read (the guest does the same work)
+        but not judged; nothing is read back (there is no probe).  Recorded as ``out["baseline_steps"]``,
+        entries as in ``out["steps"]`` (``step``, ``cycle``, ``s``; ``evidence``; ``not_done``).
+
+        Raises InfraError if a step's command fails.
+        """
+        sc = self.sc
+        cpus = sc.load.cpus(vm.spec.smp)
+        log_: list[dict[str, Any]] = []
+        self.out["baseline_steps"] = log_
+        self._start_load(vm, cpus)
+        plan = [(st, 0) for st in sc.setup] + [(st, rep) for rep in range(cycles) for st in sc.steps]
+        for st, rep in plan + [(st, 0) for st in sc.teardown]:
+            seconds, not_done = self._act(vm, st, lambda: None)
+            entry: dict[str, Any] = {"step": st.name, "cycle": rep, "s": round(seconds, 3)}
+            if not_done:
+                entry["not_done"] = not_done
+            if st.evidence:
+                entry["evidence"] = self._evidence(vm, st.evidence)[0]
+            log_.append(entry)
+        if self.workload is None:
+            vm.check(loadgen.STOP_COMMAND)
+        else:
+            vm.run(WORKLOAD_STOP_COMMAND)
+        return log_
+
     def _step(self, run: Run, st: Step, rep: int) -> None:
         vm = run.vm
-        t = time.monotonic()
-        if isinstance(st.action, str):
-            cmd = self.expand(st.action)
-            res = vm.run(f"taskset -c 0 sh -c {shlex.quote(cmd)}")
-            if res.status != 0:
-                run.check_alive(f"running step '{st.name}'")
-                raise InfraError(f"step '{st.name}' failed ({res.status}): {cmd}: "
-                                 f"{(res.stderr or res.stdout).strip()[-200:]}")
-        else:
-            not_done = st.action(vm)
-            if not_done:
-                self.unknown.append(f"step '{st.name}': {not_done}")
-        entry: dict[str, Any] = {"step": st.name, "cycle": rep, "s": round(time.monotonic() - t, 3)}
+        seconds, not_done = self._act(vm, st, lambda: run.check_alive(f"running step '{st.name}'"))
+        if not_done:
+            self.unknown.append(f"step '{st.name}': {not_done}")
+        entry: dict[str, Any] = {"step": st.name, "cycle": rep, "s": round(seconds, 3)}
         if st.evidence:
-            res = vm.run(f"taskset -c 0 sh -c {shlex.quote(self.expand(st.evidence))}")
-            m = re.search(r"-?\d+", res.stdout)
-            n = int(m.group(0)) if m else 0
-            if m is None:
-                why = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-                self.evidence_missing[st.name] = f"printed no count, exit {res.status}: {why[0][:120]}"
-            entry["evidence"] = n if m else None
-            self.evidence[st.name] = self.evidence.get(st.name, 0) + n
+            n, why = self._evidence(vm, st.evidence)
+            if n is None:
+                self.evidence_missing[st.name] = why
+            entry["evidence"] = n
+            self.evidence[st.name] = self.evidence.get(st.name, 0) + (n or 0)
             self.evidence_steps[st.name] = st
         run.probe.check_sites()
         run.check_alive(f"running step '{st.name}'")
