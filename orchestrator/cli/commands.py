@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from ..core.ktap import from_nightly
 from ..core.verdict import exit_status
 from ..jobs import bench, bisect_run, guest, kernels, nightly_run, repro
-from ..machine.qemu_binary import check_given
 from ..run.execute import Executor
 from ..run.prepare import default_artifacts
 from ..run.probe_run import gdb_hold
@@ -51,17 +50,13 @@ def _from(cls: Callable[..., T], a: Namespace, **given: Any) -> T:
     return cls(**{n: getattr(a, n) for n in names if hasattr(a, n)}, **given)
 
 
-def _vm(a: Namespace) -> VmOptions:
-    return _from(VmOptions, a)
-
-
 def _artifacts(a: Namespace, label: str) -> Path:
     return a.artifacts.resolve() if a.artifacts else default_artifacts(label)
 
 
 def _guest(a: Namespace, label: str) -> tuple[KernelChoice, VmOptions, Path]:
     """The kernel, VM and artifact dir of a command that boots a guest."""
-    return _from(KernelChoice, a), _vm(a), _artifacts(a, label)
+    return _from(KernelChoice, a), _from(VmOptions, a), _artifacts(a, label)
 
 
 #: the commands that print the lines their job returns, and nothing else
@@ -71,6 +66,7 @@ LISTINGS: dict[str, Callable[[Namespace], Iterable[str]]] = {
     "build-kernel": lambda a: [kernels.build(_from(kernels.BuildRequest, a), say)],
     "qemu": lambda a: [guest.ensure_qemu(a.jobs, progress=say)],
     "scenarios": lambda a: repro.scenario_lines(),
+    "bench": lambda a: [json.dumps(bench.run_request(_from(bench.BenchRequest, a), say), indent=2)],
 }
 
 
@@ -129,14 +125,6 @@ def cmd_repro(a: Namespace) -> int:
     return _repro(a, repro.choose(a.scenario, opts, BY_NAME.get), opts)
 
 
-def cmd_bench(a: Namespace) -> int:
-    figures = bench.run(a.out.resolve(), boots=a.boots, stops=a.stops, toggles=a.toggles, progress=say,
-                        parts=tuple(dict.fromkeys(a.part or bench.PARTS)), jobs=a.jobs,
-                        qemu=check_given(a.qemu) if a.qemu else None,
-                        qemu_compare=check_given(a.qemu_compare) if a.qemu_compare else None)
-    return _show([json.dumps(figures, indent=2)])
-
-
 def _reports(a: Namespace) -> nightly_run.Reports:
     return _from(nightly_run.Reports, a, out_dir=a.out)
 
@@ -148,7 +136,7 @@ def _night_done(summary: dict[str, Any], out_dir: Path, fmt: str) -> int:
 
 
 def cmd_nightly(a: Namespace) -> int:
-    req = _from(nightly_run.NightlyRequest, a, reports=_reports(a), vm=_vm(a))
+    req = _from(nightly_run.NightlyRequest, a, reports=_reports(a), vm=_from(VmOptions, a))
     plan = nightly_run.plan(req)
     if a.dry_run:
         return _show(["\n".join(f"{k} {s}" for k, s in plan.cells)])
@@ -160,7 +148,7 @@ def cmd_merge(a: Namespace) -> int:
 
 
 def cmd_bisect(a: Namespace) -> int:
-    base = RunRequest(resolve(a.scenario, BY_NAME.get), _artifacts(a, "bisect"), KernelChoice(), _vm(a))
+    base = RunRequest(resolve(a.scenario, BY_NAME.get), _artifacts(a, "bisect"), vm=_from(VmOptions, a))
     req = _from(bisect_run.BisectRequest, a, base=base, scenario_arg=a.scenario)
     lines, code = bisect_run.run(req, Executor(), say)
     _show(["\n".join(lines)])

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..core.verdict import EXIT_CODES
 from ..host import userpaths as up
+from ..jobs.bench import BenchRequest
 from ..jobs.bisect_run import BisectRequest
 from ..jobs.kernels import BuildRequest
 from ..jobs.nightly_run import NightlyRequest, Reports
@@ -138,21 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     fields(s, RunRequest)
     fields(s, ReproOptions)
 
-    s = cmd("bench", help="measure boot time, probe cost and kernel builds; write flat JSON")
-    s.add_argument("--out", type=PATHS["new-file"], default="bench/latest.json",
-                   help="default bench/latest.json")
-    s.add_argument("--part", action="append", choices=("vm", "kbuild"),
-                   help="run only this part (repeatable; default both): vm = boots, stops, probe cost; "
-                        "kbuild = cold full build, incremental build, one bisect step (~12 min). The other "
-                        "part's figures already in --out are kept")
-    s.add_argument("-j", "--jobs", type=int, default=2, metavar="N", help="make -j for kbuild (default 2)")
-    s.add_argument("--boots", type=int, default=5, help="boots for the boot-time median (default 5)")
-    s.add_argument("--stops", type=int, default=100, help="stops for the stop-cost median (default 100)")
-    s.add_argument("--toggles", type=int, default=10, help="probe toggles (default 10)")
-    s.add_argument("--qemu", type=Path, metavar="PATH", help="the QEMU to measure (default: as VM commands)")
-    s.add_argument("--qemu-compare", type=Path, metavar="PATH",
-                   help="part vm: measure this second qemu-system-x86_64 in the same run, alternating with "
-                        "the first; its figures go under 'compare'")
+    fields(cmd("bench", help="measure boot times, the probe's cost and kernel builds; write JSON"),
+           BenchRequest)
 
     cmd("scenarios", help="list the scenarios, one line each")
 

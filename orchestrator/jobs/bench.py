@@ -68,16 +68,18 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import InfraError, UsageError
+from ..core.fields import option
 from ..core.verdict import Verdict
 from ..gdb.mi import MiSession, gdb_argv
 from ..gdb.probe import GDB_SCRIPT
 from ..kernels import loadgen
 from ..kernels.images import KernelArtifacts
+from ..machine.qemu_binary import check_given
 from ..machine.vm import Vm, VmSpec
 from ..run.execute import execute
 from ..run.prepare import Prepared, prepare_vm
@@ -270,6 +272,35 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
     if len(cols) > 1:
         figures["compare"] = cols[1]
     return figures
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """``pokelab bench``: which parts, how many samples, which QEMU(s), where the figures go."""
+
+    out: Path = field(default=Path("bench/latest.json"), metadata=option(
+        "the figures, as flat JSON", metavar="FILE", path="new-file"))
+    part: tuple[str, ...] | None = field(default=None, metadata=option(
+        "run only this part (repeatable; default both): vm = boots, stops, probe cost; kbuild = cold full "
+        "build, incremental build, one bisect step (~12 min). The other part's figures already in --out are "
+        "kept", action="append", choices=PARTS))
+    jobs: int = field(default=2, metadata=option("make -j for kbuild", flag="-j --jobs", metavar="N",
+                                                 type=int))
+    boots: int = field(default=5, metadata=option("boots for the boot-time median", metavar="N", type=int))
+    stops: int = field(default=100, metadata=option("stops for the stop-cost median", metavar="N", type=int))
+    toggles: int = field(default=10, metadata=option("probe toggles", metavar="N", type=int))
+    qemu: Path | None = field(default=None, metadata=option(
+        "the QEMU to measure (default: as VM commands)", metavar="PATH", type=Path))
+    qemu_compare: Path | None = field(default=None, metadata=option(
+        "part vm: measure this second qemu-system-x86_64 in the same run, alternating with the first; its "
+        "figures go under 'compare'", metavar="PATH", type=Path))
+
+
+def run_request(req: BenchRequest, progress: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run` for a :class:`BenchRequest` (``--qemu`` paths checked first: UsageError)."""
+    qemu, compare = (check_given(q) if q is not None else None for q in (req.qemu, req.qemu_compare))
+    return run(req.out.resolve(), boots=req.boots, stops=req.stops, toggles=req.toggles, progress=progress,
+               parts=tuple(dict.fromkeys(req.part or PARTS)), jobs=req.jobs, qemu=qemu, qemu_compare=compare)
 
 
 def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,
