@@ -12,10 +12,13 @@ from pathlib import Path
 from ..core.errors import InfraError
 
 
-def cache_dir() -> Path:
-    """Return the cache root (env ``POKELAB_CACHE`` or ``~/.cache/pokelab``), creating it."""
+def cache_dir(create: bool = True) -> Path:
+    """Return the cache root (env ``POKELAB_CACHE`` or ``~/.cache/pokelab``), creating it unless
+    ``create`` is False (``--dry-run`` touches nothing)."""
     env = os.environ.get("POKELAB_CACHE")
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "pokelab"
+    if not create:
+        return path.resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -247,6 +247,19 @@ def kvm_probe_key(qemu: QemuBinary | None, uname: os.uname_result | None = None)
     return f"{u.release} {u.version} | {binary} {version}"
 
 
+def known(path: Path, origin: str, cache: Path) -> QemuBinary | None:
+    """``path`` as :func:`describe` measured it before (``probes.json``), or None: nothing is run or
+    written (``--dry-run``)."""
+    try:
+        entry = json.loads((cache / "qemu" / "probes.json").read_text()).get(_probe_key(path))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entry, dict) or "version" not in entry:
+        return None
+    return QemuBinary(path=path, version=str(entry["version"]), origin=origin,
+                      data_dirs=_data_dirs_for(path), tb_flushes_per_stop=entry.get("tb_flushes_per_stop"))
+
+
 def describe(path: Path, origin: str, cache: Path, data_dirs: Sequence[Path] = ()) -> QemuBinary:
     """Version and measured flushes of ``path`` (the measure cached per binary in ``probes.json``)."""
     qdir = cache / "qemu"

@@ -160,7 +160,7 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
     """
     choice.check()
     check_ports(vm)
-    cache = cache_dir()
+    cache = cache_dir(create=False)
     if choice.bzimage and choice.vmlinux:
         bzimage, release = choice.bzimage, "<release>"
     elif choice.kernel and choice.kernel.startswith("custom-"):
@@ -168,9 +168,11 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
         bzimage, release = k.bzimage, k.release
     else:
         catalog = Catalog.load()
-        spec = resolve_spec(catalog.lookup(choice.kernel) if choice.kernel else catalog.default, cache,
-                            offline=True)
-        rel = spec.release
+        request = catalog.lookup(choice.kernel) if choice.kernel else catalog.default  # unknown: usage error
+        try:
+            rel = resolve_spec(request, cache, offline=True).release
+        except UsageError:  # never resolved here: the archive would be asked, a dry run does not
+            rel = f"<{request.id}: resolved when first fetched>"
         bzimage, release = cache / "kernels" / rel / "boot" / f"vmlinuz-{rel}", rel
     if vm.qemu is not None:
         qpath = qemu_binary.check_given(vm.qemu)
@@ -185,6 +187,7 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
     spec_ = VmSpec(bzimage=bzimage, initrd=cache / "initramfs" / f"initramfs-{release}-<hash>.cpio",
                    ssh_key=cache / "ssh" / rootfs.KEY_NAME, artifacts=artifacts, release=release, smp=vm.smp,
                    memory_mb=vm.memory_mb, accel=accel, tcg_thread=vm.tcg_thread, machine=vm.machine,
-                   gdb_port=vm.gdb_port, ssh_port=vm.ssh_port, qemu=QemuBinary(qpath, "", "dry-run"))
+                   gdb_port=vm.gdb_port, ssh_port=vm.ssh_port,
+                   qemu=qemu_binary.known(qpath, "dry-run", cache) or QemuBinary(qpath, "", "dry-run"))
     config = Vm(spec_).make_config(vm.gdb_port or 1234, vm.ssh_port or 10022, Path("/tmp/pokelab-XXXX"))
     return qemu.build_argv(config)

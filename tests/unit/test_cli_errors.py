@@ -378,3 +378,16 @@ def test_missing_build_tools_name_the_command_that_installs_them() -> None:
     assert exc.value.title == ("kernel builds need ccache, flex: apt-get install ccache flex "
                                "(or `make kbuild-deps`: every kernel-build package)")
     check_build_tools(lambda tool: f"/usr/bin/{tool}")
+
+
+@pytest.mark.parametrize("command", [["probe"], ["repro", "ftrace-function", "--kernel", "7.3"], ["boot"],
+                                     ["run-cmd", "--machine", "microvm", "--dry-run", "--", "true"]])
+def test_dry_run_touches_nothing(command: list[str], tmp_path: Path) -> None:
+    """``--dry-run`` on a machine that has nothing yet: the QEMU line, with the kernel not yet resolved
+    named as such, and not one file or directory made (no cache, no artifacts, no download)."""
+    cache, art = tmp_path / "cache", tmp_path / "art"
+    env = {**os.environ, "POKELAB_CACHE": str(cache), "HOME": str(tmp_path / "home")}
+    res = pokelab(*command, *([] if "--" in command else ["--dry-run"]), env=env, artifacts=art)
+    assert res.returncode == 0, res.stderr
+    assert "-kernel" in res.stdout and "resolved when first fetched" in res.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a dry run made files"
