@@ -7,7 +7,8 @@ then runs ``ops-one`` (our module, built against each kernel's kept build files)
 newest ``linux-source-7.x`` of pokelab's own Debian sources (``host.apt``) with and
 without the patch; the unpatched kernel passes the probe and ``single-poke-in-batch``;
 on the patched one ``single-poke-in-batch`` (runs until the first failure) must end
-FAIL naming the unsorted vector or the declined live site.
+FAIL naming the unsorted vector or the declined live site (measured on 7.3.4: 10 of 10
+runs FAIL, each naming an unsorted vector before any oops; the unpatched tree 0 of 10).
 
 Slow (a cold build is ~10-50 min on 2 cores): run with `make e2e-patched`, never
 part of `make test`.
@@ -35,7 +36,8 @@ PATCH_7X = images_dir() / "patches" / "0002-x86-alternatives-single-poke-joins-b
 #: a 7.x tree instead of the newest linux-source-7.x of pokelab's Debian sources
 SOURCE_7X = os.environ.get("POKELAB_KERNEL_SOURCE_7X")
 #: boots of single-poke-in-batch on the patched 7.x kernel, stopping at the first failure
-RUNS_7X = os.environ.get("POKELAB_E2E_RUNS_7X", "10")
+#: (each run FAILed in 10 of 10 measured: 3 bounds a miss at ~2.5 min)
+RUNS_7X = os.environ.get("POKELAB_E2E_RUNS_7X", "3")
 
 
 def _probe(kernel_id: str, tmp_path: Path) -> dict:
@@ -114,6 +116,7 @@ def test_single_poke_joining_a_batch_fails_unpatched_passes(tmp_path: Path) -> N
     assert (good["verdict"], good["status"]) == ("PASS", 0), good.get("reasons")
     good = _repro("single-poke-in-batch", plain.kernel_id, tmp_path)
     assert (good["verdict"], good["status"]) == ("PASS", 0), good.get("reasons")
+    assert good["traps_judged"] > 0 and good["violations"] == 0
 
     caught = _repro("single-poke-in-batch", bad.kernel_id, tmp_path, "--runs", RUNS_7X, "--until-fail")
     print(f"patched: {caught['failures']} failure(s) in {caught['runs']} run(s)")
