@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import commands as cli
+from orchestrator.cli import main as pokelab
 from orchestrator.host.cache import cache_dir, images_dir
 from orchestrator.kernels.kbuild import build_kernel, source_from_deb
 
@@ -42,7 +42,7 @@ RUNS_7X = os.environ.get("POKELAB_E2E_RUNS_7X", "3")
 
 def _probe(kernel_id: str, tmp_path: Path) -> dict:
     out = tmp_path / f"{kernel_id}.json"
-    status = cli.main(["probe", "--kernel", kernel_id, "--toggles", TOGGLES, "--json", str(out),
+    status = pokelab(["probe", "--kernel", kernel_id, "--toggles", TOGGLES, "--json", str(out),
                        "--artifacts", str(tmp_path / kernel_id)])
     verdict = json.loads(out.read_text())
     print(f"{kernel_id}: exit {status} verdict {verdict['verdict']} traps judged "
@@ -73,7 +73,7 @@ def test_patched_kernel_fails_unpatched_passes(tmp_path: Path) -> None:
     for kernel_id, want, status in ((plain.kernel_id, "PASS", 0), (bad.kernel_id, "FAIL", 1)):
         assert (plain.kernel_dir.parent / kernel_id / "build" / "Makefile").is_file()
         out = tmp_path / f"ops-{kernel_id}.json"
-        got = cli.main(["repro", "ops-one", "--kernel", kernel_id, "--json", str(out),
+        got = pokelab(["repro", "ops-one", "--kernel", kernel_id, "--json", str(out),
                         "--artifacts", str(tmp_path / f"ops-{kernel_id}")])
         verdict = json.loads(out.read_text())
         print(f"ops-one on {kernel_id}: exit {got} verdict {verdict['verdict']} "
@@ -96,7 +96,7 @@ def _source_7x() -> Path:
 
 def _repro(scenario: str, kernel_id: str, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / f"{scenario}-{kernel_id}.json"
-    status = cli.main(["repro", scenario, "--kernel", kernel_id, "--json", str(out),
+    status = pokelab(["repro", scenario, "--kernel", kernel_id, "--json", str(out),
                        "--artifacts", str(tmp_path / f"{scenario}-{kernel_id}"), *extra])
     verdict = json.loads(out.read_text())
     print(f"{scenario} on {kernel_id}: exit {status} verdict {verdict['verdict']} "
