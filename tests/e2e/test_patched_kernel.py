@@ -7,7 +7,8 @@ then runs ``ops-one`` (our module, built against each kernel's kept build files)
 newest ``linux-source-7.x`` of pokelab's own Debian sources (``host.apt``) with and
 without the patch; the unpatched kernel passes the probe and ``single-poke-in-batch``;
 on the patched one ``single-poke-in-batch`` (runs until the first failure) must end
-FAIL naming the unsorted vector or the declined live site.
+FAIL naming the unsorted vector or the declined live site (measured on 7.3.4: 10 of 10
+runs FAIL, each naming an unsorted vector before any oops; the unpatched tree 0 of 10).
 
 Slow (a cold build is ~10-50 min on 2 cores): run with `make e2e-patched`, never
 part of `make test`.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import commands as cli
+from orchestrator.cli import main as pokelab
 from orchestrator.host.cache import cache_dir, images_dir
 from orchestrator.kernels.kbuild import build_kernel, source_from_deb
 
@@ -35,12 +36,13 @@ PATCH_7X = images_dir() / "patches" / "0002-x86-alternatives-single-poke-joins-b
 #: a 7.x tree instead of the newest linux-source-7.x of pokelab's Debian sources
 SOURCE_7X = os.environ.get("POKELAB_KERNEL_SOURCE_7X")
 #: boots of single-poke-in-batch on the patched 7.x kernel, stopping at the first failure
-RUNS_7X = os.environ.get("POKELAB_E2E_RUNS_7X", "10")
+#: (each run FAILed in 10 of 10 measured: 3 bounds a miss at ~2.5 min)
+RUNS_7X = os.environ.get("POKELAB_E2E_RUNS_7X", "3")
 
 
 def _probe(kernel_id: str, tmp_path: Path) -> dict:
     out = tmp_path / f"{kernel_id}.json"
-    status = cli.main(["probe", "--kernel", kernel_id, "--toggles", TOGGLES, "--json", str(out),
+    status = pokelab(["probe", "--kernel", kernel_id, "--toggles", TOGGLES, "--json", str(out),
                        "--artifacts", str(tmp_path / kernel_id)])
     verdict = json.loads(out.read_text())
     print(f"{kernel_id}: exit {status} verdict {verdict['verdict']} traps judged "
@@ -71,7 +73,7 @@ def test_patched_kernel_fails_unpatched_passes(tmp_path: Path) -> None:
     for kernel_id, want, status in ((plain.kernel_id, "PASS", 0), (bad.kernel_id, "FAIL", 1)):
         assert (plain.kernel_dir.parent / kernel_id / "build" / "Makefile").is_file()
         out = tmp_path / f"ops-{kernel_id}.json"
-        got = cli.main(["repro", "ops-one", "--kernel", kernel_id, "--json", str(out),
+        got = pokelab(["repro", "ops-one", "--kernel", kernel_id, "--json", str(out),
                         "--artifacts", str(tmp_path / f"ops-{kernel_id}")])
         verdict = json.loads(out.read_text())
         print(f"ops-one on {kernel_id}: exit {got} verdict {verdict['verdict']} "
@@ -94,7 +96,7 @@ def _source_7x() -> Path:
 
 def _repro(scenario: str, kernel_id: str, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / f"{scenario}-{kernel_id}.json"
-    status = cli.main(["repro", scenario, "--kernel", kernel_id, "--json", str(out),
+    status = pokelab(["repro", scenario, "--kernel", kernel_id, "--json", str(out),
                        "--artifacts", str(tmp_path / f"{scenario}-{kernel_id}"), *extra])
     verdict = json.loads(out.read_text())
     print(f"{scenario} on {kernel_id}: exit {status} verdict {verdict['verdict']} "
@@ -114,6 +116,7 @@ def test_single_poke_joining_a_batch_fails_unpatched_passes(tmp_path: Path) -> N
     assert (good["verdict"], good["status"]) == ("PASS", 0), good.get("reasons")
     good = _repro("single-poke-in-batch", plain.kernel_id, tmp_path)
     assert (good["verdict"], good["status"]) == ("PASS", 0), good.get("reasons")
+    assert good["traps_judged"] > 0 and good["violations"] == 0
 
     caught = _repro("single-poke-in-batch", bad.kernel_id, tmp_path, "--runs", RUNS_7X, "--until-fail")
     print(f"patched: {caught['failures']} failure(s) in {caught['runs']} run(s)")
