@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import commands as cli
+from orchestrator import cli
 from orchestrator.host.cache import cache_dir, images_dir
 from orchestrator.jobs.bisect import worktree_path
 from orchestrator.kernels.kbuild import default_source, registered, unregister, work_dir
