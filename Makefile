@@ -15,7 +15,7 @@ APT_PACKAGES := qemu-system-x86 gdb busybox-static dropbear-bin cpio kmod xz-uti
 QEMU_BUILD_PACKAGES := ninja-build pkg-config device-tree-compiler libglib2.0-dev libpixman-1-dev \
                        libslirp-dev libfdt-dev seabios qemu-system-data
 # what a kernel build needs (pokelab build-kernel, bisect; make bench, e2e-patched, e2e-bisect)
-E2E_PACKAGES := linux-source-6.1 ccache flex bison libelf-dev dwarves bc patch
+E2E_PACKAGES := ccache flex bison libelf-dev dwarves bc patch
 
 .PHONY: all setup apt kbuild-deps venv qemu images demo demo-kernel demo-deps test unit host vm lint types bench clean help
 

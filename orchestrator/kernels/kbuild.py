@@ -62,14 +62,19 @@ def default_fragments() -> list[Path]:
 
 
 def default_source(cache: Path) -> Path:
-    """Debian's linux-source-6.1, unpacked into the cache once."""
+    """Debian's linux-source-6.1, unpacked into the cache once: from the host's
+    ``/usr/src/linux-source-6.1.tar.xz`` when a Debian 12 host has it installed, else downloaded
+    through pokelab's own apt sources (:mod:`orchestrator.host.apt`: bookworm has it, whatever
+    the host runs)."""
     dest = cache / "src"
     tree = dest / "linux-source-6.1"
     stamp = dest / ".linux-source-6.1.complete"
-    if stamp.is_file():
+    if stamp.is_file() and tree.is_dir():
         return tree
     if not DEFAULT_TARBALL.is_file():
-        raise UsageError(f"no --source and {DEFAULT_TARBALL} is missing: apt-get install linux-source-6.1")
+        from ..host.apt import Apt
+
+        return source_from_deb(Apt(cache).deb("linux-source-6.1"), cache)
     _untar(DEFAULT_TARBALL, dest, tree)
     stamp.write_text("")
     return tree
