@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 NT_GNU_BUILD_ID = 3
+#: the Xen note whose 32-bit physical address is the kernel's PVH entry (QEMU boots an ELF kernel there)
+XEN_ELFNOTE_PHYS32_ENTRY = 18
 SHT_NOTE = 7
 SHT_NOBITS = 8
 PT_NOTE = 4
@@ -215,11 +217,12 @@ def _notes(blob: bytes, le: str, align: int) -> list[tuple[str, int, bytes]]:
     return out
 
 
-def elf_build_id(f: BinaryIO) -> str | None:
-    """The GNU build-id (lowercase hex) of an ELF file, or None if it has none.
+def elf_notes(f: BinaryIO) -> list[tuple[str, int, bytes]]:
+    """Every ELF note of a file, as (owner name, type, descriptor bytes), in file order.
 
-    Reads SHT_NOTE sections (a kernel's build-id lives in ``.notes``, a program's in
+    Reads SHT_NOTE sections (a kernel's notes live in ``.notes``, a program's build-id in
     ``.note.gnu.build-id``); falls back to PT_NOTE segments for section-less files.
+    ParseError if it is not an ELF file.
     """
     elf = _elf_header(f)
     regions: list[tuple[int, int, int]] = [
@@ -239,10 +242,23 @@ def elf_build_id(f: BinaryIO) -> str | None:
                 )
             if typ == PT_NOTE:
                 regions.append((off, filesz, align))
-    for off, size, align in regions:
-        for name, ntype, desc in _notes(_read_at(f, off, size), elf.le, align):
-            if name == "GNU" and ntype == NT_GNU_BUILD_ID and desc:
-                return desc.hex()
+    return [note for off, size, align in regions for note in _notes(_read_at(f, off, size), elf.le, align)]
+
+
+def elf_build_id(f: BinaryIO) -> str | None:
+    """The GNU build-id (lowercase hex) of an ELF file (see :func:`elf_notes`), or None if it has none."""
+    for name, ntype, desc in elf_notes(f):
+        if name == "GNU" and ntype == NT_GNU_BUILD_ID and desc:
+            return desc.hex()
+    return None
+
+
+def pvh_entry(f: BinaryIO) -> int | None:
+    """The 32-bit physical PVH entry address of an ELF kernel (its Xen ``PHYS32_ENTRY`` note),
+    or None if it has none (QEMU then cannot boot it with ``-kernel``)."""
+    for name, ntype, desc in elf_notes(f):
+        if name == "Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY and len(desc) >= 4:
+            return int(struct.unpack_from("<I", desc)[0])
     return None
 
 

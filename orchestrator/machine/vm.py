@@ -40,7 +40,8 @@ INIT_FAIL = r"POKELAB-INIT-FAIL (.*)"
 
 @dataclass(frozen=True)
 class VmSpec:
-    """What to boot and how."""
+    """What to boot and how.  ``bzimage``: QEMU's ``-kernel``, a bzImage or an ELF kernel with a PVH
+    entry (:func:`orchestrator.kernels.images.pvh_image`)."""
 
     bzimage: Path
     initrd: Path

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..core.errors import BootError, InfraError, KernelCrash, UsageError
 from ..host.cache import cache_dir
-from ..kernels import images, loadgen, rootfs
+from ..kernels import images, loadgen, pvh, rootfs
 from ..kernels.catalog import Catalog
 from ..kernels.debian import resolve_spec
 from ..machine import qemu, qemu_binary
@@ -121,7 +121,8 @@ def prepare_vm(choice: KernelChoice, vm: VmOptions, *, artifacts: Path,
     initrd = rootfs.ensure_initramfs(kernel, cache, extra)
     qemu_bin = qemu_binary.select(qemu_path, cache)
     chosen = choose_accel(vm.accel, kernel, initrd, key, cache, qemu_bin)
-    spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key, artifacts=artifacts,
+    image = (pvh.pvh_image(kernel, cache) if vm.pvh else None) or kernel.bzimage
+    spec = VmSpec(bzimage=image, initrd=initrd, ssh_key=key, artifacts=artifacts,
                   release=kernel.release, smp=vm.smp, memory_mb=vm.memory_mb, accel=chosen,
                   tcg_thread=vm.tcg_thread, machine=vm.machine, gdb_port=vm.gdb_port,
                   ssh_port=vm.ssh_port, append=append, qemu=qemu_bin)
@@ -153,7 +154,8 @@ def prepare(request: RunRequest) -> Prepared:
 def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[str]:
     """``--dry-run``: the QEMU command line a run would use, with nothing fetched, built, booted or written.
 
-    The kernel is the cached one (or where it would be put); the initramfs, whose name hashes
+    The kernel is the cached one (or where it would be put; its PVH copy, made on first use,
+    with ``<build-id>`` in its name, as if the vmlinux had a PVH entry); the initramfs, whose name hashes
     files made on first use, is shown as a pattern; ``--accel auto`` is what the last KVM probe
     said (TCG if none ran); the QEMU is the one :func:`qemu_binary.select` would take, not measured.
     Raises UsageError for bad input, as a real run would.
@@ -161,11 +163,15 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
     choice.check()
     check_ports(vm)
     cache = cache_dir(create=False)
+    # the PVH image is named, not made: a vmlinux outside the cache has its copy under kernels/pvh
+    pvh_name = f"{pvh.PVH_SUFFIX}<build-id>"
     if choice.bzimage and choice.vmlinux:
         bzimage, release = choice.bzimage, "<release>"
+        pvh_path = cache / "kernels" / "pvh" / f"{choice.vmlinux.name}{pvh_name}"
     elif choice.kernel and choice.kernel.startswith("custom-"):
         k = images.custom_kernel(choice.kernel, cache)
         bzimage, release = k.bzimage, k.release
+        pvh_path = k.vmlinux.with_name(f"{k.vmlinux.name}{pvh_name}")
     else:
         catalog = Catalog.load()
         request = catalog.lookup(choice.kernel) if choice.kernel else catalog.default  # unknown: usage error
@@ -174,6 +180,9 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
         except UsageError:  # never resolved here: the archive would be asked, a dry run does not
             rel = f"<{request.id}: resolved when first fetched>"
         bzimage, release = cache / "kernels" / rel / "boot" / f"vmlinuz-{rel}", rel
+        pvh_path = cache / "kernels" / rel / f"vmlinux-{rel}{pvh_name}"
+    if vm.pvh:
+        bzimage = pvh_path
     if vm.qemu is not None:
         qpath = qemu_binary.check_given(vm.qemu)
     else:

@@ -65,7 +65,9 @@ class VmOptions:
     """How the guest is run: vCPUs, RAM (MiB), accelerator, TCG threading, QEMU machine and binary.
 
     ``gdb_port``/``ssh_port``: fixed loopback ports (None: free ones).  ``qemu``: ``--qemu``, an
-    executable file (None: :func:`orchestrator.machine.qemu_binary.select` chooses).
+    executable file (None: :func:`orchestrator.machine.qemu_binary.select` chooses).  ``pvh``:
+    boot the kernel's uncompressed ELF through its PVH entry where it has one
+    (:func:`orchestrator.kernels.images.pvh_image`), else its bzImage.
     """
 
     smp: int = field(default=4, metadata=option("vCPUs", metavar="N", type=int))
@@ -85,6 +87,7 @@ class VmOptions:
                                                                 type=int))
     ssh_port: int | None = field(default=None, metadata=option("SSH port on 127.0.0.1", metavar="PORT",
                                                                 type=int))
+    pvh: bool = True
 
     def check(self) -> None:
         """UsageError for values QEMU or the guest cannot take."""

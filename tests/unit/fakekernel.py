@@ -14,6 +14,7 @@ from pathlib import Path
 
 SHT_PROGBITS, SHT_STRTAB, SHT_NOTE = 1, 3, 7
 NT_GNU_BUILD_ID = 3
+XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
 def fake_bzimage(payload: bytes, version: bytes = b"6.9.9-test (me@host) #1") -> bytes:
@@ -31,9 +32,13 @@ def fake_bzimage(payload: bytes, version: bytes = b"6.9.9-test (me@host) #1") ->
     return bytes(img)
 
 
-def fake_vmlinux(build_id: bytes, *, debug_info: bool = True) -> bytes:
-    """An ELF64 LE file with sections: null, ``.notes`` (the build-id), [``.debug_info``], ``.shstrtab``."""
+def fake_vmlinux(build_id: bytes, *, debug_info: bool = True, pvh_entry: int | None = None) -> bytes:
+    """An ELF64 LE file with sections: null, ``.notes`` (the build-id, and a Xen PVH entry note if
+    ``pvh_entry``), [``.debug_info``], ``.shstrtab``."""
     note = struct.pack("<III", 4, len(build_id), NT_GNU_BUILD_ID) + b"GNU\x00" + build_id
+    if pvh_entry is not None:
+        xen = struct.pack("<III", 4, 8, XEN_ELFNOTE_PHYS32_ENTRY) + b"Xen\x00"
+        note += xen + struct.pack("<Q", pvh_entry)
     names = [".notes", ".debug_info", ".shstrtab"] if debug_info else [".notes", ".shstrtab"]
     shstrtab = b"\x00" + b"".join(n.encode() + b"\x00" for n in names)
     name_off = {n: shstrtab.index(n.encode() + b"\x00") for n in names}
@@ -54,10 +59,11 @@ def fake_vmlinux(build_id: bytes, *, debug_info: bool = True) -> bytes:
 
 
 def write_pair(where: Path, build_id: bytes = bytes(range(20)), *, vmlinux_id: bytes | None = None,
-               debug_info: bool = True) -> tuple[Path, Path]:
-    """(bzImage, vmlinux) under ``where``; ``vmlinux_id`` gives the vmlinux another build-id."""
+               debug_info: bool = True, pvh_entry: int | None = None) -> tuple[Path, Path]:
+    """(bzImage, vmlinux) under ``where``; ``vmlinux_id`` gives the vmlinux another build-id,
+    ``pvh_entry`` both a PVH entry note."""
     where.mkdir(parents=True, exist_ok=True)
     bz, vml = where / "bzImage", where / "vmlinux"
-    bz.write_bytes(fake_bzimage(gzip.compress(fake_vmlinux(build_id))))
-    vml.write_bytes(fake_vmlinux(vmlinux_id or build_id, debug_info=debug_info))
+    bz.write_bytes(fake_bzimage(gzip.compress(fake_vmlinux(build_id, pvh_entry=pvh_entry))))
+    vml.write_bytes(fake_vmlinux(vmlinux_id or build_id, debug_info=debug_info, pvh_entry=pvh_entry))
     return bz, vml

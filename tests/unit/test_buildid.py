@@ -12,11 +12,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fakekernel import fake_bzimage
+from fakekernel import fake_bzimage, fake_vmlinux, write_pair
 
 from orchestrator.core import buildid
 from orchestrator.core.errors import UsageError
 from orchestrator.kernels.images import artifacts_from_paths, decompress_payload
+from orchestrator.kernels.pvh import pvh_image
 
 TRUE = Path(shutil.which("true") or "/bin/true").resolve()
 
@@ -89,3 +90,32 @@ def test_artifacts_from_paths_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"no \.debug_info"):
         artifacts_from_paths(bz, TRUE)
 
+
+
+def test_pvh_entry_note() -> None:
+    """The Xen PHYS32_ENTRY note QEMU boots an ELF kernel through; absent from a program."""
+    assert buildid.pvh_entry(io.BytesIO(fake_vmlinux(bytes(20), pvh_entry=0x1000850))) == 0x1000850
+    assert buildid.pvh_entry(io.BytesIO(fake_vmlinux(bytes(20)))) is None
+    with open(TRUE, "rb") as f:
+        assert buildid.pvh_entry(f) is None
+
+
+def test_pvh_image(tmp_path: Path) -> None:
+    """Made once beside a cached vmlinux, stripped, keeping the build-id; None without a PVH entry;
+    a vmlinux outside the cache has its copy under kernels/pvh."""
+    cache = tmp_path / "cache"
+    bid = bytes(range(20))
+    bz, vml = write_pair(cache / "kernels" / "custom-x", bid, pvh_entry=0x1000850)
+    kernel = artifacts_from_paths(bz, vml)
+    out = pvh_image(kernel, cache)
+    assert out is not None and out.parent == vml.parent and bid.hex()[:16] in out.name
+    with open(out, "rb") as f:
+        assert buildid.elf_build_id(f) == bid.hex()
+        assert ".debug_info" not in buildid.section_names(f)
+    mtime = out.stat().st_mtime_ns
+    assert pvh_image(kernel, cache) == out and out.stat().st_mtime_ns == mtime
+    mine = artifacts_from_paths(*write_pair(tmp_path / "src", bid, pvh_entry=0x1000850))
+    theirs = pvh_image(mine, cache)
+    assert theirs is not None and theirs.parent == cache / "kernels" / "pvh"
+    plain = artifacts_from_paths(*write_pair(tmp_path / "old", bid))
+    assert pvh_image(plain, cache) is None
