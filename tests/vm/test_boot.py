@@ -19,9 +19,10 @@ from orchestrator.core.errors import InfraError
 from orchestrator.host.cache import cache_dir
 from orchestrator.kernels.catalog import Catalog
 from orchestrator.kernels.debian import cached_spec
-from orchestrator.kernels.images import KernelArtifacts
+from orchestrator.kernels.images import KernelArtifacts, pvh_image
 from orchestrator.machine.vm import Vm
-from orchestrator.run.prepare import KernelChoice, prepare
+from orchestrator.run.prepare import prepare_vm
+from orchestrator.run.request import KernelChoice, VmOptions
 
 pytestmark = pytest.mark.vm
 
@@ -84,7 +85,7 @@ def booted(request: pytest.FixtureRequest,
         pytest.skip(f"kernel {request.param} not cached (run `pokelab images --kernel {request.param}`)")
     art = tmp_path_factory.mktemp(f"boot-{spec.id}") / "artifacts"
     # the release it resolved to, so the answer cannot move between the skip check and the boot
-    vmspec, kernel = prepare(KernelChoice(kernel=spec.release), artifacts=art)
+    vmspec, kernel = prepare_vm(KernelChoice(kernel=spec.release), VmOptions(), artifacts=art)
     vm = Vm(vmspec)
     try:
         vm.start()
@@ -127,7 +128,10 @@ def test_repro_script(booted: Booted) -> None:
     assert "-S" not in argv
     assert argv == [a for a in booted.vm.argv if a != "-S"]
     assert argv[argv.index("-gdb") + 1] == f"tcp:127.0.0.1:{cfg.gdb_port}"
-    assert str(booted.kernel.bzimage) == argv[argv.index("-kernel") + 1]
+    # the kernel's PVH copy (a stripped vmlinux, same build-id) where it has a PVH entry, else its bzImage
+    image = Path(argv[argv.index("-kernel") + 1])
+    assert image == booted.vm.spec.bzimage
+    assert image == booted.kernel.bzimage or image == pvh_image(booted.kernel, cache_dir())
 
 
 # --------------------------------------------------------------------------- QEMU's sockets
@@ -257,7 +261,7 @@ def test_qemu_exit_at_start_fails_fast(tmp_path: Path) -> None:
     spec0 = cached_spec(Catalog.load().default, cache_dir())
     if spec0 is None:
         pytest.skip("the default kernel is not cached")
-    vmspec, _ = prepare(KernelChoice(kernel=spec0.release), artifacts=tmp_path / "art")
+    vmspec, _ = prepare_vm(KernelChoice(kernel=spec0.release), VmOptions(), artifacts=tmp_path / "art")
     vmspec = replace(vmspec, extra_qemu=("-no-such-qemu-option",))
     before = descendants(os.getpid())
     vm = Vm(vmspec)
