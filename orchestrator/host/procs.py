@@ -94,6 +94,15 @@ class Child:
     def poll(self) -> int | None:
         return self.proc.poll()
 
+    def cpu_seconds(self) -> float | None:
+        """The child's user + system CPU time so far, in seconds (``/proc/<pid>/stat``); None once
+        it is gone or where there is no /proc."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def wait(self, timeout: float) -> int | None:
         """The exit status, or None if the child still runs after ``timeout`` s (finite, >= 0)."""
         try:

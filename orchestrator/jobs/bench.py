@@ -11,10 +11,14 @@ phase (boots alternate one by one), so the machine's noise hits both:
 
 * ``boot_to_console_marker_s`` / ``boot_to_ssh_s``: median over N boots, from
   QEMU's launch to the init's ``POKELAB-READY`` line / to the first answered
-  SSH command.
-* ``boot_to_console_marker_microvm_s`` / ``boot_to_ssh_microvm_s``: the same, same kernel,
-  initramfs and QEMU, on ``-M microvm`` (``--machine microvm``), its boots alternating with
-  the ``pc`` boots above; ``boot_microvm_ratio`` = ``boot_to_ssh_microvm_s`` / ``boot_to_ssh_s``.
+  SSH command, on the default machine (``machine``) and kernel image (the PVH ELF where the
+  kernel has one, ``boot_image``); ``boot_cpu_s``: QEMU's CPU time (user + system) at that
+  answer, which a loaded host disturbs less than the wall time.
+* ``boot_to_console_marker_<M>_s`` / ``boot_to_ssh_<M>_s`` / ``boot_cpu_<M>_s``: the same, same
+  kernel, initramfs and QEMU, on the other machine ``M`` (``pc`` or ``microvm``), its boots
+  alternating with those above; ``boot_<M>_ratio`` = ``boot_to_ssh_<M>_s`` / ``boot_to_ssh_s``.
+* ``boot_to_ssh_bzimage_s`` / ``boot_cpu_bzimage_s`` / ``boot_bzimage_ratio``: the same again on the
+  default machine booting the bzImage (through its decompressor), when the default is the PVH ELF.
 * ``bare_stop_ms``: a plain GDB breakpoint on a hot function
   (``__x64_sys_getpid`` under the getpid load), stopped and continued over MI:
   median of the wall time per ``-exec-continue`` -> ``*stopped`` cycle.
@@ -79,6 +83,7 @@ from ..gdb.mi import MiSession, gdb_argv
 from ..gdb.probe import GDB_SCRIPT
 from ..kernels import loadgen
 from ..kernels.images import KernelArtifacts
+from ..machine.qemu import MACHINES
 from ..machine.qemu_binary import check_given
 from ..machine.vm import Vm, VmSpec
 from ..run.execute import execute
@@ -95,7 +100,8 @@ PROBE_FUNCTION = "__do_sys_getpid"
 PARTS = ("vm", "kbuild")
 
 
-def _boot_once(spec: VmSpec) -> tuple[float, float]:
+def _boot_once(spec: VmSpec) -> tuple[float, float, float]:
+    """(s to the readiness marker, s to the first answered SSH command, QEMU's CPU s then)."""
     with Vm(spec) as vm:
         t0 = time.monotonic()
         vm.start()
@@ -106,7 +112,11 @@ def _boot_once(spec: VmSpec) -> tuple[float, float]:
             raise InfraError("no readiness marker during the boot benchmark")
         vm.wait_ready()
         vm.check("true")
-        return t_marker, time.monotonic() - t0
+        t_ssh = time.monotonic() - t0
+        cpu = vm.qemu_cpu_seconds()
+        if cpu is None:
+            raise InfraError("QEMU's CPU time could not be read during the boot benchmark")
+        return t_marker, t_ssh, cpu
 
 
 def _stop_costs(spec: VmSpec, kernel: KernelArtifacts, n: int) -> dict[str, float]:
@@ -241,30 +251,39 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
     dirs = [art, art / "compare"]
     cols: list[dict[str, Any]] = [dict(s.qemu_record) for s in specs]
     names = [f"QEMU {c['qemu_version']}" for c in cols]
-    # one QEMU after the other in each phase, so the machine's noise hits both
-    markers: list[list[float]] = [[] for _ in specs]
-    sshs: list[list[float]] = [[] for _ in specs]
-    # and the first QEMU's boot on microvm, alternating with the pc boots
-    micro = replace(spec, machine="microvm", artifacts=art / "microvm" / "boot")
-    micro_markers: list[float] = []
-    micro_sshs: list[float] = []
+    # one QEMU after the other in each round, so the machine's noise hits both; then, on the
+    # first QEMU, the other machine and (if the default is the PVH ELF) the bzImage
+    alt = next(m for m in MACHINES if m != spec.machine)
+    variants = [(names[c], s) for c, s in enumerate(specs)]
+    variants.append((f"{names[0]} {alt}", replace(spec, machine=alt, artifacts=art / alt / "boot")))
+    if spec.bzimage != kernel.bzimage:
+        variants.append((f"{names[0]} bzImage", replace(spec, bzimage=kernel.bzimage,
+                                                        artifacts=art / "bzimage" / "boot")))
+    samples: list[list[tuple[float, float, float]]] = [[] for _ in variants]
     for i in range(boots):
-        for c, s in enumerate(specs):
-            m, t = _boot_once(s)
-            markers[c].append(m)
-            sshs[c].append(t)
-            progress(f"{names[c]}: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s")
-        m, t = _boot_once(micro)
-        micro_markers.append(m)
-        micro_sshs.append(t)
-        progress(f"{names[0]} microvm: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s")
+        for v, (name, s) in enumerate(variants):
+            m, t, cpu = _boot_once(s)
+            samples[v].append((m, t, cpu))
+            progress(f"{name}: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s, QEMU CPU {cpu:.2f} s")
+
+    def med(v: int, k: int) -> float:
+        return round(statistics.median(x[k] for x in samples[v]), 3)
+
     for c in range(len(specs)):
-        cols[c]["boot_to_console_marker_s"] = round(statistics.median(markers[c]), 3)
-        cols[c]["boot_to_ssh_s"] = round(statistics.median(sshs[c]), 3)
-        cols[c]["boot_samples"] = len(sshs[c])
-    cols[0]["boot_to_console_marker_microvm_s"] = round(statistics.median(micro_markers), 3)
-    cols[0]["boot_to_ssh_microvm_s"] = round(statistics.median(micro_sshs), 3)
-    cols[0]["boot_microvm_ratio"] = round(cols[0]["boot_to_ssh_microvm_s"] / cols[0]["boot_to_ssh_s"], 3)
+        cols[c]["boot_image"] = "pvh" if specs[c].bzimage != kernel.bzimage else "bzimage"
+        cols[c]["boot_to_console_marker_s"] = med(c, 0)
+        cols[c]["boot_to_ssh_s"] = med(c, 1)
+        cols[c]["boot_cpu_s"] = med(c, 2)
+        cols[c]["boot_samples"] = boots
+    o = len(specs)
+    cols[0][f"boot_to_console_marker_{alt}_s"] = med(o, 0)
+    cols[0][f"boot_to_ssh_{alt}_s"] = med(o, 1)
+    cols[0][f"boot_cpu_{alt}_s"] = med(o, 2)
+    cols[0][f"boot_{alt}_ratio"] = round(med(o, 1) / cols[0]["boot_to_ssh_s"], 3)
+    if len(variants) > o + 1:
+        cols[0]["boot_to_ssh_bzimage_s"] = med(o + 1, 1)
+        cols[0]["boot_cpu_bzimage_s"] = med(o + 1, 2)
+        cols[0]["boot_bzimage_ratio"] = round(med(o + 1, 1) / cols[0]["boot_to_ssh_s"], 3)
     for c, s in enumerate(specs):
         cols[c].update(_column(s, kernel, (qemu, qemu_compare)[c], dirs[c], stops, toggles, progress))
     figures: dict[str, Any] = {"kernel": kernel.release, "accel": spec.accel, "smp": spec.smp,

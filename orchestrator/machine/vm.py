@@ -235,6 +235,10 @@ class Vm:
             raise InfraError(f"guest command failed ({res.status}): {command}: {res.stderr.strip()[-200:]}")
         return res.stdout
 
+    def qemu_cpu_seconds(self) -> float | None:
+        """QEMU's CPU time (user + system, s) since it started; None if it is not running."""
+        return self._child.cpu_seconds() if self._child is not None else None
+
     def tb_flush_count(self) -> int | None:
         """QEMU's ``TB flush count`` (HMP ``info jit``): translation-cache flushes since start.
 
