@@ -19,7 +19,8 @@ from orchestrator.core.errors import InfraError
 from orchestrator.host.cache import cache_dir
 from orchestrator.kernels.catalog import Catalog
 from orchestrator.kernels.debian import cached_spec
-from orchestrator.kernels.images import KernelArtifacts, pvh_image
+from orchestrator.kernels.images import KernelArtifacts
+from orchestrator.kernels.pvh import pvh_image
 from orchestrator.machine.vm import Vm
 from orchestrator.run.prepare import prepare_vm
 from orchestrator.run.request import KernelChoice, VmOptions
