@@ -234,6 +234,19 @@ def custom_kernel(kernel_id: str, cache: Path) -> KernelArtifacts:
     return replace(arts, id=kernel_id)
 
 
+def has_virtio_mmio(kernel: KernelArtifacts) -> bool | None:
+    """Whether the kernel has the virtio-mmio driver microvm's devices need (built in or a module):
+    from its config, else from a real System.map; None when neither tells."""
+    if kernel.config is not None and kernel.config.is_file():
+        text = kernel.config.read_text(errors="replace")
+        return "\nCONFIG_VIRTIO_MMIO=y" in text or "\nCONFIG_VIRTIO_MMIO=m" in text
+    if kernel.system_map is not None and kernel.system_map.is_file() \
+            and kernel.system_map.stat().st_size > 4096:  # Debian's is a one-line placeholder
+        text = kernel.system_map.read_text(errors="replace")
+        return " virtio_mmio_init\n" in text or " virtio_mmio_driver\n" in text
+    return None
+
+
 # --------------------------------------------------------------------------- ensure_kernel
 
 

@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 PVH_SUFFIX = ".pvh-"
 
 
+def has_pvh_entry(vmlinux: Path) -> bool:
+    """Whether this ELF kernel has a PVH entry note; InfraError if it is not an ELF file."""
+    with open(vmlinux, "rb") as f:
+        try:
+            return buildid.pvh_entry(f) is not None
+        except buildid.ParseError as exc:
+            raise InfraError(f"{vmlinux}: {exc}") from exc
+
+
 def pvh_image(kernel: KernelArtifacts, cache: Path) -> Path | None:
     """An uncompressed kernel QEMU boots through its PVH entry (``-kernel`` an ELF), or None.
 
@@ -34,12 +43,8 @@ def pvh_image(kernel: KernelArtifacts, cache: Path) -> Path | None:
     cache, under ``kernels/pvh/``.  Booting it skips the bzImage's decompressor (0.3-0.5 s of
     a TCG boot).  InfraError if objcopy fails or the copy's build-id is not the kernel's.
     """
-    with open(kernel.vmlinux, "rb") as f:
-        try:
-            if buildid.pvh_entry(f) is None:
-                return None
-        except buildid.ParseError as exc:
-            raise InfraError(f"{kernel.vmlinux}: {exc}") from exc
+    if not has_pvh_entry(kernel.vmlinux):
+        return None
     name = f"{kernel.vmlinux.name}{PVH_SUFFIX}{kernel.build_id[:16]}"
     kernels = (cache / "kernels").resolve()
     home = kernel.vmlinux.parent if kernel.vmlinux.resolve().is_relative_to(kernels) else kernels / "pvh"

@@ -75,7 +75,7 @@ def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, k
         pass
     works = False
     spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key,
-                  artifacts=cache / "kvm-probe", smp=1, accel="kvm",
+                  artifacts=cache / "kvm-probe", smp=1, accel="kvm", machine="pc",
                   qemu=qemu_bin)
     vm = Vm(spec)
     try:
@@ -122,9 +122,14 @@ def prepare_vm(choice: KernelChoice, vm: VmOptions, *, artifacts: Path,
     qemu_bin = qemu_binary.select(qemu_path, cache)
     chosen = choose_accel(vm.accel, kernel, initrd, key, cache, qemu_bin)
     image = (pvh.pvh_image(kernel, cache) if vm.pvh else None) or kernel.bzimage
+    machine = vm.machine
+    if machine == "microvm" and images.has_virtio_mmio(kernel) is False:
+        log.warning("%s has no virtio-mmio driver (CONFIG_VIRTIO_MMIO) for microvm's devices: "
+                    "booting it on pc", kernel.release)
+        machine = "pc"
     spec = VmSpec(bzimage=image, initrd=initrd, ssh_key=key, artifacts=artifacts,
                   release=kernel.release, smp=vm.smp, memory_mb=vm.memory_mb, accel=chosen,
-                  tcg_thread=vm.tcg_thread, machine=vm.machine, gdb_port=vm.gdb_port,
+                  tcg_thread=vm.tcg_thread, machine=machine, gdb_port=vm.gdb_port,
                   ssh_port=vm.ssh_port, append=append, qemu=qemu_bin)
     return spec, kernel
 
@@ -165,12 +170,16 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
     cache = cache_dir(create=False)
     # the PVH image is named, not made: a vmlinux outside the cache has its copy under kernels/pvh
     pvh_name = f"{pvh.PVH_SUFFIX}<build-id>"
+    machine = vm.machine
+    vmlinux: Path | None = choice.vmlinux
     if choice.bzimage and choice.vmlinux:
         bzimage, release = choice.bzimage, "<release>"
         pvh_path = cache / "kernels" / "pvh" / f"{choice.vmlinux.name}{pvh_name}"
     elif choice.kernel and choice.kernel.startswith("custom-"):
         k = images.custom_kernel(choice.kernel, cache)
-        bzimage, release = k.bzimage, k.release
+        bzimage, release, vmlinux = k.bzimage, k.release, k.vmlinux
+        if images.has_virtio_mmio(k) is False:  # as prepare_vm does
+            machine = "pc"
         pvh_path = k.vmlinux.with_name(f"{k.vmlinux.name}{pvh_name}")
     else:
         catalog = Catalog.load()
@@ -181,7 +190,8 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
             rel = f"<{request.id}: resolved when first fetched>"
         bzimage, release = cache / "kernels" / rel / "boot" / f"vmlinuz-{rel}", rel
         pvh_path = cache / "kernels" / rel / f"vmlinux-{rel}{pvh_name}"
-    if vm.pvh:
+    # a Debian kernel's vmlinux (maybe not fetched yet) is taken to have a PVH entry: they do
+    if vm.pvh and (vmlinux is None or not vmlinux.is_file() or pvh.has_pvh_entry(vmlinux)):
         bzimage = pvh_path
     if vm.qemu is not None:
         qpath = qemu_binary.check_given(vm.qemu)
@@ -195,7 +205,7 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
             accel = "tcg"
     spec_ = VmSpec(bzimage=bzimage, initrd=cache / "initramfs" / f"initramfs-{release}-<hash>.cpio",
                    ssh_key=cache / "ssh" / rootfs.KEY_NAME, artifacts=artifacts, release=release, smp=vm.smp,
-                   memory_mb=vm.memory_mb, accel=accel, tcg_thread=vm.tcg_thread, machine=vm.machine,
+                   memory_mb=vm.memory_mb, accel=accel, tcg_thread=vm.tcg_thread, machine=machine,
                    gdb_port=vm.gdb_port, ssh_port=vm.ssh_port,
                    qemu=qemu_binary.known(qpath, "dry-run", cache) or QemuBinary(qpath, "", "dry-run"))
     config = Vm(spec_).make_config(vm.gdb_port or 1234, vm.ssh_port or 10022, Path("/tmp/pokelab-XXXX"))

@@ -9,6 +9,7 @@ import re
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from fakekernel import fake_bzimage, fake_vmlinux, write_pair
 
 from orchestrator.core import buildid
 from orchestrator.core.errors import UsageError
-from orchestrator.kernels.images import artifacts_from_paths, decompress_payload
+from orchestrator.kernels.images import artifacts_from_paths, decompress_payload, has_virtio_mmio
 from orchestrator.kernels.pvh import pvh_image
 
 TRUE = Path(shutil.which("true") or "/bin/true").resolve()
@@ -119,3 +120,22 @@ def test_pvh_image(tmp_path: Path) -> None:
     assert theirs is not None and theirs.parent == cache / "kernels" / "pvh"
     plain = artifacts_from_paths(*write_pair(tmp_path / "old", bid))
     assert pvh_image(plain, cache) is None
+
+
+def test_has_virtio_mmio(tmp_path: Path) -> None:
+    """From the config (=y or =m), else from a real System.map; None when neither is there."""
+    kernel = artifacts_from_paths(*write_pair(tmp_path / "k"))
+    assert has_virtio_mmio(kernel) is None
+    config = tmp_path / "config"
+    for line, want in (("CONFIG_VIRTIO_MMIO=m", True), ("CONFIG_VIRTIO_MMIO=y", True),
+                       ("# CONFIG_VIRTIO_MMIO is not set", False)):
+        config.write_text(f"CONFIG_X=y\n{line}\n")
+        assert has_virtio_mmio(replace(kernel, config=config)) is want
+    smap = tmp_path / "System.map"
+    filler = "".join(f"ffffffff81{i:06x} t f{i}\n" for i in range(400))
+    smap.write_text(filler)
+    assert has_virtio_mmio(replace(kernel, system_map=smap)) is False
+    smap.write_text(filler + "ffffffff83000000 t virtio_mmio_init\n")
+    assert has_virtio_mmio(replace(kernel, system_map=smap)) is True
+    smap.write_text("ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n")
+    assert has_virtio_mmio(replace(kernel, system_map=smap)) is None
