@@ -32,8 +32,6 @@ BASE_APPEND = ("console=ttyS0", "nokaslr", "panic=-1", "earlyprintk=serial,ttyS0
 #: The machine types pokelab boots (``--machine``).  ``pc`` (i440FX, PCI, the default) or
 #: ``microvm`` (no PCI, no firmware tables but ACPI's; virtio-mmio devices it lists in its DSDT).
 MACHINES = ("pc", "microvm")
-#: the machine when none is asked for (``VmSpec``, ``VmOptions``, ``--machine``)
-DEFAULT_MACHINE = "microvm"
 
 #: microvm's options: no legacy PIC or PIT (the kernel routes through the IOAPIC and ticks on
 #: the local APIC timer; under TCG it marks the TSC unstable and keeps time on jiffies), the
@@ -62,7 +60,7 @@ class QemuConfig:
     memory_mb: int = 1024
     accel: str = "tcg"  # "tcg" or "kvm"
     tcg_thread: str = "single"  # "multi" is known unstable for text_poke (see docs)
-    machine: str = "pc"  # one of MACHINES (a run gets VmSpec's, DEFAULT_MACHINE unless asked)
+    machine: str = "pc"  # one of MACHINES
     #: the host's TSC rate in kHz, given to a microvm guest as ``tsc_early_khz=`` (it has no
     #: PM timer or HPET to calibrate the TSC against); see ``host.tsc.host_tsc_khz``
     tsc_khz: int | None = None

@@ -52,7 +52,7 @@ class VmSpec:
     memory_mb: int = 1024
     accel: str = "tcg"
     tcg_thread: str = "single"
-    machine: str = qemu.DEFAULT_MACHINE  # qemu.MACHINES
+    machine: str = "pc"  # qemu.MACHINES
     gdb_port: int | None = None  # None: pick a free one
     ssh_port: int | None = None
     append: tuple[str, ...] = ()

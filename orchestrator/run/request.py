@@ -14,12 +14,12 @@ from typing import Any
 
 from ..core.errors import UsageError
 from ..core.fields import option
-from ..machine.qemu import DEFAULT_MACHINE, MACHINES
 from ..machine.qemu_binary import check_given
 from .scenario import Scenario
 
 ACCELS = ("auto", "tcg", "kvm")
 TCG_THREADS = ("single", "multi")
+MACHINES = ("pc", "microvm")
 INJECTIONS = ("wrong-target", "wrong-return", "skip-call")
 
 
@@ -77,9 +77,9 @@ class VmOptions:
         "auto: KVM where it was seen to boot a guest, else TCG", choices=ACCELS))
     tcg_thread: str = field(default="single", metadata=option(
         "TCG threading; 'multi' is known unstable for text_poke", choices=TCG_THREADS))
-    machine: str = field(default=DEFAULT_MACHINE, metadata=option(
+    machine: str = field(default="pc", metadata=option(
         "QEMU machine: pc (i440FX, virtio on PCI) or microvm (no PCI or legacy timers, virtio-mmio found "
-        "through ACPI; boots faster)", choices=MACHINES))
+        "through ACPI)", choices=MACHINES))
     qemu: Path | None = field(default=None, metadata=option(
         "this qemu-system-x86_64 (default: the host's if its gdbstub does not flush translated code at a "
         "stop, else the one `pokelab qemu` built)", metavar="PATH", type=Path))
