@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.host.cache import cache_dir
-from orchestrator.kernels.catalog import Catalog, KernelRequest, kmod
+from orchestrator.kernels import kmod
+from orchestrator.kernels.catalog import Catalog, KernelRequest
 from orchestrator.kernels.debian import cached_spec
 from orchestrator.kernels.loadgen import GUEST_PATH, ensure_loadgen
 from orchestrator.machine.vm import Vm
-from orchestrator.run.prepare import KernelChoice, prepare
+from orchestrator.run.prepare import prepare_vm
+from orchestrator.run.request import KernelChoice, VmOptions
 from orchestrator.run.scenario import module_guest_path
 
 pytestmark = pytest.mark.vm
@@ -66,8 +68,8 @@ def test_module_builds_loads_and_counts(kernel_id: str, tmp_path: Path) -> None:
     def files(kernel, cache):  # type: ignore[no-untyped-def]
         return {module_guest_path(kernel.release): kmod.ensure_module(kernel, cache)}
 
-    vmspec, kernel = prepare(KernelChoice(kernel=spec.release), artifacts=tmp_path, smp=2,
-                             extra_files={GUEST_PATH: ensure_loadgen(cache)}, kernel_files=files)
+    vmspec, kernel = prepare_vm(KernelChoice(kernel=spec.release), VmOptions(smp=2), artifacts=tmp_path,
+                                extra_files={GUEST_PATH: ensure_loadgen(cache)}, kernel_files=files)
     with Vm(vmspec) as vm:
         vm.start()
         assert vm.wait_ready() == kernel.release
