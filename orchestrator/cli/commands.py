@@ -61,7 +61,8 @@ def _guest(a: Namespace, label: str) -> tuple[KernelChoice, VmOptions, Path]:
 
 #: the commands that print the lines their job returns, and nothing else
 LISTINGS: dict[str, Callable[[Namespace], Iterable[str]]] = {
-    "kernels": lambda a: kernels.remove_lines(a.remove) if a.remove else kernels.list_lines(a.debian),
+    "kernels": lambda a: kernels.remove_lines(a.remove, debian=a.debian) if a.remove else
+    kernels.list_lines(a.debian),
     "images": lambda a: kernels.fetch_images(a.kernel),
     "build-kernel": lambda a: [kernels.build(_from(kernels.BuildRequest, a), say)],
     "qemu": lambda a: [guest.ensure_qemu(a.jobs, progress=say)],
@@ -86,7 +87,7 @@ def cmd_boot(a: Namespace) -> int:
 
 
 def cmd_run_cmd(a: Namespace) -> int:
-    command = guest.command_line(a.words)
+    command = guest.command_line(a.words, a.timeout)
     if a.dry_run:
         return _show([guest.dry_run_line(*_guest(a, "run-cmd"))])
     res = guest.run_command(*_guest(a, "run-cmd"), command, a.timeout)
@@ -137,7 +138,7 @@ def _night_done(summary: dict[str, Any], out_dir: Path, fmt: str) -> int:
 
 def cmd_nightly(a: Namespace) -> int:
     req = _from(nightly_run.NightlyRequest, a, reports=_reports(a), vm=_from(VmOptions, a))
-    plan = nightly_run.plan(req)
+    plan, _context = nightly_run.plan(req), nightly_run.context(req.reports)  # bad files: usage errors
     if a.dry_run:
         return _show(["\n".join(f"{k} {s}" for k, s in plan.cells)])
     return _night_done(nightly_run.run(req, plan, Executor(), progress=say), a.out.resolve(), a.format)

@@ -316,7 +316,10 @@ class BenchRequest:
 
 
 def run_request(req: BenchRequest, progress: Callable[[str], None]) -> dict[str, Any]:
-    """:func:`run` for a :class:`BenchRequest` (``--qemu`` paths checked first: UsageError)."""
+    """:func:`run` for a :class:`BenchRequest` (numbers and ``--qemu`` paths checked first: UsageError)."""
+    for name in ("jobs", "boots", "stops", "toggles"):
+        if getattr(req, name) < 1:
+            raise UsageError(f"--{name} must be at least 1")
     qemu, compare = (check_given(q) if q is not None else None for q in (req.qemu, req.qemu_compare))
     return run(req.out.resolve(), boots=req.boots, stops=req.stops, toggles=req.toggles, progress=progress,
                parts=tuple(dict.fromkeys(req.part or PARTS)), jobs=req.jobs, qemu=qemu, qemu_compare=compare)

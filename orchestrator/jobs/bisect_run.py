@@ -74,6 +74,8 @@ class BisectRequest:
             raise UsageError("give --source DIR --good REV --bad REV, or --debian GOOD..BAD")
         if self.runs < 1:
             raise UsageError("--runs must be >= 1")
+        if self.jobs < 1:
+            raise UsageError("-j must be at least 1")
         self.base.vm.check()
 
     @property

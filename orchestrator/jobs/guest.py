@@ -49,9 +49,11 @@ def boot(kernel: KernelChoice, vm: VmOptions, artifacts: Path, *, keep: bool,
                     break
 
 
-def command_line(argv: Sequence[str]) -> str:
+def command_line(argv: Sequence[str], timeout: float = 120.0) -> str:
     """``run-cmd``'s guest command from its words (after an optional ``--``): one word as given,
-    more shell-quoted.  UsageError if there is none."""
+    more shell-quoted.  UsageError if there is none, or for a deadline (s) that is not positive."""
+    if not timeout > 0:
+        raise UsageError(f"--timeout {timeout:g}: a guest command's deadline must be more than 0 s")
     words = list(argv[1:] if argv[:1] == ["--"] else argv)
     if not words:
         raise UsageError("run-cmd needs a guest command after --")

@@ -60,10 +60,14 @@ def _resolved_offline(request: Any, cache: Path) -> Any:
         return None
 
 
-def remove_lines(names: Sequence[str]) -> Iterator[str]:
+def remove_lines(names: Sequence[str], debian: bool = False) -> Iterator[str]:
     """``pokelab kernels --remove NAME...``: built kernels (``custom-*``, or ``built`` for all) and
     fetched ones (:func:`.removal.plan`, UsageError before anything is deleted); a line per
-    kernel removed (MB freed), the total, and what is left on purpose."""
+    kernel removed (MB freed), the total, and what is left on purpose.  ``debian`` (``--debian``,
+    which lists the archive) does not go with it: UsageError."""
+    if debian:
+        raise UsageError("--remove does not go with --debian (--debian lists the archive, --remove "
+                         "frees this cache)")
     cache = cache_dir()
     plan = removal.plan(names, Catalog.load(), cache)
     total = 0

@@ -60,6 +60,9 @@ def parse_list(text: str | None) -> list[str] | None:
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
         raise ValueError("an empty list")
+    dups = sorted({x for x in items if items.count(x) > 1})
+    if dups:
+        raise ValueError(f"named twice: {', '.join(dups)}")
     return items
 
 

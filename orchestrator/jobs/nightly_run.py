@@ -94,9 +94,22 @@ def _read_json(path: Path, what: str) -> Any:
         raise UsageError(f"{what} {path}: not JSON ({exc})") from None
 
 
+def _summary(path: Path, what: str) -> dict[str, Any]:
+    """A nightly summary.json read and checked for what is read of it: UsageError naming the file
+    otherwise (a night's reports must not die on a bad --previous after the cells ran)."""
+    data = _read_json(path, what)
+    results = data.get("results") if isinstance(data, dict) else None
+    keys = ("kernel_id", "scenario", "verdict")
+    if not isinstance(results, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), str) for k in keys) for r in results):
+        raise UsageError(f"{what} {path}: not a pokelab nightly summary (a 'results' list of cells, each "
+                         "with kernel_id, scenario and verdict)")
+    return data
+
+
 def context(rep: Reports) -> tuple[Any, list[Any]]:
     """(previous summary or None, known issues); a bad file is a UsageError."""
-    previous = _read_json(rep.previous, "--previous") if rep.previous else None
+    previous = _summary(rep.previous, "--previous") if rep.previous else None
     issues: list[Any] = []
     if rep.known_issues is not None:
         try:
@@ -191,7 +204,7 @@ def merge_shards(rep: Reports, summaries: Sequence[Path]) -> dict[str, Any]:
     """``pokelab merge``: shard summaries joined, annotated, reported."""
     previous, issues = context(rep)
     out_dir = rep.out_dir.resolve()
-    loaded = [(_read_json(p, "summary"), p.resolve().parent) for p in summaries]
+    loaded = [(_summary(p, "summary"), p.resolve().parent) for p in summaries]
     try:
         summary = merge(loaded, out_dir)
     except (ValueError, KeyError, TypeError) as exc:

@@ -173,6 +173,7 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
     machine = vm.machine
     vmlinux: Path | None = choice.vmlinux
     if choice.bzimage and choice.vmlinux:
+        images.vmlinux_info(choice.vmlinux)  # not an ELF with a build-id: UsageError, as a real run
         bzimage, release = choice.bzimage, "<release>"
         pvh_path = cache / "kernels" / "pvh" / f"{choice.vmlinux.name}{pvh_name}"
     elif choice.kernel and choice.kernel.startswith("custom-"):

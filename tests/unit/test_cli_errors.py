@@ -391,3 +391,28 @@ def test_dry_run_touches_nothing(command: list[str], tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "-kernel" in res.stdout and "resolved when first fetched" in res.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a dry run made files"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["kernels", "--debian", "--remove", "6.1"], "does not go with --debian"),
+    (["bench", "--boots", "0"], "--boots"),
+    (["bisect", "--scenario", "ftrace-function", "--debian", "6.1.0-47..6.1", "-j", "0"], "-j"),
+    (["run-cmd", "--timeout", "0", "--dry-run", "--", "true"], "--timeout"),
+    (["nightly", "--kernels", "6.1,6.1", "--dry-run"], "named twice"),
+])
+def test_more_bad_input_is_one_usage_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    """Found by trying the CLI as a new user: each of these once did something (deleted a kernel,
+    booted a bisect, crashed in statistics) instead of refusing; nothing may be touched."""
+    env = {**os.environ, "POKELAB_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path / "home")}
+    res = pokelab(*args, "--out", str(tmp_path / "b.json")) if args[0] == "bench" else pokelab(*args, env=env)
+    assert_one_line_error(res, "usage", needle)
+
+
+@pytest.mark.parametrize("content", ['[1, 2]', '{"results": [{"kernel_id": "6.1", "scenario": "x"}]}', '"x"'])
+def test_a_summary_of_the_wrong_shape_is_a_usage_error(content: str, tmp_path: Path) -> None:
+    bad = tmp_path / "summary.json"
+    bad.write_text(content)
+    assert_one_line_error(pokelab("merge", str(tmp_path / "out"), str(bad)), "usage", "not a pokelab nightly")
+    res = pokelab("nightly", "--kernels", "6.1", "--dry-run", "--previous", str(bad),
+                  "--out", str(tmp_path / "n"))
+    assert_one_line_error(res, "usage", "--previous")
