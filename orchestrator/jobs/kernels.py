@@ -11,14 +11,13 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..core.errors import UsageError
 from ..core.fields import option
 from ..host.cache import cache_dir
 from ..kernels import removal
 from ..kernels.catalog import Catalog
-from ..kernels.debian import available, resolve_spec
+from ..kernels.debian import available, cached_spec, resolve_spec
 from ..kernels.images import custom_registry, ensure_kernel, is_cached
 from ..kernels.kbuild import BuildError, build_kernel
 from ..kernels.rootfs import ensure_initramfs, ensure_ssh_key
@@ -39,9 +38,8 @@ def list_lines(debian: bool = False) -> Iterator[str]:
         return
     for k in cat.kernels:
         flags = [k.wants, *(["default"] if k.default else [])]
-        spec = _resolved_offline(k, cache)
-        flags.append(f"cached: {spec.release} ({spec.version})" if spec and is_cached(spec, cache)
-                     else "not cached")
+        spec = cached_spec(k, cache)
+        flags.append(f"cached: {spec.release} ({spec.version})" if spec else "not cached")
         yield f"{k.id:12} {', '.join(flags)}"
     for kid, entry in sorted(custom_registry(cache).items()):
         try:
@@ -50,14 +48,6 @@ def list_lines(debian: bool = False) -> Iterator[str]:
             continue  # removed by hand: not listed
         patches = ", ".join(Path(p).name for p in meta.get("patches", [])) or "no patches"
         yield f"{kid} {meta.get('release', '?')}  built from {meta.get('source', '?')} ({patches})"
-
-
-def _resolved_offline(request: Any, cache: Path) -> Any:
-    """The kernel spec ``request`` last resolved to here (no archive asked), or None."""
-    try:
-        return resolve_spec(request, cache, offline=True)
-    except UsageError:
-        return None
 
 
 def remove_lines(names: Sequence[str], debian: bool = False) -> Iterator[str]:

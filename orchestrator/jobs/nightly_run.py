@@ -20,8 +20,8 @@ from ..core.errors import PokelabError, UsageError
 from ..core.fields import option
 from ..host.cache import cache_dir
 from ..kernels.catalog import Catalog
-from ..kernels.debian import fetchable, resolve_spec
-from ..kernels.images import custom_kernel, is_cached
+from ..kernels.debian import cached_spec, fetchable
+from ..kernels.images import custom_kernel
 from ..run.execute import Execute
 from ..run.request import KernelChoice, RunRequest, VmOptions
 from ..run.result import RunResult
@@ -148,19 +148,11 @@ def plan(req: NightlyRequest) -> Plan:
                 raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)") from None
     table = nightly_table(scenarios or [s.name for s in SCENARIOS], BY_NAME)  # names and FILE.toml
     if kernels is None:
-        kernels = [k.id for k in cat.kernels if _cached(k, cache) or fetchable(k, cache)]
+        kernels = [k.id for k in cat.kernels if cached_spec(k, cache) or fetchable(k, cache)]
     cells = matrix(kernels, list(table))
     if shard_of is not None:
         cells = shard(cells, *shard_of)
     return Plan(tuple(cells), table)
-
-
-def _cached(request: Any, cache: Path) -> bool:
-    try:
-        spec = resolve_spec(request, cache, offline=True)
-    except UsageError:
-        return False
-    return spec is not None and is_cached(spec, cache)
 
 
 def cell_runner(req: NightlyRequest, table: Mapping[str, Scenario], execute: Execute) -> Runner:

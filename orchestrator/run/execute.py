@@ -85,8 +85,9 @@ def _probed(spec: VmSpec, kernel: KernelArtifacts, request: RunRequest, out: dic
 
 
 def execute(request: RunRequest, *, prepared: Prepared | None = None,
+            prepare_with: Callable[[RunRequest], Prepared] = prepare,
             progress: Progress = lambda s: None, hold: Hold | None = None) -> RunResult:
-    """Prepare (unless ``prepared``), run and judge ``request``; the result, already written.
+    """Prepare (``prepare_with``, unless ``prepared``), run and judge ``request``; the result, written.
 
     Never raises for a verdict: an error of the host, the kernel or the scenario becomes the
     verdict its class carries (``verdict_for``).  Raises UsageError for a bad request (nothing
@@ -97,7 +98,7 @@ def execute(request: RunRequest, *, prepared: Prepared | None = None,
     base = {**out, "kernel_id": request.kernel.kernel, "inject": request.inject,
             "artifacts": str(request.artifacts)}
     try:
-        p = prepared or prepare(request)
+        p = prepared or prepare_with(request)
         out.update({"kernel": p.kernel.release, "kernel_id": p.kernel.id, **p.spec.qemu_record,
                     "inject": request.inject, "artifacts": str(p.spec.artifacts)})
         refused = _refusal(sc, p.kernel)
@@ -149,14 +150,4 @@ class Executor:
         return replace(p, spec=replace(p.spec, artifacts=request.artifacts))
 
     def __call__(self, request: RunRequest) -> RunResult:
-        try:
-            p = self.prepare(request)
-        except UsageError:
-            raise
-        except PokelabError as exc:
-            result = RunResult.of_error(exc, {**_scenario_record(request.scenario, request),
-                                              "kernel_id": request.kernel.kernel,
-                                              "artifacts": str(request.artifacts)})
-            result.write()
-            return result
-        return execute(request, prepared=p, progress=self.progress, hold=self.hold)
+        return execute(request, prepare_with=self.prepare, progress=self.progress, hold=self.hold)
