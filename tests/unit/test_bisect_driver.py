@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
+from githistory import git, make_history
 
 from orchestrator.core.bisect_logic import BUILD_FAIL, FAIL, INFRA, PASS, Decision
 from orchestrator.jobs.bisect import (
@@ -23,26 +23,11 @@ from orchestrator.kernels.debian import DebianKernel, kernels_from, parse_show, 
 from orchestrator.kernels.images import exclusive_lock
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 @pytest.fixture
 def history(tmp_path: Path) -> tuple[Path, list[str]]:
     """8 commits of a text file; from commit 5 on (index 5) the file says 'bug'."""
     repo = tmp_path / "repo"
-    repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "config", "user.email", "t@example.org")
-    _git(repo, "config", "user.name", "t")
-    shas = []
-    for i in range(8):
-        (repo / "f.txt").write_text(f"rev {i}\n" + ("bug\n" if i >= 5 else "ok\n"))
-        _git(repo, "add", "f.txt")
-        _git(repo, "commit", "-q", "-m", f"commit {i}")
-        shas.append(_git(repo, "rev-parse", "HEAD"))
-    return repo, shas
+    return repo, make_history(repo, lambda i: f"rev {i}\n" + ("bug\n" if i >= 5 else "ok\n"))
 
 
 def _buggy(wt: Path) -> bool:
@@ -60,7 +45,7 @@ def test_clean_history_finds_the_culprit(history, tmp_path: Path) -> None:  # ty
 
     def step(sha: str, wt: Path) -> list[str]:
         seen.append(sha)
-        assert _git(wt, "rev-parse", "HEAD") == sha  # the step sees the revision it judges
+        assert git(wt, "rev-parse", "HEAD") == sha  # the step sees the revision it judges
         return [FAIL] * 3 if _buggy(wt) else [PASS] * 3
 
     res = _run(repo, shas, step, tmp_path)
@@ -69,9 +54,9 @@ def test_clean_history_finds_the_culprit(history, tmp_path: Path) -> None:  # ty
     assert seen[:2] == [shas[0], shas[-1]]  # the endpoints first
     assert len(seen) <= 2 + 3  # log2(7) steps
     # the user's checkout is untouched and the scratch worktree is gone
-    assert _git(repo, "rev-parse", "HEAD") == shas[-1]
-    assert _git(repo, "status", "--porcelain") == ""
-    assert len(_git(repo, "worktree", "list").splitlines()) == 1
+    assert git(repo, "rev-parse", "HEAD") == shas[-1]
+    assert git(repo, "status", "--porcelain") == ""
+    assert len(git(repo, "worktree", "list").splitlines()) == 1
     assert not (repo / ".git" / "BISECT_LOG").exists()
 
 
@@ -130,7 +115,7 @@ def test_replay_skips_logged_revisions(history, tmp_path: Path) -> None:  # type
         _run(repo, shas, step, tmp_path, log_path=logf)
     logged = read_log(logf)
     assert len(logged) == 3 and all(json.loads(ln)["decision"] for ln in logf.read_text().splitlines())
-    assert len(_git(repo, "worktree", "list").splitlines()) == 1  # cleaned up even then
+    assert len(git(repo, "worktree", "list").splitlines()) == 1  # cleaned up even then
 
     calls.clear()
     res = _run(repo, shas, lambda s, w: calls.append(s) or ([FAIL] * 3 if _buggy(w) else [PASS] * 3),
@@ -146,7 +131,7 @@ def test_endpoint_that_does_not_hold_is_an_error(history, tmp_path: Path) -> Non
         _run(repo, shas, lambda s, w: [FAIL] * 3, tmp_path)
     with pytest.raises(BisectError, match=r"bad endpoint .* came out good"):
         _run(repo, shas, lambda s, w: [PASS] * 3, tmp_path)
-    assert len(_git(repo, "worktree", "list").splitlines()) == 1
+    assert len(git(repo, "worktree", "list").splitlines()) == 1
 
 
 def test_infra_errors_abort(history, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -5,12 +5,12 @@ archive and the fetch faked)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakerun import ScriptedExecute
+from githistory import git, make_history
 
 from orchestrator.core.errors import InfraError
 from orchestrator.jobs import bisect_run
@@ -43,26 +43,13 @@ def test_a_step_is_the_base_request_on_the_revision_s_kernel(tmp_path: Path) -> 
     assert first.but(kernel=base.kernel, artifacts=base.artifacts) == base  # nothing else changes
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          timeout=60).stdout.strip()
-
 
 @pytest.fixture
 def history(tmp_path: Path) -> tuple[Path, list[str]]:
     """8 commits; from commit 5 on the 'kernel' has the bug; commit 3 does not build."""
     repo = tmp_path / "linux"
-    repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "config", "user.email", "t@example.org")
-    _git(repo, "config", "user.name", "t")
-    shas = []
-    for i in range(8):
-        (repo / "f.txt").write_text(f"{i} {'bug' if i >= 5 else 'ok'} {'broken' if i == 3 else 'builds'}\n")
-        _git(repo, "add", "f.txt")
-        _git(repo, "commit", "-q", "-m", f"commit {i}")
-        shas.append(_git(repo, "rev-parse", "HEAD"))
-    return repo, shas
+    return repo, make_history(
+        repo, lambda i: f"{i} {'bug' if i >= 5 else 'ok'} {'broken' if i == 3 else 'builds'}\n")
 
 
 def _fake_build(built: list[str]) -> Any:
@@ -108,7 +95,7 @@ def test_a_git_bisect_runs_each_revision_through_execute(history: tuple[Path, li
     assert {rec["decision"] for rec in logged} <= {"good", "bad", "skip"}
     assert all(rec["outcomes"] in (["PASS", "PASS"], ["FAIL", "FAIL"], ["BUILD_FAIL"]) for rec in logged)
     assert ["BUILD_FAIL"] in [rec["outcomes"] for rec in logged]  # commit 3, skipped: no run of it
-    assert _git(repo, "rev-parse", "HEAD") == shas[-1]  # the user's checkout is untouched
+    assert git(repo, "rev-parse", "HEAD") == shas[-1]  # the user's checkout is untouched
 
 
 def test_an_error_in_a_run_is_an_outcome_not_an_exception(history: tuple[Path, list[str]], tmp_path: Path,
@@ -164,5 +151,6 @@ def test_one_run_per_revision_can_find_the_culprit(history: tuple[Path, list[str
     monkeypatch.setenv("POKELAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(kbuild, "build_kernel", _fake_build([]))
     req = BisectRequest(_base(tmp_path), runs=1, source=repo, good=shas[0], bad=shas[-1], jobs=1)
-    lines, code = bisect_run.run(req, ScriptedExecute(_verdict_of_kernel), [].append)
+    said: list[str] = []
+    lines, code = bisect_run.run(req, ScriptedExecute(_verdict_of_kernel), said.append)
     assert code == 0 and lines[0] == f"{shas[5]} is the first bad commit", lines
