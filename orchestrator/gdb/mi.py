@@ -20,6 +20,7 @@ until its deadline.  Every wait is bounded and its error names what it waited fo
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import subprocess
 import threading
@@ -52,7 +53,8 @@ INTERRUPT_RESEND_S = 5.0
 
 
 class MiSession:
-    def __init__(self, argv: Sequence[str], transcript: Path, timeout: float) -> None:
+    def __init__(self, argv: Sequence[str], transcript: Path, timeout: float,
+                 pass_fds: Sequence[int] = ()) -> None:
         self.timeout = timeout
         #: "running" or "stopped" as GDB last reported it (``*running``/``*stopped``); None before either
         self.state: str | None = None
@@ -67,7 +69,7 @@ class MiSession:
         self._transcript = open(transcript, "a", encoding="utf-8", errors="replace")
         self._tlock = threading.Lock()
         self._child = procs.Child(argv, name="gdb", stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds)
         self._reader = threading.Thread(target=self._read_stdout, name="gdb-mi", daemon=True)
         self._reader.start()
         self._err_reader = threading.Thread(target=self._read_stderr, name="gdb-err", daemon=True)
@@ -78,6 +80,11 @@ class MiSession:
     def _log(self, direction: str, line: str) -> None:
         with self._tlock:
             self._transcript.write(f"{time.monotonic():.6f} {direction} {line.rstrip()}\n")
+
+    def log_console(self, line: str) -> None:
+        """Write ``line`` to the transcript as the console-stream record GDB would print for it
+        (the record channel's lines: a transcript then replays as one stream)."""
+        self._log("<", "~" + json.dumps(line + "\n"))
 
     def _read_stdout(self) -> None:
         stdout = self._child.proc.stdout

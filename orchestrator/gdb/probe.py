@@ -24,6 +24,7 @@ from ..core.budget import TrapBudget
 from ..core.buildid import elf_build_id, notes_build_id
 from ..core.errors import InfraError, Unsupported, UsageError
 from ..core.trapdata import INJECTIONS, LayoutError, TextPokeLoc
+from .channel import RecordChannel
 from .ledger import layout_from_setup
 from .mi import MiError, MiSession, gdb_argv
 from .readback import SiteReadback, in_flight_from_report
@@ -64,13 +65,22 @@ class Probe(SiteReadback):
         self.hardware = hardware
         self.budget = budget
         self._mi: MiSession | None = None
+        self._channel: RecordChannel | None = None
         self._running = False
 
     # -- attach ---------------------------------------------------------------
     def attach(self) -> None:
         """Start GDB, check the vmlinux against the running kernel, place the recorder, resume."""
         argv = gdb_argv(self.vmlinux)
-        self._mi = mi = MiSession(argv, self.artifacts / "mi.log", self.timeout)
+        self._channel = channel = RecordChannel(self._on_console, self._log_record)
+        try:
+            self._mi = mi = MiSession(argv, self.artifacts / "mi.log", self.timeout,
+                                      pass_fds=(channel.write_fd,))
+        except BaseException:
+            channel.close(timeout=1.0)
+            raise
+        args_fd = channel.write_fd
+        channel.child_started()
         mi.add_console_hook(self._on_console)
         mi.command("-gdb-set mi-async on")
         start = mi.async_count
@@ -83,7 +93,7 @@ class Probe(SiteReadback):
                              f"to {self.address}")
         self._check_build_id()
         mi.console(f"source {GDB_SCRIPT}")
-        args = {"inject": self.inject, "inject_every": self.inject_every,
+        args = {"channel_fd": args_fd, "inject": self.inject, "inject_every": self.inject_every,
                 "hardware": self.hardware, "stub_candidates": list(STUB_CANDIDATES),
                 "budget": self.budget.args()}
         mi.console(f"python pokelab_setup('{json.dumps(args)}')")
@@ -132,6 +142,24 @@ class Probe(SiteReadback):
             return
         self._mi.exec_interrupt()
         self._running = False
+        self.sync()
+
+    def sync(self) -> None:
+        """Return once every record the recorder wrote so far has been taken in (the record channel
+        is not ordered with MI: :mod:`orchestrator.gdb.channel`).  InfraError past the deadline."""
+        mi, channel = self._mi, self._channel
+        if mi is None or channel is None:
+            return
+        channel.sync(lambda n: mi.console(f"python pokelab_sync({n})"), self.timeout)
+
+    def _log_record(self, line: str) -> None:
+        if self._mi is not None:
+            self._mi.log_console(line)
+
+    def finish(self) -> None:
+        """Take in every record written so far, then close the trap log (:meth:`TrapLedger.finish`)."""
+        self.sync()
+        super().finish()
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -238,6 +266,8 @@ class Probe(SiteReadback):
         except InfraError:
             pass
         mi.close()
+        if self._channel is not None and not self._channel.close():
+            log.warning("the recorder's record channel did not end with GDB")
         if not self._trap_log.closed:
             self._trap_log.close()
 

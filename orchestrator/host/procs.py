@@ -66,7 +66,9 @@ class Child:
         stdout: int | IO[bytes] | None = subprocess.DEVNULL,
         stderr: int | IO[bytes] | None = subprocess.DEVNULL,
         cwd: Path | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
+        """``pass_fds``: file descriptors the child inherits (as in :class:`subprocess.Popen`)."""
         if threading.current_thread() is not threading.main_thread():
             log.debug("%s started from a non-main thread: it dies when that thread exits", name)
         self.name = name
@@ -81,6 +83,7 @@ class Child:
                 preexec_fn=_pdeathsig_hook(),  # noqa: PLW1509 - one prctl() call, prepared in the parent
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=tuple(pass_fds),
             )
         except OSError as exc:
             raise InfraError(f"cannot start {name} ({self.argv[0]}): {exc.strerror}") from exc

@@ -42,12 +42,17 @@ attaches (``verdict.json``'s ``baseline_steps``, each step timed as in ``steps``
   handling the entry stop to the end of handling the return stop (GDB-side):
   the part of ``trap_ms`` that GDB's Python sees.
 * ``trap_cost_ratio`` = ``trap_ms`` / ``bare_stop_ms`` (target <= 1.5).
+* ``stop_py_ms``: mean ms the recorder's Python spends in one breakpoint stop (its reads of the
+  guest included; GDB's and QEMU's own work at the stop, and the step over the breakpoint, not);
+  ``stop_py_ms_by_hook``: the same per kind of stop (``entry``, ``exit``, ``batch``,
+  ``batch-end``, ``poke``, ...), from the recorder's ``hook_ms``.
 * ``tb_flushes_per_stop``: QEMU's ``TB flush count`` (HMP ``info jit``) after the
   scenario's steps (setup, cycles, teardown) minus before (what the probe's stops and the
   read-backs' pauses of the guest flushed), per breakpoint hit of the probe in between
-  (``probe_stops``: handler entries, returns, batches; each hit is GDB's stop plus its
-  step-over).  Target 0: QEMU >= 10.2 does not flush at a debug stop (2 with 7.2 at each
-  stop; 2.48 in a 4-cycle run, where the pauses weigh more).
+  (``probe_stops``: every stop of the recorder's hooks: handler entries and returns, batches
+  and their ends, plain writes; each hit is GDB's stop plus its step-over).  Target 0: QEMU
+  >= 10.2 does not flush at a debug stop (2 with 7.2 at each stop; 2.48 in a 4-cycle run,
+  where the pauses weigh more).
   ``qemu_tb_flushes_per_stop`` is the same measured on single-steps when the binary
   was chosen (:mod:`orchestrator.machine.qemu_binary`).
 * ``traps_per_min``: judged traps per wall minute of the probe's cycles (``probe_toggle_s``:
@@ -198,11 +203,17 @@ def probe_figures(record: Mapping[str, Any], steps: Sequence[str], bare_stop_ms:
     base, probed = statistics.median(without), statistics.median(under)
     trap_ms = round((probed - base) * len(under) / traps * 1000.0, 3)
     inside = record.get("trap_cost_ms_median")
+    hooks = (record.get("recorder") or {}).get("hook_ms") or {}
+    hook_stops = sum(int(h.get("stops", 0)) for h in hooks.values())
+    hook_ms = sum(float(h.get("ms", 0.0)) for h in hooks.values())
     cycles_s = record.get("cycles_s")
     return {"switch_without_probe_s": round(base, 3), "switch_with_probe_s": round(probed, 3),
             "probe_overhead": round(probed / base, 3), "trap_ms": trap_ms,
             "trap_inside_ms": None if inside is None else round(inside, 3),
             "trap_cost_ratio": round(trap_ms / bare_stop_ms, 3),
+            "stop_py_ms": round(hook_ms / hook_stops, 3) if hook_stops else None,
+            "stop_py_ms_by_hook": {k: round(float(h["ms"]) / int(h["stops"]), 3)
+                                   for k, h in hooks.items() if int(h.get("stops", 0))},
             "tb_flushes_per_stop": record.get("tb_flushes_per_stop"), "tb_flushes": record.get("tb_flushes"),
             "probe_stops": record.get("probe_stops"),
             "traps_per_min": round(traps / cycles_s * 60, 1) if cycles_s else None,

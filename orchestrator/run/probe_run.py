@@ -288,7 +288,11 @@ def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body:
 
 
 def breakpoint_stops(stats: dict[str, Any]) -> int:
-    """The probe's breakpoint hits so far: handler entries, returns of a recorded trap, batches."""
+    """The probe's breakpoint hits so far: every stop of the recorder's hooks (handler entries and
+    returns, batches and their ends, plain writes); from an older recorder without that count,
+    handler entries + returns of a recorded trap + batches."""
+    if "stops" in stats:
+        return int(stats["stops"])
     return int(stats.get("entries", 0)) + int(stats.get("traps", 0)) + int(stats.get("batches", 0))
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import runpy
 import sys
@@ -76,3 +77,27 @@ def test_a_kernel_without_the_handler_is_reported_unsupported(
     assert [t for t, _ in tags] == ["POKELAB-SETUP", "POKELAB-INFLIGHT"]
     assert "poke_int3_handler" in json.loads(tags[0][1])["unsupported"]
     assert json.loads(tags[1][1]) == {"live": False, "pending": []}
+
+
+def test_records_go_to_the_channel_and_replies_to_the_console(
+        recorder: tuple[dict[str, Any], list[str]]) -> None:
+    """With a record channel (orchestrator/gdb/channel.py) the stops' records and the sync marker go
+    down the pipe, one write each; what answers a host call stays on GDB's console."""
+    ns, out = recorder
+    r, w = os.pipe()
+    try:
+        ns["pokelab_setup"](json.dumps({"inject": None, "channel_fd": w}))
+        ns["pokelab_sync"](7)
+        ns["_emit"]("POKELAB-TRAP", {"cpu": 1})
+        ns["pokelab_inflight"]()
+        os.close(w)
+        w = -1
+        with os.fdopen(r, "rb") as f:
+            r = -1
+            piped = f.read().decode().splitlines()
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
+    assert piped == ['POKELAB-SYNC {"n":7}', 'POKELAB-TRAP {"cpu":1}']
+    assert [line.split(" ", 1)[0] for line in out] == ["POKELAB-SETUP", "POKELAB-INFLIGHT"]

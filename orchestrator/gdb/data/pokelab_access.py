@@ -8,6 +8,8 @@ and register reads, the search for a function's return instructions, and
 """
 
 import json
+import os
+import time
 
 import gdb  # type: ignore[import-not-found]
 
@@ -16,8 +18,26 @@ KERNEL_MIN = 0xFFFF800000000000
 RET_THUNKS = ("__x86_return_thunk", "__ret", "retbleed_return_thunk", "srso_return_thunk")
 
 
+#: what the breakpoint stops record: written to the host's record channel when it gave one
+#: (``orchestrator/gdb/channel.py``: GDB's console stream costs a system call per byte)
+RECORDS = frozenset(("POKELAB-TRAP", "POKELAB-BATCH", "POKELAB-OTHER", "POKELAB-POKE", "POKELAB-BLIND",
+                     "POKELAB-CPU", "POKELAB-ERROR", "POKELAB-SYNC"))
+#: the channel's file descriptor (inherited from the host), kept across ``pokelab_setup`` calls
+_CHANNEL = {"fd": None}
+
+
 def _emit(tag, obj):
-    gdb.write("%s %s\n" % (tag, json.dumps(obj, separators=(",", ":"))))
+    line = "%s %s\n" % (tag, json.dumps(obj, separators=(",", ":")))
+    fd = _CHANNEL["fd"]
+    if fd is not None and tag in RECORDS:
+        data = line.encode()
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            return
+        except OSError:  # the host is gone: say it where it may still be read
+            _CHANNEL["fd"] = None
+    gdb.write(line)
 
 
 def _sym_addr(name):
@@ -137,11 +157,16 @@ class _Hook(gdb.Breakpoint):
         raise NotImplementedError
 
     def stop(self):
+        t = time.monotonic()
         try:
             _STATE["stops"] += 1
             self.run()
         except Exception as exc:  # noqa: BLE001 - never let a recorder error stop the guest
             _STATE["errors"] += 1
             _emit("POKELAB-ERROR", {"where": self.where, "error": repr(exc)})
+        # [stops, seconds in run()] per kind of stop: what our Python costs at each (POKELAB-STATS)
+        spent = _STATE.setdefault("hook_s", {}).setdefault(self.where, [0, 0.0])
+        spent[0] += 1
+        spent[1] += time.monotonic() - t
         return False
 

@@ -38,7 +38,7 @@ import gdb  # type: ignore[import-not-found]
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # our siblings lie beside us
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pokelab_access import _STATE, _emit, _exit_points, _range_exits, _read, _sym_addr  # noqa: E402
+from pokelab_access import _CHANNEL, _STATE, _emit, _exit_points, _range_exits, _read, _sym_addr  # noqa: E402
 from pokelab_budget import TrapBudget  # noqa: E402
 from pokelab_layout import _detect, _reader  # noqa: E402
 from pokelab_poke import _poke_arm, _poke_setup, pokelab_inflight  # noqa: E402,F401
@@ -51,6 +51,8 @@ BURST_END_HOOKS = ("text_poke_finish", "text_poke_bp")
 def pokelab_setup(args_json):
     """Detect, place the breakpoints, report.  Called by the host once."""
     args = json.loads(args_json)
+    if args.get("channel_fd") is not None:
+        _CHANNEL["fd"] = int(args["channel_fd"])
     for bp in _STATE.get("bps", []):
         bp.delete()
     info = _detect()
@@ -121,12 +123,19 @@ def pokelab_setup(args_json):
     _emit("POKELAB-SETUP", info)
 
 
+def pokelab_sync(n):
+    """Write marker ``n`` behind every record written so far (the host waits for it)."""
+    _emit("POKELAB-SYNC", {"n": int(n)})
+
+
 def pokelab_stats():
     st = _STATE
     _emit("POKELAB-STATS", {k: st.get(k, 0) for k in ("entries", "traps", "others", "lost", "errors",
                                                         "eligible", "batches", "stops", "pokes")}
           | {"pending": len(st.get("pending", {})),
-             "budget": st["budget"].stats() if st.get("budget") else None})
+             "budget": st["budget"].stats() if st.get("budget") else None,
+             "hook_ms": {k: {"stops": n, "ms": round(sec * 1000.0, 3)}
+                         for k, (n, sec) in sorted(st.get("hook_s", {}).items())}})
 
 
 def pokelab_batches(on):

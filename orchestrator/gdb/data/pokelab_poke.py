@@ -41,13 +41,14 @@ class _PokeExit(_Hook):
         _poke_arm()
 
 
-class _PokeBatchEnd(gdb.Breakpoint):
+class _PokeBatchEnd(_Hook):
     """At each return of ``text_poke_bp_batch`` (6.1 .. 6.15): the batch is no longer in flight."""
 
-    def stop(self):
+    where = "batch-end"
+
+    def run(self):
         _STATE["poke_depth"] = 0
         _poke_arm()
-        return False
 
 
 def _poke_setup(bptype):

@@ -16,13 +16,14 @@ import gdb  # type: ignore[import-not-found]
 from pokelab_access import _STATE, KERNEL_MIN, _emit, _Hook, _read, _reg, _u, _write
 from pokelab_poke import _poke_arm, _poke_batch_entry
 
-class _BatchEnd(gdb.Breakpoint):
+class _BatchEnd(_Hook):
     """At each return of ``smp_text_poke_batch_finish``: the batch is no longer in flight."""
 
-    def stop(self):
+    where = "batch-end"
+
+    def run(self):
         _STATE["in_batch"] = max(0, _STATE.get("in_batch", 0) - 1)
         _poke_arm()
-        return False
 
 
 
