@@ -7,6 +7,7 @@ Pure.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ class TrapBudget:
     def __post_init__(self) -> None:
         if self.first is not None and self.first < 1:
             raise ValueError(f"a trap budget needs first >= 1, not {self.first}")
-        if self.rate is not None and self.rate <= 0:
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise ValueError(f"a trap budget's rate must be > 0 traps/s, not {self.rate}")
         if self.batches_per_burst is not None and self.batches_per_burst < 1:
             raise ValueError(f"batches_per_burst must be >= 1, not {self.batches_per_burst}")

@@ -331,9 +331,13 @@ def run_request(req: BenchRequest, progress: Callable[[str], None]) -> dict[str,
     for name in ("jobs", "boots", "stops", "toggles"):
         if getattr(req, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
-    qemu, compare = (check_given(q) if q is not None else None for q in (req.qemu, req.qemu_compare))
+    parts = tuple(dict.fromkeys(req.part or PARTS))
+    if req.qemu_compare is not None and "vm" not in parts:
+        raise UsageError("--qemu-compare goes with part vm (kbuild measures no QEMU)")
+    qemu = check_given(req.qemu) if req.qemu is not None else None
+    compare = check_given(req.qemu_compare, "--qemu-compare") if req.qemu_compare is not None else None
     return run(req.out.resolve(), boots=req.boots, stops=req.stops, toggles=req.toggles, progress=progress,
-               parts=tuple(dict.fromkeys(req.part or PARTS)), jobs=req.jobs, qemu=qemu, qemu_compare=compare)
+               parts=parts, jobs=req.jobs, qemu=qemu, qemu_compare=compare)
 
 
 def run(out: Path, boots: int = 5, stops: int = 100, toggles: int = 10,

@@ -303,12 +303,17 @@ def built_path(cache: Path, version: str = BUILD_VERSION) -> Path | None:
     return d / BINARY if (d / "build.json").is_file() and (d / BINARY).is_file() else None
 
 
-def check_given(path: Path) -> Path:
-    """``--qemu PATH``: an executable file, else UsageError (one line)."""
+def check_given(path: Path, what: str = "--qemu") -> Path:
+    """``--qemu PATH`` (``what``: the option): an executable file, resolved; else UsageError (one
+    line: missing, a directory, not a regular file, not executable)."""
+    if path.is_dir():
+        raise UsageError(f"{what} {path}: is a directory, not an executable file")
+    if not path.exists():
+        raise UsageError(f"{what} {path}: no such file")
     if not path.is_file():
-        raise UsageError(f"--qemu {path}: no such file")
+        raise UsageError(f"{what} {path}: not a regular file")
     if not os.access(path, os.X_OK):
-        raise UsageError(f"--qemu {path}: not executable")
+        raise UsageError(f"{what} {path}: not executable")
     return path.resolve()
 
 

@@ -21,7 +21,7 @@ from ..kernels.images import KernelArtifacts
 from ..machine.vm import Vm, VmSpec
 from .prepare import Prepared, prepare
 from .probe_run import Progress, Run, run_probed
-from .request import RunRequest
+from .request import INJECT_EVERY, RunRequest
 from .result import RunResult
 from .scenario import (
     Scenario,
@@ -79,9 +79,9 @@ def _probed(spec: VmSpec, kernel: KernelArtifacts, request: RunRequest, out: dic
             body.baseline(vm, request.baseline_cycles)
 
     body = ScenarioBody(sc, request.workload, out)
-    return run_probed(spec, kernel, out, body, inject=request.inject, inject_every=request.inject_every,
-                      min_judged=sc.min_traps, pre_attach=pre_attach, progress=progress, hold=hold,
-                      budget=sc.budget)
+    return run_probed(spec, kernel, out, body, inject=request.inject,
+                      inject_every=request.inject_every or INJECT_EVERY, min_judged=sc.min_traps,
+                      pre_attach=pre_attach, progress=progress, hold=hold, budget=sc.budget)
 
 
 def execute(request: RunRequest, *, prepared: Prepared | None = None,

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.errors import UsageError
 from ..core.fields import option
+from ..host.meminfo import host_memory_mib
 from ..machine.qemu_binary import check_given
 from .scenario import Scenario
 
@@ -21,6 +22,8 @@ ACCELS = ("auto", "tcg", "kvm")
 TCG_THREADS = ("single", "multi")
 MACHINES = ("pc", "microvm")
 INJECTIONS = ("wrong-target", "wrong-return", "skip-call")
+#: ``--inject-every``'s default: every second eligible trap
+INJECT_EVERY = 2
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,8 @@ class VmOptions:
     """
 
     smp: int = field(default=4, metadata=option("vCPUs", metavar="N", type=int))
-    memory_mb: int = field(default=1024, metadata=option("guest RAM", flag="--memory", metavar="MIB",
-                                                         type=int))
+    memory_mb: int = field(default=1024, metadata=option(
+        "guest RAM, from 256 to this host's RAM (MemTotal)", flag="--memory", metavar="MIB", type=int))
     accel: str = field(default="auto", metadata=option(
         "auto: KVM where it was seen to boot a guest, else TCG", choices=ACCELS))
     tcg_thread: str = field(default="single", metadata=option(
@@ -95,6 +98,8 @@ class VmOptions:
             raise UsageError("--smp must be at least 1")
         if self.memory_mb < 256:
             raise UsageError("--memory must be at least 256 MiB (the initramfs and the guest's tools)")
+        if self.memory_mb > (most := host_memory_mib()):
+            raise UsageError(f"--memory {self.memory_mb}: more than this host's RAM ({most} MiB)")
         for value, allowed, what in ((self.accel, ACCELS, "--accel"), (self.tcg_thread, TCG_THREADS,
                                      "--tcg-thread"), (self.machine, MACHINES, "--machine")):
             if value not in allowed:
@@ -109,10 +114,11 @@ class VmOptions:
 class RunRequest:
     """One probed run of one scenario on one kernel.
 
-    ``inject``: corrupt the emulation at every ``inject_every``-th eligible trap (a
-    self-test: the run must end FAIL).  ``workload``: a host file copied in and run
-    pinned as the load.  ``info``: more keys of the verdict (a trigger's results, filled
-    in during the run).  ``label``: names default artifact dirs and progress lines.
+    ``inject``: corrupt the emulation at every ``inject_every``-th eligible trap (None:
+    :data:`INJECT_EVERY`; only with ``inject``) (a self-test: the run must end FAIL).
+    ``workload``: a host file copied in and run pinned as the load.  ``info``: more keys of the
+    verdict (a trigger's results, filled in during the run).  ``label``: names default artifact
+    dirs and progress lines.
     ``baseline_cycles``: before the probe attaches, run the setup, this many cycles of the
     scenario's steps and the teardown on the booted guest under the same load, each step timed
     (``verdict.json`` ``baseline_steps``, as ``steps``): what the steps cost without the probe
@@ -127,8 +133,8 @@ class RunRequest:
     inject: str | None = field(default=None, metadata=option(
         "corrupt the emulation at chosen CALL traps (wrong-target: JMP32 ones too; self-test: must end "
         "FAIL)", choices=INJECTIONS))
-    inject_every: int = field(default=2, metadata=option("inject at every K-th eligible trap", metavar="K",
-                                                         type=int))
+    inject_every: int | None = field(default=None, metadata=option(
+        f"with --inject: inject at every K-th eligible trap (default {INJECT_EVERY})", metavar="K", type=int))
     workload: Path | None = field(default=None, metadata=option(
         "a static binary or script to copy in and run pinned as the load", metavar="FILE", path="file"))
     info: Mapping[str, Any] = field(default_factory=dict)
@@ -140,7 +146,9 @@ class RunRequest:
         self.vm.check()
         if self.inject is not None and self.inject not in INJECTIONS:
             raise UsageError(f"--inject {self.inject}: one of {', '.join(INJECTIONS)}")
-        if self.inject_every < 1:
+        if self.inject_every is not None and self.inject is None:
+            raise UsageError("--inject-every goes with --inject MODE (it says how often to inject)")
+        if self.inject_every is not None and self.inject_every < 1:
             raise UsageError("--inject-every must be at least 1")
         if self.workload is not None and not self.workload.is_file():
             raise UsageError(f"--workload {self.workload}: no such file")

@@ -53,6 +53,7 @@ from typing import Any
 from ..core.budget import DEFAULT as DEFAULT_BUDGET
 from ..core.budget import TrapBudget
 from ..core.census import STATIC_CALL_FORMS, USERS
+from ..core.errors import UsageError
 from ..kernels import kmod, loadgen
 from ..kernels.images import KernelArtifacts
 from ..machine.vm import Vm
@@ -101,6 +102,8 @@ class Requirement:
 
 _CONFIG_RE = re.compile(r"^(CONFIG_[A-Z0-9_]+)(?:=([ymn]|\S+))?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-/{}]+$")
+#: a function name (``ksys_read``, ``foo.isra.0``): it goes into tracefs, shell commands and GDB
+SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 def parse_requirement(text: str) -> Requirement:
@@ -335,6 +338,14 @@ def validate(s: Scenario) -> list[str]:
         probs.append(f"name '{s.name}': use lower-case letters, digits and dashes")
     if not s.description or "\n" in s.description or len(s.description) > 100:
         probs.append(f"{s.name}: the description must be one line of at most 100 characters")
+    for what, fn in (("function", s.function), *((f"floor_functions[{i}]", f)
+                                                  for i, f in enumerate(s.floor_functions))):
+        if fn is not None and not SYMBOL_RE.match(fn):
+            probs.append(f"{s.name}: {what} {fn!r} is not a function name (letters, digits, _ and .)")
+    for kind, steps in (("setup", s.setup), ("steps", s.steps), ("teardown", s.teardown)):
+        names = [st.name for st in steps]  # a step's timing and evidence are keyed by its name
+        probs += [f"{s.name}: {kind}[{i}].name {n!r} is taken by {kind}[{names.index(n)}]"
+                  for i, n in enumerate(names) if names.index(n) != i]
     try:
         s.requirements()
         for text, why in s.unsupported_if:
@@ -448,7 +459,9 @@ def count_keys(records: Iterable[dict[str, Any]], keys: Iterable[str]) -> int:
 
 
 def with_options(sc: Scenario, *, repeat: int | None = None, function: str | None = None) -> Scenario:
-    """A copy with another repeat count or traced function."""
+    """A copy with another repeat count or traced function (UsageError: not a :data:`SYMBOL_RE` name)."""
+    if function is not None and not SYMBOL_RE.match(function):
+        raise UsageError(f"--function {function!r}: not a function name (letters, digits, _ and .)")
     if repeat is not None:
         sc = replace(sc, repeat=repeat)
     if function is not None:

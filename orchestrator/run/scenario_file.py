@@ -42,6 +42,7 @@ whatever :func:`scenario.validate` finds in the result.  Pure but for
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -193,6 +194,8 @@ def _budget(value: Any) -> TrapBudget:
         if v == "none":
             got[key] = None
         elif type(v) is int or (key == "rate" and type(v) is float):
+            if not math.isfinite(v):  # TOML has nan and inf
+                raise ScenarioFileError(f"budget.{key}: must be a finite number or \"none\", not {_show(v)}")
             if v <= 0:
                 raise ScenarioFileError(f"budget.{key}: must be > 0 or \"none\", not {_show(v)}")
             got[key] = v

@@ -144,8 +144,10 @@ def test_record() -> None:
 def test_check_given(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no such file"):
         check_given(tmp_path / "nope")
-    with pytest.raises(UsageError, match="no such file"):
-        check_given(tmp_path)  # a directory
+    with pytest.raises(UsageError, match="is a directory, not an executable file"):
+        check_given(tmp_path)
+    with pytest.raises(UsageError, match="--qemu-compare /dev/null: not a regular file"):
+        check_given(Path("/dev/null"), "--qemu-compare")
     plain = tmp_path / "qemu"
     plain.write_text("#!/bin/sh\n")
     with pytest.raises(UsageError, match="not executable"):
