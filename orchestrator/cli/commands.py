@@ -75,8 +75,7 @@ def handler(command: str) -> Command:
     """What runs ``pokelab <command>``: its :data:`LISTINGS` entry, printed, or ``cmd_<command>``."""
     if command in LISTINGS:
         return lambda a: _show(LISTINGS[command](a))
-    found: Command = globals()["cmd_" + command.replace("-", "_")]
-    return found
+    return globals()["cmd_" + command.replace("-", "_")]  # type: ignore[no-any-return]
 
 
 def cmd_boot(a: Namespace) -> int:
@@ -138,9 +137,9 @@ def _night_done(summary: dict[str, Any], out_dir: Path, fmt: str) -> int:
 
 def cmd_nightly(a: Namespace) -> int:
     req = _from(nightly_run.NightlyRequest, a, reports=_reports(a), vm=_from(VmOptions, a))
-    plan, _context = nightly_run.plan(req), nightly_run.context(req.reports)  # bad files: usage errors
+    plan, _context = nightly_run.plan(req, a.dry_run), nightly_run.context(req.reports)  # bad: usage
     if a.dry_run:
-        return _show(["\n".join(f"{k} {s}" for k, s in plan.cells)])
+        return _show(nightly_run.dry_run_lines(plan, a.format, say))
     return _night_done(nightly_run.run(req, plan, Executor(), progress=say), a.out.resolve(), a.format)
 
 

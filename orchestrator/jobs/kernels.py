@@ -14,10 +14,11 @@ from pathlib import Path
 
 from ..core.errors import UsageError
 from ..core.fields import option
+from ..host.apt import MAX_AGE_S
 from ..host.cache import cache_dir
 from ..kernels import removal
-from ..kernels.catalog import Catalog
-from ..kernels.debian import available, cached_spec, resolve_spec
+from ..kernels.catalog import Catalog, KernelRequest
+from ..kernels.debian import available, resolution, resolve_spec
 from ..kernels.images import custom_registry, ensure_kernel, is_cached
 from ..kernels.kbuild import BuildError, build_kernel
 from ..kernels.rootfs import ensure_initramfs, ensure_ssh_key
@@ -27,7 +28,7 @@ def list_lines(debian: bool = False) -> Iterator[str]:
     """``pokelab kernels``: each catalog kernel (its flags, cached or not), then each kernel built
     here; ``debian``: instead each Debian kernel in pokelab's apt sources (line, flavour, release,
     version, suites, whether it has -dbg and is cached)."""
-    cat, cache = Catalog.load(), cache_dir()
+    cat, cache = Catalog.load(), cache_dir(create=debian)  # the catalog's listing writes nothing
     if debian:
         for d in available(cache, None, with_suites=True):
             flags = [d.version, ",".join(d.suites) or "?",
@@ -37,9 +38,7 @@ def list_lines(debian: bool = False) -> Iterator[str]:
             yield f"{d.line:5} {d.flavour:11} {d.release:32} {', '.join(flags)}"
         return
     for k in cat.kernels:
-        flags = [k.wants, *(["default"] if k.default else [])]
-        spec = cached_spec(k, cache)
-        flags.append(f"cached: {spec.release} ({spec.version})" if spec else "not cached")
+        flags = [k.wants, *(["default"] if k.default else []), resolution_words(k, cache)]
         yield f"{k.id:12} {', '.join(flags)}"
     for kid, entry in sorted(custom_registry(cache).items()):
         try:
@@ -48,6 +47,26 @@ def list_lines(debian: bool = False) -> Iterator[str]:
             continue  # removed by hand: not listed
         patches = ", ".join(Path(p).name for p in meta.get("patches", [])) or "no patches"
         yield f"{kid} {meta.get('release', '?')}  built from {meta.get('source', '?')} ({patches})"
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h ago" if seconds < 48 * 3600 else f"{seconds / 86400:.0f} d ago"
+
+
+def resolution_words(k: KernelRequest, cache: Path) -> str:
+    """What a catalog kernel is here, asking no archive: the release it resolved to and when (a line
+    older than the lists' refresh age is resolved again when next used), or that it never was;
+    and whether it is cached."""
+    got = resolution(k, cache)
+    if got is None:
+        return "never resolved here (the archive is asked when first used), not cached"
+    spec, age = got
+    cached = "cached" if is_cached(spec, cache) else "not cached"
+    if age is None:  # a pinned ABI
+        return cached
+    when = _ago(age) if age >= 0 else "at a later clock time"
+    again = "; asked again when next used" if not 0 <= age < MAX_AGE_S else ""
+    return f"{cached}: {spec.release} ({spec.version}), resolved {when}{again}"
 
 
 def remove_lines(names: Sequence[str], debian: bool = False) -> Iterator[str]:

@@ -20,7 +20,7 @@ from ..core.errors import PokelabError, UsageError
 from ..core.fields import option
 from ..host.cache import cache_dir
 from ..kernels.catalog import Catalog
-from ..kernels.debian import cached_spec, fetchable
+from ..kernels.debian import cached_spec, fetchable, remembered
 from ..kernels.images import custom_kernel
 from ..run.execute import Execute
 from ..run.request import KernelChoice, RunRequest, VmOptions
@@ -81,8 +81,12 @@ class NightlyRequest:
 
 @dataclass(frozen=True)
 class Plan:
+    """The cells to run and their scenarios; ``unresolved``: default kernels that an offline plan
+    (``--dry-run``) kept without knowing whether the archive still has them."""
+
     cells: tuple[Cell, ...]
     table: Mapping[str, Scenario]
+    unresolved: tuple[str, ...] = ()
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -124,8 +128,12 @@ def context(rep: Reports) -> tuple[Any, list[Any]]:
     return previous, issues
 
 
-def plan(req: NightlyRequest) -> Plan:
-    """The cells of this night (this shard), checked: UsageError for an unknown kernel or scenario."""
+def plan(req: NightlyRequest, offline: bool = False) -> Plan:
+    """The cells of this night (this shard), checked: UsageError for an unknown kernel or scenario.
+
+    ``offline`` (``--dry-run``): no archive is asked and nothing is written, not even the cache dir;
+    a default kernel neither cached nor resolved here before is kept, and named in ``unresolved``
+    (a real run asks the archive and leaves it out if it has none)."""
     try:
         kernels = parse_list(req.kernels)
         scenarios = parse_list(req.scenarios)
@@ -137,7 +145,7 @@ def plan(req: NightlyRequest) -> Plan:
     if req.repeat is not None and req.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     req.vm.check()
-    cat, cache = Catalog.load(), cache_dir()
+    cat, cache = Catalog.load(), cache_dir(create=not offline)
     for k in kernels or []:  # catalog ids, kernels built here, Debian ABIs (as --kernel takes)
         if k.startswith("custom-"):
             custom_kernel(k, cache)  # a usage error if it was never built here
@@ -147,12 +155,28 @@ def plan(req: NightlyRequest) -> Plan:
             except UsageError:
                 raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)") from None
     table = nightly_table(scenarios or [s.name for s in SCENARIOS], BY_NAME)  # names and FILE.toml
-    if kernels is None:
+    unresolved: list[str] = []
+    if kernels is None and offline:
+        unresolved = [k.id for k in cat.kernels if not cached_spec(k, cache) and not remembered(k, cache)]
+        kernels = [k.id for k in cat.kernels]
+    elif kernels is None:
         kernels = [k.id for k in cat.kernels if cached_spec(k, cache) or fetchable(k, cache)]
     cells = matrix(kernels, list(table))
     if shard_of is not None:
         cells = shard(cells, *shard_of)
-    return Plan(tuple(cells), table)
+    return Plan(tuple(cells), table, tuple(unresolved))
+
+
+def dry_run_lines(p: Plan, fmt: str, say: Callable[[str], None]) -> list[str]:
+    """``nightly --dry-run``: one ``KERNEL SCENARIO`` line per cell; ``say`` names the kernels kept
+    without the archive's word.  UsageError for ``--format ktap``: a dry run has no results to report."""
+    if fmt != "text":
+        raise UsageError(f"--dry-run prints the cells as text, not {fmt}: it has no results to report "
+                         "(drop --format or --dry-run)")
+    if p.unresolved:
+        say(f"dry run: {', '.join(p.unresolved)} never resolved here; a real run asks the archive and "
+            "leaves out what it does not have")
+    return [f"{k} {s}" for k, s in p.cells]
 
 
 def cell_runner(req: NightlyRequest, table: Mapping[str, Scenario], execute: Execute) -> Runner:

@@ -34,6 +34,9 @@ CATALOG_NAME = "kernels.toml"
 FLAVOURS = ("cloud-amd64", "amd64", "rt-amd64")
 DEFAULT_FLAVOUR = "cloud-amd64"
 PICKS = ("newest", "oldest")
+#: the oldest upstream line pokelab's apt sources carry (``images/apt/sources.list``: its oldest
+#: suite is bookworm, 6.1): an older line or ABI is refused before any archive is asked
+OLDEST_LINE = "6.1"
 _KEYS = {"id", "line", "abi", "flavour", "pick", "abi_suffix", "default"}
 
 _FLAVOUR = "|".join(re.escape(f) for f in sorted(FLAVOURS, key=len, reverse=True))
@@ -49,6 +52,10 @@ _LINE = re.compile(rf"^(?P<line>{LINE})(?:-(?P<flavour>{_FLAVOUR}))?$")
 def line_of(abi: str) -> str:
     """The upstream line an ABI belongs to: ``6.1.0-57`` -> ``6.1``, ``7.3.4+deb13`` -> ``7.3``."""
     return ".".join(abi.split(".")[:2])
+
+
+def _line_key(line: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in line.split("."))
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,8 @@ class Catalog:
     def lookup(self, name: str) -> KernelRequest:
         """:meth:`get`, else what the name asks of the archive (:func:`parse_name`).
 
-        Whether the archive has that kernel shows when it is resolved or fetched.
+        UsageError for a line or ABI older than :data:`OLDEST_LINE` (known without the archive);
+        whether the archive has any other shows when it is resolved or fetched.
         """
         try:
             return self.get(name)
@@ -220,4 +228,8 @@ class Catalog:
             found = parse_name(name)
             if found is None:
                 raise
-            return found
+        line = found.line or line_of(str(found.abi))
+        if _line_key(line) < _line_key(OLDEST_LINE):
+            raise UsageError(f"no Debian {line} kernel in pokelab's apt sources: they start at {OLDEST_LINE} "
+                             "(bookworm); see `pokelab kernels --debian`")
+        return found

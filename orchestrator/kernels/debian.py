@@ -236,15 +236,33 @@ def _save_resolved(cache: Path, key: str, spec: KernelSpec) -> None:
         os.replace(tmp, path)
 
 
-def _remembered(request: KernelRequest, cache: Path, max_age_s: float | None) -> KernelSpec | None:
+def _remembered_at(request: KernelRequest, cache: Path) -> tuple[KernelSpec, float] | None:
+    """What a line resolved to here and how long ago (s), from ``resolved.json``; None if never."""
     entry = _load_resolved(cache).get(request.key)
     if not isinstance(entry, dict) or not isinstance(entry.get("release"), str):
         return None
-    age = time.time() - float(entry.get("time", 0))  # type: ignore[arg-type]
-    if max_age_s is not None and not 0 <= age < max_age_s:
-        return None
+    try:
+        age = time.time() - float(entry.get("time", 0))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        age = float("inf")
     abi = str(entry["release"])[: -len(request.flavour) - 1]
-    return KernelSpec.of(request.id, abi, request.flavour, str(entry.get("version", "")), request.default)
+    spec = KernelSpec.of(request.id, abi, request.flavour, str(entry.get("version", "")), request.default)
+    return spec, age
+
+
+def _remembered(request: KernelRequest, cache: Path, max_age_s: float | None) -> KernelSpec | None:
+    got = _remembered_at(request, cache)
+    if got is None or (max_age_s is not None and not 0 <= got[1] < max_age_s):
+        return None
+    return got[0]
+
+
+def resolution(request: KernelRequest, cache: Path) -> tuple[KernelSpec, float | None] | None:
+    """What ``request`` names, asking no archive: (its spec, seconds since a line was resolved here;
+    None for a pinned ABI), or None for a line never resolved here.  A line older than
+    :data:`~orchestrator.host.apt.MAX_AGE_S` is resolved again at its next use."""
+    pinned = request.pinned
+    return (pinned, None) if pinned is not None else _remembered_at(request, cache)
 
 
 def resolve_spec(request: KernelRequest, cache: Path, *, offline: bool = False) -> KernelSpec:
@@ -296,6 +314,15 @@ def cached_spec(request: KernelRequest, cache: Path) -> KernelSpec | None:
     except UsageError:
         return None
     return spec if is_cached(spec, cache) else None
+
+
+def remembered(request: KernelRequest, cache: Path) -> bool:
+    """A pinned ABI, or a line resolved here before (of any age): no archive asked, nothing written."""
+    try:
+        resolve_spec(request, cache, offline=True)
+    except UsageError:
+        return False
+    return True
 
 
 def fetchable(request: KernelRequest, cache: Path) -> bool:
