@@ -8,6 +8,7 @@ verdict's status (:data:`orchestrator.core.verdict.EXIT_CODES`).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.tail and args.verbose:
             print(exc.tail, file=sys.stderr)
         return exit_status(verdict, bisect=bool(getattr(args, "bisect_exit_codes", False)))
+    except BrokenPipeError:  # stdout closed early (`pokelab kernels | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and no second error at exit
+        return 128 + signal.SIGPIPE
     except BaseException as exc:  # Ctrl-C, SIGTERM: also when raised inside a lock's wait and hidden
         stop = signal_stop(exc)  # behind another error ("release unlocked lock")
         if stop is None:

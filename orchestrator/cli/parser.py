@@ -86,11 +86,6 @@ def _vm_args(p: Any, *, kernel: bool = True, ports: bool = True, dry_run: bool =
                        help="print the QEMU command line and exit (nothing is fetched, built or booted)")
 
 
-def _report_args(p: Any) -> None:
-    fields(p, Reports)
-    fields(p, ReproOptions, "format")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser; ``command`` names the subcommand (:func:`.commands.handler` runs it)."""
     p = Parser(prog="pokelab",
@@ -150,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("nightly", help="run the kernel x scenario matrix; write JUnit, JSON and HTML reports")
     fields(s, NightlyRequest)
     s.add_argument("--out", type=PATHS["out-dir"], default="nightly", metavar="DIR", help="default ./nightly")
-    _report_args(s)
+    fields(s, Reports)
+    fields(s, ReproOptions, "format")
     _vm_args(s, kernel=False, ports=False)
     s.add_argument("--dry-run", action="store_true", help="print the cells this run would do and exit")
 
@@ -158,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", type=PATHS["out-dir"], metavar="OUT", help="output dir")
     s.add_argument("summaries", type=PATHS["text"], nargs="+", metavar="SUMMARY",
                    help="shard summary.json files")
-    _report_args(s)
+    fields(s, Reports)
+    fields(s, ReproOptions, "format")
 
     s = cmd("bisect", help="find the commit (or Debian kernel version) that brought a regression",
             description="Bisect a git kernel tree (--source, --good, --bad: build, boot, run, judge "

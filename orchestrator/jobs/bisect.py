@@ -170,6 +170,7 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
     rc, _ = _git(repo, "merge-base", "--is-ancestor", good_sha, bad_sha, check=False)
     if rc != 0:
         raise BisectError(f"good {good} is not an ancestor of bad {bad}")
+    say(f"bisect log: {log_path}")  # once the input holds: an error above is the only line
     judge_one = _Judge(log_path, replay, policy, say)
 
     def judge(sha: str, wt: Path) -> Verdict:

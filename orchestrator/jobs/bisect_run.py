@@ -72,6 +72,8 @@ class BisectRequest:
             parse_range(self.debian)
         elif self.source is None or self.good is None or self.bad is None:
             raise UsageError("give --source DIR --good REV --bad REV, or --debian GOOD..BAD")
+        elif not (self.source / ".git").exists():
+            raise UsageError(f"--source {self.source} is not a git checkout (no .git there)")
         if self.runs < 1:
             raise UsageError("--runs must be >= 1")
         if self.jobs < 1:
@@ -101,10 +103,9 @@ def run(req: BisectRequest, execute: Execute, say: Say) -> tuple[list[str], int]
     if req.debian is not None:
         return _debian(req, policy, replay, run_one, say)
     assert req.source is not None and req.good is not None and req.bad is not None
-    say(f"bisect log: {req.log_path}")
     step = kernel_step(lambda sha, i, res: run_one(res.kernel_id, art / sha[:12] / f"run-{i + 1}"),
                        jobs=req.jobs, runs=req.runs, say=say)
-    res = run_bisect(req.source, req.good, req.bad, step, work=cache_dir() / "bisect",
+    res = run_bisect(req.source, req.good, req.bad, step, work=cache_dir(create=False) / "bisect",
                      log_path=req.log_path, replay=replay, policy=policy, say=say)
     conf = "unknown" if res.confidence is None else f"{res.confidence:.3f}"
     if res.culprit is None:

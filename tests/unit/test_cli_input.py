@@ -1,0 +1,254 @@
+"""Bad input a new user tried (session 5): each is one ``pokelab: usage:`` line and exit 2, found
+before anything is fetched, built, booted or written; ``--dry-run`` refuses what a run would.
+
+Every CLI run here has an empty ``HOME`` and ``POKELAB_CACHE`` under ``tmp_path``: nothing of the
+host's cache, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from clirun import assert_one_line_error, pokelab
+
+from orchestrator.core.budget import TrapBudget
+from orchestrator.core.errors import UsageError
+from orchestrator.host import meminfo
+from orchestrator.kernels.catalog import Catalog
+from orchestrator.run import request as request_mod
+from orchestrator.run.request import RunRequest, VmOptions
+from orchestrator.run.scenario_file import ScenarioFileError, parse
+from orchestrator.run.scenarios_table import BY_NAME
+
+SCENARIO = '''name = "mine"
+description = "one line"
+function = "{function}"
+{extra}
+[[steps]]
+name = "on"
+run = "echo function > {{tracing}}/current_tracer"
+[[steps]]
+name = "{second}"
+run = "echo nop > {{tracing}}/current_tracer"
+'''
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """An empty home and cache (nothing made in them is allowed: see :func:`made`)."""
+    return {**os.environ, "HOME": str(tmp_path / "home"), "POKELAB_CACHE": str(tmp_path / "cache"),
+            "POKELAB_ARTIFACTS": str(tmp_path / "art")}
+
+
+def made(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- 1. --memory
+
+
+def test_memory_over_the_hosts_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+    res = pokelab("probe", "--memory", "99999999999", "--dry-run", env=env)
+    assert_one_line_error(res, "usage", "--memory 99999999999: more than this host's RAM")
+    assert made(tmp_path) == []
+
+
+def test_the_memory_bound_is_the_hosts_ram(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(request_mod, "host_memory_mib", lambda: 2048)
+    VmOptions(memory_mb=2048).check()
+    with pytest.raises(UsageError, match=r"--memory 2049: more than this host's RAM \(2048 MiB\)"):
+        VmOptions(memory_mb=2049).check()
+
+
+def test_host_memory_is_memtotal_or_a_fixed_maximum(tmp_path: Path) -> None:
+    info = tmp_path / "meminfo"
+    info.write_text("MemFree:  100 kB\nMemTotal:       8052736 kB\n")
+    assert meminfo.host_memory_mib(info) == 7864
+    info.write_text("MemTotal: lots\n")
+    assert meminfo.host_memory_mib(info) == meminfo.FALLBACK_MAX_MIB
+    assert meminfo.host_memory_mib(tmp_path / "none") == meminfo.FALLBACK_MAX_MIB
+
+
+# --------------------------------------------------------------------------- 2. --inject-every
+
+
+def test_inject_every_without_inject_is_refused(env: dict[str, str]) -> None:
+    res = pokelab("probe", "--inject-every", "3", "--dry-run", env=env)
+    assert_one_line_error(res, "usage", "--inject-every goes with --inject")
+
+
+def test_inject_every_with_inject_is_taken(tmp_path: Path) -> None:
+    sc = BY_NAME["ftrace-function"]
+    RunRequest(sc, tmp_path, inject="skip-call", inject_every=3).check()
+    RunRequest(sc, tmp_path, inject="skip-call").check()  # the default: every 2nd
+    with pytest.raises(UsageError, match="goes with --inject"):
+        RunRequest(sc, tmp_path, inject_every=2).check()
+
+
+# --------------------------------------------------------------------------- 3. kernels no archive has
+
+
+@pytest.mark.parametrize("kernel", ["5.10", "5.10.0-30", "4.19-rt-amd64", "linux-image-5.10.0-30-amd64"])
+def test_a_kernel_older_than_the_sources_fails_the_dry_run_too(kernel: str, env: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    res = pokelab("probe", "--kernel", kernel, "--dry-run", env=env)
+    assert_one_line_error(res, "usage", "no Debian", "they start at 6.1")
+    assert made(tmp_path) == []
+
+
+def test_catalog_lookup_refuses_old_lines_only() -> None:
+    cat = Catalog.load()
+    for name in ("5.10", "6.0", "5.10.0-30"):
+        with pytest.raises(UsageError, match=r"start at 6\.1"):
+            cat.lookup(name)
+    for name in ("6.1", "6.12", "6.1.0-57", "7.9", "9.0-rt-amd64"):  # the archive answers these
+        assert cat.lookup(name).id == name
+
+
+# --------------------------------------------------------------------------- 4. nightly --dry-run --format
+
+
+def test_nightly_dry_run_refuses_ktap(env: dict[str, str], tmp_path: Path) -> None:
+    res = pokelab("nightly", "--dry-run", "--format", "ktap", "--out", str(tmp_path / "n"), env=env)
+    assert_one_line_error(res, "usage", "--dry-run prints the cells as text, not ktap")
+    assert made(tmp_path) == []
+
+
+def test_nightly_dry_run_asks_no_archive(env: dict[str, str], tmp_path: Path) -> None:
+    """With nothing cached or resolved, the default kernels are all listed, named as unresolved on
+    stderr, and no apt is run: not even the cache dir is made."""
+    res = pokelab("nightly", "--dry-run", "--scenarios", "ftrace-function", "--out", str(tmp_path / "n"),
+                  env=env)
+    assert res.returncode == 0, res.stderr
+    ids = Catalog.load().ids
+    assert res.stdout.splitlines() == [f"{k} ftrace-function" for k in ids]
+    assert "never resolved here; a real run asks the archive" in res.stderr
+    assert made(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- 5. scenario files
+
+
+@pytest.mark.parametrize(("function", "extra", "second", "needle"), [
+    ("ksys_read; reboot", "", "off", "function 'ksys_read; reboot' is not a function name"),
+    ("ksys read", "", "off", "function 'ksys read' is not a function name"),
+    ("$(reboot)", "", "off", "is not a function name"),
+    ("ksys_read", 'floor_functions = ["a|b"]', "off", "floor_functions[0] 'a|b' is not a function name"),
+    ("ksys_read", "budget = {rate = nan}", "off", "budget.rate: must be a finite number"),
+    ("ksys_read", "budget = {rate = inf}", "off", "budget.rate: must be a finite number"),
+    ("ksys_read", "", "on", "steps[1].name 'on' is taken by steps[0]"),
+])
+def test_scenario_file_fields_refused(function: str, extra: str, second: str, needle: str) -> None:
+    with pytest.raises(ScenarioFileError) as err:
+        parse(SCENARIO.format(function=function, extra=extra, second=second))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_scenario_file_errors_name_the_file(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SCENARIO.format(function="x y", extra="", second="off"))
+    res = pokelab("repro", str(bad), "--dry-run", env=env)
+    assert_one_line_error(res, "usage", f"scenario file {bad}", "function 'x y'")
+    assert made(tmp_path) == ["bad.toml"]
+
+
+def test_a_good_function_name_and_phases_may_share_step_names() -> None:
+    text = SCENARIO.format(function="foo.isra.0", extra="", second="off")
+    sc = parse(text + '[[setup]]\nname = "on"\nrun = "true"\n[[teardown]]\nname = "on"\nrun = "true"\n')
+    assert sc.function == "foo.isra.0"
+
+
+def test_probe_function_option_is_a_function_name(env: dict[str, str]) -> None:
+    assert_one_line_error(pokelab("probe", "--function", "a b", "--dry-run", env=env), "usage",
+                          "--function 'a b': not a function name")
+
+
+def test_trap_budget_rate_is_finite() -> None:
+    for rate in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ValueError, match="rate must be > 0"):
+            TrapBudget(rate=rate)
+
+
+# --------------------------------------------------------------------------- 6. --qemu
+
+
+def test_qemu_directory_is_named_a_directory(env: dict[str, str], tmp_path: Path) -> None:
+    res = pokelab("probe", "--qemu", str(tmp_path), "--dry-run", env=env)
+    assert_one_line_error(res, "usage", f"--qemu {tmp_path}: is a directory, not an executable file")
+
+
+def test_bench_qemu_compare_checks(env: dict[str, str], tmp_path: Path) -> None:
+    out = str(tmp_path / "b.json")
+    res = pokelab("bench", "--qemu-compare", str(tmp_path), "--out", out, env=env)
+    assert_one_line_error(res, "usage", f"--qemu-compare {tmp_path}: is a directory")
+    res = pokelab("bench", "--part", "kbuild", "--qemu-compare", sys.executable, "--out", out, env=env)
+    assert_one_line_error(res, "usage", "--qemu-compare goes with part vm")
+    assert made(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- 7. bisect --source
+
+
+def test_bisect_source_not_git_is_the_only_line(env: dict[str, str], tmp_path: Path) -> None:
+    src = tmp_path / "notgit"
+    src.mkdir()
+    res = pokelab("bisect", "--source", str(src), "--good", "a", "--bad", "b", "--scenario",
+                  "ftrace-function", env=env)
+    assert_one_line_error(res, "usage", f"--source {src} is not a git checkout")
+    assert made(tmp_path) == ["notgit"]
+
+
+def test_bisect_bad_revision_is_the_only_line(env: dict[str, str], tmp_path: Path) -> None:
+    src = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(src)], check=True, timeout=30)
+    res = pokelab("bisect", "--source", str(src), "--good", "nosuch", "--bad", "b", "--scenario",
+                  "ftrace-function", env=env)
+    assert_one_line_error(res, "usage", "'nosuch' is not a commit")
+    assert made(tmp_path) == ["repo"]
+
+
+# --------------------------------------------------------------------------- 8. kernels listing
+
+
+def test_kernels_listing_says_what_it_does_not_know(env: dict[str, str], tmp_path: Path) -> None:
+    res = pokelab("kernels", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "6.1          the newest 6.1 cloud-amd64 kernel with -dbg, default, never resolved here (the " \
+           "archive is asked when first used), not cached" in res.stdout.splitlines()
+    assert made(tmp_path) == []
+
+
+def test_kernels_listing_says_what_a_line_resolved_to_and_when(env: dict[str, str], tmp_path: Path) -> None:
+    kernels = tmp_path / "cache" / "kernels"
+    kernels.mkdir(parents=True)
+    now = time.time()
+    (kernels / "resolved.json").write_text(json.dumps({
+        "7.2:cloud-amd64:newest": {"release": "7.2.13+deb14-cloud-amd64", "version": "7.2.13-1",
+                                   "time": now - 2 * 3600},
+        "6.1:cloud-amd64:newest": {"release": "6.1.0-57-cloud-amd64", "version": "6.1.192-3",
+                                   "time": now - 3 * 86400}}))
+    lines = {ln.split()[0]: ln for ln in pokelab("kernels", env=env).stdout.splitlines()}
+    assert lines["7.2"].endswith("not cached: 7.2.13+deb14-cloud-amd64 (7.2.13-1), resolved 2.0 h ago")
+    assert lines["6.1"].endswith("not cached: 6.1.0-57-cloud-amd64 (6.1.192-3), resolved 3 d ago; "
+                                 "asked again when next used")
+
+
+# --------------------------------------------------------------------------- more: a closed stdout
+
+
+def test_a_closed_stdout_is_no_traceback(env: dict[str, str]) -> None:
+    """``pokelab kernels | head -1``: the reader gone, pokelab stops quietly with SIGPIPE's status."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "scenarios"], stdout=w,
+                             stderr=subprocess.PIPE, text=True, env=env, timeout=60, check=False)
+    finally:
+        os.close(w)
+    assert (res.returncode, res.stderr) == (141, "")
