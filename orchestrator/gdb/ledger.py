@@ -184,7 +184,7 @@ class TrapLedger:
             return
         if tag in ("POKELAB-TRAP", "POKELAB-BATCH", "POKELAB-OTHER"):
             with self._lock:
-                self._stop_times.append((time.monotonic(), 2 if tag == "POKELAB-TRAP" else 1))
+                self._stop_times.append((time.monotonic(), self._stops_of(tag)))
         if tag == "POKELAB-TRAP":
             self._on_trap(obj)
         elif tag == "POKELAB-BATCH":
@@ -428,9 +428,19 @@ class TrapLedger:
             self._trap_log.flush()
         return True
 
+    def _stops_of(self, tag: str) -> int:
+        """The guest stops behind one record: a trap two (entry, return), a batch two where the
+        recorder also stops at the batch's returns (``batch_exits``, ``poke_batch_exits``), else one."""
+        if tag == "POKELAB-TRAP":
+            return 2
+        info = self.setup_info or {}
+        hooked = info.get("batch_exits") or info.get("poke_batch_exits")
+        return 2 if tag == "POKELAB-BATCH" and hooked else 1
+
     def stop_rate(self, window: float = 30.0, now: float | None = None) -> float:
         """Guest stops per second the recorder reported over the last ``window`` seconds (or since
-        attach, if shorter): each trap is two stops (entry, return), each batch one."""
+        attach, if shorter): each trap is two stops (entry, return), each batch one or two
+        (:meth:`_stops_of`)."""
         now = time.monotonic() if now is None else now
         start = max(self._t0, now - window)
         with self._lock:

@@ -132,3 +132,10 @@ def test_the_spec_scales_by_its_qemus_measured_flushes(tmp_path: Path) -> None:
     assert by_version is not None and by_version.slowdown == pytest.approx(4.4)
     unknown = spec(None).watchdogs
     assert unknown is not None and unknown.slowdown == pytest.approx(4 * 1.9)
+
+
+def test_a_batch_is_two_stops_where_its_returns_are_hooked(tmp_path: Path) -> None:
+    probe = Probe(Path("/nonexistent/vmlinux"), "127.0.0.1:1", tmp_path, KernelSymbolizer([]), 1.0)
+    assert (probe._stops_of("POKELAB-TRAP"), probe._stops_of("POKELAB-BATCH")) == (2, 1)
+    probe.setup_info = {"poke_batch_exits": [0xFFFFFFFF81038CAE]}  # 6.1: text_poke_bp_batch's return
+    assert (probe._stops_of("POKELAB-BATCH"), probe._stops_of("POKELAB-OTHER")) == (2, 1)
