@@ -294,7 +294,8 @@ class Probe(SiteReadback):
                 "injected_flagged": c.injected_flagged,
                 "false_flags": c.false_flags,
                 "recorder_errors": c.errors,
-                "bad_records": c.bad_records,
+                # records the host could not take in: malformed, or raised in the ledger (channel)
+                "bad_records": c.bad_records + (self._channel.errors if self._channel else 0),
                 "opcodes": dict(c.opcodes),
                 "users": census_mod.order_users(c.users),
                 "batch_users": census_mod.order_users(c.batch_users),
