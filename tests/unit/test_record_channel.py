@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -20,6 +22,19 @@ def _writer(ch: RecordChannel) -> int:
     return fd
 
 
+@contextmanager
+def _open(sink: Callable[[str], None], log: Callable[[str], None] | None = None,
+          ) -> Iterator[tuple[RecordChannel, int]]:
+    """A channel and its writer's fd; the writer closes and the reader ends on the way out."""
+    ch = RecordChannel(sink, log)
+    fd = _writer(ch)
+    try:
+        yield ch, fd
+    finally:
+        os.close(fd)
+    assert ch.close(timeout=5.0)
+
+
 def test_sync_returns_only_after_every_earlier_record_was_handled() -> None:
     got: list[str] = []
     logged: list[str] = []
@@ -29,9 +44,7 @@ def test_sync_returns_only_after_every_earlier_record_was_handled() -> None:
         gate.wait(5.0)  # a slow host: the records sit in the pipe
         got.append(line)
 
-    ch = RecordChannel(sink, logged.append)
-    fd = _writer(ch)
-    try:
+    with _open(sink, logged.append) as (ch, fd):
         for _ in range(50):
             os.write(fd, (TRAP + "\n").encode())
 
@@ -42,20 +55,12 @@ def test_sync_returns_only_after_every_earlier_record_was_handled() -> None:
         ch.sync(ask, timeout=10.0)
         assert got == [TRAP] * 50
         assert logged[-1] == 'POKELAB-SYNC {"n":1}' and len(logged) == 51
-    finally:
-        os.close(fd)
-    assert ch.close(timeout=5.0)
 
 
 def test_a_marker_that_never_comes_is_a_bounded_infra_error() -> None:
-    ch = RecordChannel(lambda line: None)
-    fd = _writer(ch)
-    try:
+    with _open(lambda line: None) as (ch, _fd):
         with pytest.raises(InfraError, match="did not catch up within 0 s"):
             ch.sync(lambda n: None, timeout=0.2)
-    finally:
-        os.close(fd)
-    assert ch.close(timeout=5.0)
 
 
 def test_the_channel_ending_before_the_marker_is_an_infra_error() -> None:
