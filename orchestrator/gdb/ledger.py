@@ -430,17 +430,14 @@ class TrapLedger:
 
     def _stops_of(self, tag: str) -> int:
         """The guest stops behind one record: a trap two (entry, return), a batch two where the
-        recorder also stops at the batch's returns (``batch_exits``, ``poke_batch_exits``), else one."""
-        if tag == "POKELAB-TRAP":
-            return 2
+        recorder also stops at its returns (``batch_exits``, ``poke_batch_exits``), else one."""
         info = self.setup_info or {}
-        hooked = info.get("batch_exits") or info.get("poke_batch_exits")
-        return 2 if tag == "POKELAB-BATCH" and hooked else 1
+        batch_end = tag == "POKELAB-BATCH" and (info.get("batch_exits") or info.get("poke_batch_exits"))
+        return 2 if tag == "POKELAB-TRAP" or batch_end else 1
 
     def stop_rate(self, window: float = 30.0, now: float | None = None) -> float:
         """Guest stops per second the recorder reported over the last ``window`` seconds (or since
-        attach, if shorter): each trap is two stops (entry, return), each batch one or two
-        (:meth:`_stops_of`)."""
+        attach, if shorter), counted by :meth:`_stops_of`."""
         now = time.monotonic() if now is None else now
         start = max(self._t0, now - window)
         with self._lock:
