@@ -31,7 +31,6 @@ from ..gdb.ledger import read_trap_log
 from ..gdb.probe import Probe
 from ..gdb.symbols import KernelSymbolizer, load_symbols
 from ..host.cache import cache_dir
-from ..kernels import loadgen  # noqa: F401  (tests/unit/test_run_fakes.py reads probe_run.loadgen)
 from ..kernels.images import KernelArtifacts
 from ..machine.vm import Vm, VmSpec
 

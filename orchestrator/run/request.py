@@ -117,8 +117,7 @@ class RunRequest:
     ``inject``: corrupt the emulation at every ``inject_every``-th eligible trap (None:
     :data:`INJECT_EVERY`; only with ``inject``) (a self-test: the run must end FAIL).
     ``workload``: a host file copied in and run pinned as the load.  ``info``: more keys of the
-    verdict (a trigger's results, filled in during the run).  ``label``: names default artifact
-    dirs and progress lines.
+    verdict (a trigger's results, filled in during the run).
     ``baseline_cycles``: before the probe attaches, run the setup, this many cycles of the
     scenario's steps and the teardown on the booted guest under the same load, each step timed
     (``verdict.json`` ``baseline_steps``, as ``steps``): what the steps cost without the probe

@@ -27,6 +27,7 @@ from fakerun import (
 
 from orchestrator.core.census import KernelTables
 from orchestrator.core.errors import BootError, KernelCrash, RunInterrupted
+from orchestrator.kernels import loadgen
 from orchestrator.kernels.images import KernelArtifacts
 from orchestrator.machine.vm import VmSpec
 from orchestrator.run import probe_run
@@ -128,7 +129,7 @@ def test_a_clean_run_passes_with_its_traps_judged(probed: Run) -> None:
     cmds = p.vms[0].commands
     assert any("taskset -c 1 /bin/loadgen getpid" in c for c in cmds)
     assert "taskset -c 0 sh -c 'echo function > /sys/kernel/tracing/current_tracer'" in cmds
-    assert cmds[-1] == probe_run.loadgen.STOP_COMMAND
+    assert cmds[-1] == loadgen.STOP_COMMAND
     traps = (res.artifacts / "traps.jsonl").read_text().splitlines()  # type: ignore[operator]
     assert len(traps) == 80 and res["trap_log"] == str(res.artifacts / "traps.jsonl")  # type: ignore[operator]
 
@@ -162,7 +163,7 @@ def test_an_oops_on_the_console_is_a_crash(probed: Run) -> None:
     # the steps stopped at the crash (the first tracer-off); the load was stopped
     cmds = p.vms[0].commands
     steps = [c for c in cmds if c.startswith("taskset -c 0 sh -c 'echo")]
-    assert len(steps) == 2 and "echo nop" in steps[-1] and cmds[-1] == probe_run.loadgen.STOP_COMMAND
+    assert len(steps) == 2 and "echo nop" in steps[-1] and cmds[-1] == loadgen.STOP_COMMAND
 
 
 def test_a_stall_under_a_busy_probe_is_not_the_kernel_s_crash(probed: Run) -> None:
@@ -231,7 +232,7 @@ def test_sigint_during_the_steps(probed: Run, transcript: Path | None, verdict: 
     judged = p.written["traps_judged"]
     assert p.written["reasons"][-1].startswith(f"interrupted by SIGINT after {judged} trap(s) judged")
     # the load is not stopped on a signal: the VM is closed next
-    assert probe_run.loadgen.STOP_COMMAND not in p.vms[0].commands
+    assert loadgen.STOP_COMMAND not in p.vms[0].commands
 
 
 def test_hold_runs_at_the_first_violation_and_the_run_fails(probed: Run) -> None:
