@@ -150,10 +150,7 @@ def plan(req: NightlyRequest, offline: bool = False) -> Plan:
         if k.startswith("custom-"):
             custom_kernel(k, cache)  # a usage error if it was never built here
         else:
-            try:
-                cat.lookup(k)
-            except UsageError:
-                raise UsageError(f"unknown kernel '{k}' (see: pokelab kernels)") from None
+            cat.lookup(k)  # its own line says why (unknown, or older than pokelab's apt sources)
     table = nightly_table(scenarios or [s.name for s in SCENARIOS], BY_NAME)  # names and FILE.toml
     unresolved: list[str] = []
     if kernels is None and offline:
