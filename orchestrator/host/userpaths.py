@@ -118,6 +118,8 @@ def _can_make_in(path: str, base: Path, what: str) -> None:
 
 def _creatable_dir(path: str) -> None:
     """A directory at ``path`` exists and is writable, or can be made (with its parents)."""
+    if not path.strip():
+        raise _bad(path, "not a path")
     p = Path(os.path.abspath(path))
     st = _stat(str(p))
     if st is not None:

@@ -7,6 +7,7 @@ is :func:`dry_run_line` (nothing fetched, built, booted or written).
 
 from __future__ import annotations
 
+import math
 import shlex
 import threading
 from collections.abc import Callable, Sequence
@@ -52,10 +53,10 @@ def boot(kernel: KernelChoice, vm: VmOptions, artifacts: Path, *, keep: bool,
 def command_line(argv: Sequence[str], timeout: float = 120.0) -> str:
     """``run-cmd``'s guest command from its words (after an optional ``--``): one word as given,
     more shell-quoted.  UsageError if there is none, or for a deadline (s) that is not positive."""
-    if not timeout > 0:
-        raise UsageError(f"--timeout {timeout:g}: a guest command's deadline must be more than 0 s")
+    if not 0 < timeout < math.inf:
+        raise UsageError(f"--timeout {timeout:g}: a guest command's deadline must be finite and over 0 s")
     words = list(argv[1:] if argv[:1] == ["--"] else argv)
-    if not words:
+    if not words or not "".join(words).strip():
         raise UsageError("run-cmd needs a guest command after --")
     return shlex.join(words) if len(words) > 1 else words[0]
 

@@ -93,6 +93,8 @@ def fetch_images(kernel_ids: Sequence[str] | None) -> Iterator[str]:
     """``pokelab images``: fetch and prepare each kernel (catalog ids, ``["all"]``; None: the default)
     and its initramfs, a line each, then the SSH key's line."""
     cat = Catalog.load()
+    if kernel_ids and "all" in kernel_ids and len(kernel_ids) > 1:
+        raise UsageError("--kernel all names every catalog kernel: give it alone")
     wanted = list(cat.kernels) if kernel_ids == ["all"] else [
         cat.lookup(k) for k in (kernel_ids or [cat.default.id])]
     cache = cache_dir()
@@ -125,7 +127,9 @@ class BuildRequest:
 def build(req: BuildRequest, say: Callable[[str], None]) -> str:
     """``pokelab build-kernel``: build and register; the line naming what was built.  A failed
     patch, config or make is a :class:`~orchestrator.kernels.kbuild.BuildError` whose tail (the
-    log) is shown without ``-v`` too."""
+    log) is shown without ``-v`` too.  UsageError for ``-j`` below 1, before anything is written."""
+    if req.jobs < 1:
+        raise UsageError(f"-j {req.jobs}: make's jobs must be at least 1")
     try:
         res = build_kernel(req.source, list(req.patches), list(req.config_fragment), req.out, jobs=req.jobs,
                            say=say)

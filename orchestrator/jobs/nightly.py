@@ -54,15 +54,19 @@ MAX_SITES = 6
 # --------------------------------------------------------------------------- matrix and shards
 
 
-def parse_list(text: str | None) -> list[str] | None:
+def parse_list(text: str | None, what: str = "the list") -> list[str] | None:
+    """``A,B,C`` -> its items (None for None).  ValueError naming ``what`` (the option) for an
+    empty list, an empty item or an item named twice."""
     if text is None:
         return None
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise ValueError("an empty list")
+    items = [x.strip() for x in text.split(",")]
+    if not any(items):
+        raise ValueError(f"{what}: an empty list")
+    if not all(items):
+        raise ValueError(f"{what} {text}: an empty item")
     dups = sorted({x for x in items if items.count(x) > 1})
     if dups:
-        raise ValueError(f"named twice: {', '.join(dups)}")
+        raise ValueError(f"{what}: named twice: {', '.join(dups)}")
     return items
 
 

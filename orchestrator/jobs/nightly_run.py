@@ -44,6 +44,8 @@ from .nightly import (
     write_reports,
 )
 
+#: ``-j`` at most: VMs at once (each is a QEMU with its RAM and a TCG thread)
+MAX_JOBS = 64
 
 @dataclass(frozen=True)
 class Reports:
@@ -135,13 +137,13 @@ def plan(req: NightlyRequest, offline: bool = False) -> Plan:
     a default kernel neither cached nor resolved here before is kept, and named in ``unresolved``
     (a real run asks the archive and leaves it out if it has none)."""
     try:
-        kernels = parse_list(req.kernels)
-        scenarios = parse_list(req.scenarios)
+        kernels = parse_list(req.kernels, "--kernels")
+        scenarios = parse_list(req.scenarios, "--scenarios")
         shard_of = parse_shard(req.shard)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if req.jobs < 1:
-        raise UsageError("-j must be at least 1")
+    if not 1 <= req.jobs <= MAX_JOBS:
+        raise UsageError(f"-j {req.jobs}: VMs at once, from 1 to {MAX_JOBS}")
     if req.repeat is not None and req.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     req.vm.check()

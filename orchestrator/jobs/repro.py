@@ -40,8 +40,8 @@ class ReproOptions:
         "instead of a scenario: your trigger (a script, a binary, a .tc file or a dir of .tc files) copied "
         "in and run from vCPU 0, the default load on the others", metavar="FILE|DIR", path="file-or-dir"))
     function: str | None = field(default=None, metadata=option(
-        "trace this function instead (the real symbol); with --trigger: the function whose site is read "
-        "back and whose traps count to the floor"))
+        "trace this function instead (the real symbol); repro with --trigger: the function whose site "
+        "is read back and whose traps count to the floor"))
     min_judged: int | None = field(default=None, metadata=option(
         "the floor: fewer traps judged (at the traced function's site) is INCONCLUSIVE", metavar="N",
         type=int))
@@ -104,6 +104,8 @@ def check_runs(repeat: int | None, runs: int | None, until_fail: bool) -> None:
 
 #: what ``pokelab probe`` runs: the function tracer toggled on a filtered function under load
 PROBE_SCENARIO = "ftrace-function"
+#: ``--toggles`` at most (a switch takes ~1 s here: 100,000 would be more than a day)
+MAX_TOGGLES = 100_000
 
 
 def probe_scenario(toggles: int, function: str | None, min_judged: int | None) -> Scenario:
@@ -111,8 +113,8 @@ def probe_scenario(toggles: int, function: str | None, min_judged: int | None) -
     with N cycles on F (default its own, ``__do_sys_getpid``), the floor M traps at F's site (default 1)."""
     from ..run.scenarios_table import BY_NAME
 
-    if toggles < 1:
-        raise UsageError("--toggles must be at least 1")
+    if not 1 <= toggles <= MAX_TOGGLES:
+        raise UsageError(f"--toggles {toggles}: from 1 to {MAX_TOGGLES}")
     if min_judged is not None and min_judged < 1:
         raise UsageError("--min-judged must be at least 1 (0 traps prove nothing)")
     sc = with_options(BY_NAME[PROBE_SCENARIO], repeat=toggles, function=function)

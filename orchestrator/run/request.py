@@ -49,6 +49,8 @@ class KernelChoice:
 
     def check(self) -> None:
         """UsageError for a combination or a path that cannot work (before anything slow)."""
+        if self.kernel is not None and not self.kernel.strip():
+            raise UsageError("--kernel '': name a kernel (see: pokelab kernels)")
         if (self.bzimage or self.vmlinux) and self.kernel:
             raise UsageError("give either --kernel or --bzimage/--vmlinux, not both")
         if (self.bzimage is None) != (self.vmlinux is None):

@@ -252,3 +252,25 @@ def test_a_closed_stdout_is_no_traceback(env: dict[str, str]) -> None:
     finally:
         os.close(w)
     assert (res.returncode, res.stderr) == (141, "")
+
+
+# --------------------------------------------------------------------------- the second trial's holes
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (("boot", "--dry-run", "--kernel", ""), "--kernel '': name a kernel"),
+    (("boot", "--dry-run", "--artifacts", ""), "not a path"),
+    (("run-cmd", "--dry-run", "--", ""), "run-cmd needs a guest command"),
+    (("run-cmd", "--dry-run", "--timeout", "inf", "--", "true"), "--timeout inf: a guest command's deadline"),
+    (("probe", "--dry-run", "--toggles", "99999999999"), "--toggles 99999999999: from 1 to 100000"),
+    (("nightly", "--dry-run", "-j", "999999"), "-j 999999: VMs at once, from 1 to 64"),
+    (("nightly", "--dry-run", "--kernels", "6.1,,6.12"), "--kernels 6.1,,6.12: an empty item"),
+    (("nightly", "--dry-run", "--kernels", ""), "--kernels: an empty list"),
+    (("images", "--kernel", "all", "--kernel", "nosuch"), "--kernel all names every catalog kernel"),
+    (("build-kernel", "-j", "0"), "-j 0: make's jobs must be at least 1"),
+])
+def test_second_trial_bad_input_is_one_line(argv: tuple[str, ...], said: str, env: dict[str, str],
+                                             tmp_path: Path) -> None:
+    res = pokelab(*argv, env=env)
+    assert_one_line_error(res, "usage", said)
+    assert made(tmp_path) == []

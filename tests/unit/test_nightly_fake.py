@@ -133,7 +133,7 @@ def test_plan_of_named_kernels_needs_nothing_from_the_host(tmp_path: Path,
     for kw, msg in ((dict(kernels="6.1,nope"), "unknown kernel 'nope'"),
                     (dict(kernels="6.1", scenarios="nope"), "unknown scenario 'nope'"),
                     (dict(kernels="6.1", shard="3/2"), "--shard 3/2"),
-                    (dict(kernels="6.1", jobs=0), "-j must be at least 1")):
+                    (dict(kernels="6.1", jobs=0), "-j 0: VMs at once, from 1 to 64")):
         with pytest.raises(UsageError, match=msg):
             nightly_run.plan(_req(tmp_path, **kw))
 
