@@ -1,4 +1,4 @@
-# pokelab: `make demo` and `make test` set everything up on a fresh Debian 12 machine (as root).
+# pokelab: `make demo` and `make test` set everything up on a fresh Debian 12 or 13 machine (as root).
 # Everything downloaded or built is cached under $(POKELAB_CACHE) (default ~/.cache/pokelab).
 
 SHELL := /bin/bash

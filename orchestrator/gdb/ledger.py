@@ -1,7 +1,7 @@
 """The trap ledger: what the in-GDB recorder reports, judged and kept.
 
-Every ``POKELAB-*`` console line the recorder (``data/pokelab_gdb.py``) prints
-comes here (live from the MI reader thread, or replayed from a transcript):
+Every ``POKELAB-*`` line the recorder (``data/pokelab_gdb.py``) writes comes here
+(live from the record pipe's reader or the MI reader thread, or replayed from a transcript):
 a trap is parsed, judged (``judge.judge``), attributed to its text_poke user
 and appended to ``traps.jsonl``; a batch or a plain write updates what each
 patched site must hold (``SiteState``) for the read-back (``readback.py``).

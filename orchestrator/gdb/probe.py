@@ -2,7 +2,7 @@
 
 The recording happens inside GDB (``data/pokelab_gdb.py``: internal
 breakpoints whose ``stop()`` reads what it needs and resumes at once); each
-trap reaches us as one ``POKELAB-TRAP`` console line, which the ledger
+trap reaches us as one ``POKELAB-TRAP`` line down the record pipe (``channel.py``), which the ledger
 (``ledger.py``) parses, judges (``judge.judge``) and appends to the trap log.
 While the guest is paused on purpose (``paused()``) we read memory: the text
 at patched sites after a batch (``readback.py``), and the registered

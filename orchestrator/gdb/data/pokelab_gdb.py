@@ -10,10 +10,10 @@ to the host:
   ``regs->ip - 1``; optionally corrupt that entry (fault injection);
 * at each of the handler's return instructions: read the same ``pt_regs``
   again, the word at the new ``sp`` and the return value; undo the
-  corruption; print one ``POKELAB-TRAP {json}`` console line.
+  corruption; write one ``POKELAB-TRAP {json}`` line to the host's record pipe
+  (``orchestrator/gdb/channel.py``; GDB's console when there is none).
 
-``stop()`` returns False, so GDB resumes at once and MI sees only the console
-line.  A per-batch trap budget (``pokelab_budget.TrapBudget``) disarms the
+``stop()`` returns False, so GDB resumes at once and MI sees nothing of it.  A per-batch trap budget (``pokelab_budget.TrapBudget``) disarms the
 entry breakpoint once a batch has had its share of traps and re-arms it at the
 next batch (``_budget_batch`` / ``_budget_trap`` / ``_budget_exit`` /
 ``_budget_burst_end``).  The host (orchestrator/gdb/ledger.py) decodes and judges
