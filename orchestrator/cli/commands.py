@@ -102,7 +102,7 @@ def _repro(a: Namespace, choice: repro.Choice, opts: repro.ReproOptions) -> int:
                     info=choice.info)
     request.check()
     if a.dry_run:
-        return _show([guest.dry_run_line(kernel, vm, artifacts)])
+        return _show([repro.dry_run_line(kernel, vm, artifacts, opts.format)])
     hold = gdb_hold(functools.partial(print, flush=True)) if opts.gdb else None
     rep = repro.run(request, Executor(progress=say, hold=hold), runs=opts.runs, until_fail=opts.until_fail,
                     say=say)

@@ -21,9 +21,10 @@ from ..core.verdict import REPRODUCED, run_rate
 from ..run import scenario_file, trigger
 from ..run.execute import Execute
 from ..run.probe_run import trap_targets
-from ..run.request import RunRequest
+from ..run.request import KernelChoice, RunRequest, VmOptions
 from ..run.result import VERDICT_FILE, RunResult
 from ..run.scenario import Scenario, with_options
+from . import guest
 
 #: the files of a run's artifact dir, in the order they are listed
 ARTIFACT_FILES = ("console.log", "traps.jsonl", "mi.log", "qmp.jsonl", VERDICT_FILE, "repro.sh")
@@ -148,6 +149,15 @@ def combine(results: Sequence[dict[str, Any]], *, runs: int | None, interrupted:
             final["reasons"] = [f"interrupted by {interrupted} after {len(results)} of "
                                 f"{runs or 1} run(s): nothing proven", *final.get("reasons", [])]
     return final
+
+
+def dry_run_line(kernel: KernelChoice, vm: VmOptions, artifacts: Path, fmt: str) -> str:
+    """``repro``/``probe --dry-run``: the QEMU command line (:func:`guest.dry_run_line`).
+    UsageError for ``--format ktap``: a dry run has no verdict to put in a KTAP document."""
+    if fmt != "text":
+        raise UsageError(f"--dry-run prints the QEMU command line, not {fmt}: it has no verdict to "
+                         "report (drop --format or --dry-run)")
+    return guest.dry_run_line(kernel, vm, artifacts)
 
 
 def ktap_text(final: RunResult) -> str:

@@ -264,7 +264,7 @@ def load_file(path: Path) -> Scenario:
         with path.open("rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise UsageError(f"scenario file {path}: {exc.strerror}") from None
+        raise UsageError(f"scenario file {path}: {(exc.strerror or 'cannot be read').lower()}") from None
     if len(raw) > MAX_BYTES:
         raise UsageError(f"scenario file {path}: larger than {MAX_BYTES // 1024} KiB")
     try:

@@ -268,6 +268,8 @@ def test_a_closed_stdout_is_no_traceback(env: dict[str, str]) -> None:
     (("nightly", "--dry-run", "--kernels", ""), "--kernels: an empty list"),
     (("images", "--kernel", "all", "--kernel", "nosuch"), "--kernel all names every catalog kernel"),
     (("build-kernel", "-j", "0"), "-j 0: make's jobs must be at least 1"),
+    (("repro", "ftrace-function", "--format", "ktap", "--dry-run"), "not ktap: it has no verdict"),
+    (("repro", "/nonexistent/mine.toml"), "scenario file /nonexistent/mine.toml: no such file"),
 ])
 def test_second_trial_bad_input_is_one_line(argv: tuple[str, ...], said: str, env: dict[str, str],
                                              tmp_path: Path) -> None:

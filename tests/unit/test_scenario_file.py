@@ -131,9 +131,9 @@ def test_load_file_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"name = \"\xff\"\n")
     with pytest.raises(UsageError, match=r"scenario file .*bad.toml: not UTF-8 text"):
         load_file(bad)
-    with pytest.raises(UsageError, match="No such file or directory"):
+    with pytest.raises(UsageError, match="no such file or directory"):
         load_file(tmp_path / "missing.toml")
-    with pytest.raises(UsageError, match="Is a directory"):
+    with pytest.raises(UsageError, match="is a directory"):
         load_file(tmp_path)
     big = tmp_path / "big.toml"
     big.write_text("#" * (scenario_file.MAX_BYTES + 1))
