@@ -46,6 +46,8 @@ KERNEL_SPACE_START = 0xFFFF800000000000
 
 Injection = Literal["wrong-target", "wrong-return", "skip-call"]
 INJECTIONS: tuple[Injection, ...] = ("wrong-target", "wrong-return", "skip-call")
+#: ``--inject-every``'s default: every second eligible trap
+INJECT_EVERY = 2
 
 # Fields of text_poke_loc the judge needs; "old" is optional.
 LOC_FIELDS_REQUIRED = ("rel_addr", "disp", "len", "opcode", "text")

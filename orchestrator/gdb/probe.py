@@ -23,7 +23,7 @@ from ..core.budget import DEFAULT as DEFAULT_BUDGET
 from ..core.budget import TrapBudget
 from ..core.buildid import elf_build_id, notes_build_id
 from ..core.errors import InfraError, Unsupported, UsageError
-from ..core.trapdata import INJECTIONS, LayoutError, TextPokeLoc
+from ..core.trapdata import INJECT_EVERY, INJECTIONS, LayoutError, TextPokeLoc
 from .channel import RecordChannel
 from .ledger import layout_from_setup
 from .mi import MiError, MiSession, gdb_argv
@@ -51,7 +51,7 @@ class Probe(SiteReadback):
 
     def __init__(self, vmlinux: Path, gdb_address: str, artifacts: Path,
                  symbolizer: KernelSymbolizer, timeout: float, *, inject: str | None = None,
-                 inject_every: int = 2, hardware: bool = False,
+                 inject_every: int = INJECT_EVERY, hardware: bool = False,
                  census: census_mod.Census | None = None,
                  budget: TrapBudget = DEFAULT_BUDGET) -> None:
         if inject is not None and inject not in INJECTIONS:

@@ -16,12 +16,13 @@ from dataclasses import replace
 from typing import Any
 
 from ..core.errors import PokelabError, RunInterrupted, Unsupported, UsageError
+from ..core.trapdata import INJECT_EVERY
 from ..core.verdict import Verdict
 from ..kernels.images import KernelArtifacts
 from ..machine.vm import Vm, VmSpec
 from .prepare import Prepared, prepare
 from .probe_run import Progress, Run, run_probed
-from .request import INJECT_EVERY, RunRequest
+from .request import RunRequest
 from .result import RunResult
 from .scenario import (
     Scenario,

@@ -25,6 +25,7 @@ from ..core.errors import (
     Unsupported,
     signal_exception,
 )
+from ..core.trapdata import INJECT_EVERY
 from ..core.verdict import Verdict, decide, interrupted_outcome, probe_blame, verdict_for
 from ..gdb.census_tables import load_tables
 from ..gdb.ledger import read_trap_log
@@ -161,7 +162,7 @@ def gdb_hold(write: Callable[[str], None]) -> Callable[[Run], None]:
 
 
 def run_probed(spec: VmSpec, kernel: KernelArtifacts, out: dict[str, Any], body: Body, *,
-               inject: str | None = None, inject_every: int = 2, min_judged: int = 1,
+               inject: str | None = None, inject_every: int = INJECT_EVERY, min_judged: int = 1,
                pre_attach: Callable[[Vm], None] | None = None,
                progress: Progress = lambda s: None,
                hold: Callable[[Run], None] | None = None,

@@ -14,16 +14,14 @@ from typing import Any
 
 from ..core.errors import UsageError
 from ..core.fields import option
+from ..core.trapdata import INJECT_EVERY, INJECTIONS
 from ..host.meminfo import host_memory_mib
+from ..machine.qemu import MACHINES
 from ..machine.qemu_binary import check_given
 from .scenario import Scenario
 
 ACCELS = ("auto", "tcg", "kvm")
 TCG_THREADS = ("single", "multi")
-MACHINES = ("pc", "microvm")
-INJECTIONS = ("wrong-target", "wrong-return", "skip-call")
-#: ``--inject-every``'s default: every second eligible trap
-INJECT_EVERY = 2
 
 
 @dataclass(frozen=True)
