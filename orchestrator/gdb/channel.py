@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import logging
 import os
 import threading
@@ -99,9 +100,9 @@ class RecordChannel:
             self._cond.notify_all()
 
     def _synced_to(self, line: str) -> None:
-        try:
-            n = int(line.split(" ", 1)[1].strip().strip("{}").split(":")[-1])
-        except (IndexError, ValueError):
+        try:  # POKELAB-SYNC {"n": 7}
+            n = int(json.loads(line.split(" ", 1)[1])["n"])
+        except (IndexError, KeyError, TypeError, ValueError):
             return
         with self._cond:
             self._synced = max(self._synced, n)

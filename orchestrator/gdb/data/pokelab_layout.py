@@ -147,7 +147,7 @@ class _BpDescReader:
         self.fields = info["desc_fields"]
         self.size = max(o + s for o, s in self.fields.values())
 
-    def cpu(self, thread, frame):
+    def cpu(self, thread):
         return thread - 1, None
 
     def read(self, cpu):
@@ -156,9 +156,9 @@ class _BpDescReader:
                 "nr_entries": _u(desc, *self.fields["nr_entries"], signed=True),
                 "refs": _u(desc, *self.fields["refs"], signed=True)}
 
-    def batch_vector(self, frame):
+    def batch_vector(self):
         """At ``text_poke_bp_batch(struct text_poke_loc *tp, unsigned int nr_entries)``."""
-        return _reg(frame, "rdi"), _reg(frame, "rsi") & 0xFFFFFFFF
+        return _reg("rdi"), _reg("rsi") & 0xFFFFFFFF
 
 
 class _TextPokeArrayReader:
@@ -188,7 +188,7 @@ class _TextPokeArrayReader:
             self.offsets[cpu] = off
         return off
 
-    def cpu(self, thread, frame):
+    def cpu(self, thread):
         """(Linux CPU number, None) or (cpu, 'why the mapping was corrected')."""
         got = self.cpus.get(thread)
         if got is not None:
@@ -201,7 +201,7 @@ class _TextPokeArrayReader:
             if n != vcpu:
                 note = "cpu_number at __per_cpu_offset[%d] is %d" % (vcpu, n)
         try:
-            gs = _reg(frame, "gs_base")
+            gs = _reg("gs_base")
         except (gdb.error, ValueError):
             gs = None
         if gs is not None and gs != off:
@@ -221,7 +221,7 @@ class _TextPokeArrayReader:
                 "nr_entries": _u(_read(self.nr, self.nr_size), 0, self.nr_size, signed=True),
                 "refs": _u(_read(refs_addr, 4), 0, 4, signed=True)}
 
-    def batch_vector(self, frame):
+    def batch_vector(self):
         """At ``smp_text_poke_batch_finish(void)``: the global array as it stands."""
         return self.vec, _u(_read(self.nr, self.nr_size), 0, self.nr_size, signed=True)
 

@@ -115,8 +115,7 @@ def _poke_batch_entry(vec, nr):
 
 
 def _on_poke_entry():
-    frame = gdb.newest_frame()
-    func, addr, src, n = (_reg(frame, r) for r in ("rdi", "rsi", "rdx", "rcx"))
+    func, addr, src, n = (_reg(r) for r in ("rdi", "rsi", "rdx", "rcx"))
     if _poke_in_batch():  # armed late: the batch's own write, recorded by its vector
         return
     _STATE["pokes"] += 1

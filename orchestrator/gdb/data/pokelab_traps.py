@@ -63,8 +63,7 @@ class _Batch(_Hook):
     where = "batch"
 
     def run(self):
-        frame = gdb.newest_frame()
-        vec, nr = _STATE["reader"].batch_vector(frame)
+        vec, nr = _STATE["reader"].batch_vector()
         size = _STATE["info"]["loc_size"]
         if _STATE["info"].get("batch_exits"):  # only if its end is seen too
             _STATE["in_batch"] = _STATE.get("in_batch", 0) + 1
@@ -173,13 +172,12 @@ def _corrupt_jmp32(data, d_off, d_sz, length):
 def _on_entry():
     st = _STATE
     info = st["info"]
-    frame = gdb.newest_frame()
     thread = gdb.selected_thread().num
     t_in = time.monotonic()
-    regs_ptr = _reg(frame, "rdi")
+    regs_ptr = _reg("rdi")
     st["entries"] += 1
     st["seq"] += 1
-    cpu, cpu_note = st["reader"].cpu(thread, frame)
+    cpu, cpu_note = st["reader"].cpu(thread)
     rec = {"cpu": cpu, "regs_ptr": regs_ptr, "t": round(time.monotonic() - st["t0"], 6)}
     if cpu != thread - 1 or cpu_note:
         rec.update({"vcpu": thread - 1, "cpu_note": cpu_note})
@@ -255,8 +253,7 @@ def _on_exit():
     if rec is None:
         _budget_exit()
         return
-    frame = gdb.newest_frame()
-    rec["ret"] = _reg(frame, "rax") & 0xFFFFFFFF
+    rec["ret"] = _reg("rax") & 0xFFFFFFFF
     regs_ptr = rec["regs_ptr"]
     sp_off, _ = info["regs_fields"]["sp"]
     if rec.get("injected") == "wrong-return" and "restore" not in rec:
