@@ -29,28 +29,12 @@ BASE_APPEND = ("console=ttyS0", "nokaslr", "panic=-1", "earlyprintk=serial,ttyS0
                "loglevel=6", "lpj=4231920", "cryptomgr.notests", "no_timer_check",
                "initcall_blacklist=crypto_kdf108_init")
 
-#: Under TCG only.  ``tsc=reliable``: every vCPU's TSC is read from QEMU's one virtual clock
-#: (stopped while the VM is stopped), so the TSCs are in sync; without it the kernel guesses
-#: otherwise for a several-CPU non-Intel CPU without ``constant_tsc`` (``qemu64`` says
-#: AuthenticAMD: "Marking TSC unstable due to TSCs unsynchronized",
-#: ``arch/x86/kernel/tsc.c:unsynchronized_tsc()``) and keeps time on the HPET, whose every read
-#: is an emulated MMIO access.  Measured, 6.1 cloud on pc, interleaved boots: to SSH
-#: 2.02 -> 1.85-1.90 s (median of 6 and of 8 pairs).
-#: ``rcupdate.rcu_normal_after_boot=1``: once the kernel's own boot is done, expedited RCU grace
-#: periods (``synchronize_net()`` under RTNL, for one, while ``/init`` brings eth0 up) run as
-#: normal ones; an expedited one waits on an IPI to every vCPU, and TCG's round robin serves
-#: them one time slice at a time.  ``pokelab.rcu_restore`` makes ``/init`` put the kernel's
-#: default back (``/sys/kernel/rcu_normal`` = 0; left alone on PREEMPT_RT, whose default this
-#: is) before it says it is ready, so no scenario runs on anything but the kernel's default.
-#: Measured: to the readiness marker 1.86 -> 1.67 s (5 interleaved pairs).
-TCG_APPEND = ("tsc=reliable", "rcupdate.rcu_normal_after_boot=1", "pokelab.rcu_restore")
-
 #: The machine types pokelab boots (``--machine``).  ``pc`` (i440FX, PCI, the default) or
 #: ``microvm`` (no PCI, no firmware tables but ACPI's; virtio-mmio devices it lists in its DSDT).
 MACHINES = ("pc", "microvm")
 
 #: microvm's options: no legacy PIC or PIT (the kernel routes through the IOAPIC and ticks on
-#: the local APIC timer; its clock is the TSC, trusted under TCG: ``TCG_APPEND``), the
+#: the local APIC timer; under TCG it marks the TSC unstable and keeps time on jiffies), the
 #: CMOS RTC kept (without it Linux spends ~1.5 s in ``mach_get_cmos_time()`` and ~0.6 s more
 #: in rtc_cmos's probe, measured under TCG), the ISA UART that is ``ttyS0`` kept, ACPI on (the
 #: virtio-mmio devices are found through it: Debian's kernels have ``CONFIG_VIRTIO_MMIO=m``
@@ -114,7 +98,7 @@ class QemuConfig:
     @property
     def cmdline(self) -> str:
         tsc = (f"tsc_early_khz={self.tsc_khz}",) if self.machine == "microvm" and self.tsc_khz else ()
-        return " ".join(BASE_APPEND + (TCG_APPEND if self.accel == "tcg" else ()) + tsc + self.append)
+        return " ".join(BASE_APPEND + tsc + self.append)
 
 
 def build_argv(cfg: QemuConfig) -> list[str]:

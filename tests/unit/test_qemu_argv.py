@@ -90,11 +90,6 @@ def test_microvm_needs_the_tsc_rate() -> None:
     assert "tsc_early_khz" not in _config(tsc_khz=2595456).cmdline  # pc calibrates on its PM timer
 
 
-def test_tcg_guests_are_told_their_tscs_are_in_sync_and_kvm_guests_are_not() -> None:
-    assert "tsc=reliable" in _config().cmdline.split()  # TCG: one virtual clock for every vCPU
-    assert "tsc=reliable" not in _config(accel="kvm").cmdline.split()
-
-
 def test_bad_machine() -> None:
     with pytest.raises(UsageError, match="machine"):
         _config(machine="q35")

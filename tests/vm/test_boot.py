@@ -106,15 +106,6 @@ def test_uname_is_catalog_release(booted: Booted) -> None:
     assert res.stdout.strip() == booted.release
 
 
-def test_guest_runs_on_the_kernels_default_rcu_mode(booted: Booted) -> None:
-    """The boot's last steps run on normal grace periods under TCG (machine/qemu.py TCG_APPEND);
-    /init puts the kernel's default back before it says it is ready."""
-    res = booted.vm.run("cat /proc/cmdline /sys/kernel/rcu_normal; uname -v")
-    words, normal, version = res.stdout.split("\n")[:3]
-    assert ("rcupdate.rcu_normal_after_boot=1" in words.split()) == (booted.vm.spec.accel == "tcg")
-    assert normal.strip() == ("1" if "PREEMPT_RT" in version else "0"), res.stdout
-
-
 def test_console_log_has_banner(booted: Booted) -> None:
     log = booted.artifacts / "console.log"
     assert log.is_file()
