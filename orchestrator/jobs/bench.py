@@ -7,7 +7,8 @@ Part ``vm`` (all on the default kernel, TCG here, 4 vCPUs unless said; ``kernel`
 ``smp``, ``date`` say what and when; ``qemu``, ``qemu_version`` which QEMU, chosen as every VM
 command chooses it or given with ``--qemu``).  With ``--qemu-compare PATH`` the same figures of a
 second QEMU go under ``compare``, measured in the same run, one QEMU after the other in each
-phase (boots alternate one by one), so the machine's noise hits both:
+phase (boots alternate one by one, the order rotated each round: :func:`boot_order`), so the
+machine's noise hits both:
 
 * ``boot_to_console_marker_s`` / ``boot_to_ssh_s``: median over N boots, from
   QEMU's launch to the init's ``POKELAB-READY`` line / to the first answered
@@ -122,6 +123,17 @@ def _boot_once(spec: VmSpec) -> tuple[float, float, float]:
         if cpu is None:
             raise InfraError("QEMU's CPU time could not be read during the boot benchmark")
         return t_marker, t_ssh, cpu
+
+
+def boot_order(n: int, round_: int) -> list[int]:
+    """The order of ``n`` boot variants in round ``round_`` (0-based): rotated by one each round.
+
+    Back-to-back boots in one process are not alike by position: measured here, of two boots
+    in a row the second was 0.2-0.3 s faster whatever it was (a no-op word on the command line
+    "gained" 0.29 s; swapped, the gain moved with the position).  Rotating gives every variant
+    each position in turn instead of always the same one.
+    """
+    return [(round_ + k) % n for k in range(n)]
 
 
 def _stop_costs(spec: VmSpec, kernel: KernelArtifacts, n: int) -> dict[str, float]:
@@ -272,7 +284,8 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
                                                         artifacts=art / "bzimage" / "boot")))
     samples: list[list[tuple[float, float, float]]] = [[] for _ in variants]
     for i in range(boots):
-        for v, (name, s) in enumerate(variants):
+        for v in boot_order(len(variants), i):
+            name, s = variants[v]
             m, t, cpu = _boot_once(s)
             samples[v].append((m, t, cpu))
             progress(f"{name}: boot {i + 1}/{boots}: marker {m:.2f} s, ssh {t:.2f} s, QEMU CPU {cpu:.2f} s")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from orchestrator.core.errors import InfraError, UsageError
-from orchestrator.jobs.bench import probe_figures
+from orchestrator.jobs.bench import boot_order, probe_figures
 from orchestrator.kernels import loadgen
 from orchestrator.kernels.images import KernelArtifacts
 from orchestrator.machine.vm import VmSpec
@@ -141,3 +141,12 @@ def test_execute_runs_the_baseline_before_the_probe_attaches(tmp_path: Path,
     assert cmds[-1] == loadgen.STOP_COMMAND
     assert "baseline: 2 cycle(s) without the probe" in said
     assert not res["steps"]  # the probed body never ran
+
+
+def test_boot_order_gives_every_variant_every_position_in_turn() -> None:
+    rounds = [boot_order(4, i) for i in range(4)]
+    assert rounds[0] == [0, 1, 2, 3] and rounds[1] == [1, 2, 3, 0]
+    for r in rounds:
+        assert sorted(r) == [0, 1, 2, 3]  # each variant boots once a round
+    for pos in range(4):
+        assert sorted(r[pos] for r in rounds) == [0, 1, 2, 3]  # each takes each position once
