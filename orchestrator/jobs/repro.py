@@ -95,18 +95,20 @@ def choose(name: str | None, opts: ReproOptions, builtin: Callable[[str], Scenar
 
 def check_runs(repeat: int | None, runs: int | None, until_fail: bool) -> None:
     """Usage errors of ``--repeat``, ``--runs`` and ``--until-fail`` (no scenario, kernel or file needed)."""
-    if repeat is not None and repeat < 1:
-        raise UsageError("--repeat must be at least 1")
-    if runs is not None and runs < 1:
-        raise UsageError("--runs must be at least 1")
+    if repeat is not None and not 1 <= repeat <= MAX_TOGGLES:
+        raise UsageError(f"--repeat {repeat}: from 1 to {MAX_TOGGLES}")
+    if runs is not None and not 1 <= runs <= MAX_RUNS:
+        raise UsageError(f"--runs {runs}: from 1 to {MAX_RUNS}")
     if until_fail and runs is None:
         raise UsageError("--until-fail needs --runs N (the most runs to try)")
 
 
 #: what ``pokelab probe`` runs: the function tracer toggled on a filtered function under load
 PROBE_SCENARIO = "ftrace-function"
-#: ``--toggles`` at most (a switch takes ~1 s here: 100,000 would be more than a day)
+#: ``--toggles`` / ``--repeat`` at most (a switch takes ~1 s here: 100,000 would be more than a day)
 MAX_TOGGLES = 100_000
+#: ``--runs`` at most (a run boots a guest: ~1 min here, so 10,000 would be a week)
+MAX_RUNS = 10_000
 
 
 def probe_scenario(toggles: int, function: str | None, min_judged: int | None) -> Scenario:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import BootError, InfraError, KernelCrash, UsageError
+from ..host import userpaths
 from ..host.cache import cache_dir
 from ..kernels import images, loadgen, pvh, rootfs
 from ..kernels.catalog import Catalog
@@ -46,7 +47,20 @@ def resolve_kernel(choice: KernelChoice, cache: Path | None = None) -> images.Ke
 
 
 def default_artifacts(command: str) -> Path:
-    base = Path(os.environ.get("POKELAB_ARTIFACTS", "artifacts"))
+    """``<$POKELAB_ARTIFACTS or ./artifacts>/<stamp>-<command>-<pid>`` (absolute), not created.
+
+    Raises UsageError if ``$POKELAB_ARTIFACTS`` is not a directory that exists and is writable,
+    or can be created (checked as ``--artifacts`` is).
+    """
+    env = os.environ.get("POKELAB_ARTIFACTS")
+    if env == "":
+        raise UsageError("$POKELAB_ARTIFACTS is set but empty (unset it for ./artifacts)")
+    if env is not None:
+        try:
+            userpaths.output_dir(env)
+        except userpaths.PathRefused as exc:
+            raise UsageError(f"$POKELAB_ARTIFACTS is {exc}") from None
+    base = Path(env if env is not None else "artifacts")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return (base / f"{stamp}-{command}-{os.getpid()}").resolve()
 

@@ -276,3 +276,21 @@ def test_second_trial_bad_input_is_one_line(argv: tuple[str, ...], said: str, en
     res = pokelab(*argv, env=env)
     assert_one_line_error(res, "usage", said)
     assert made(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- $POKELAB_ARTIFACTS
+
+
+@pytest.mark.parametrize("argv", [("boot",), ("run-cmd", "--", "true"), ("repro", "ftrace-function"),
+                                  ("probe", "--toggles", "1"), ("boot", "--dry-run")])
+def test_a_bad_artifacts_root_from_the_environment_is_one_line(env: dict[str, str], tmp_path: Path,
+                                                              argv: tuple[str, ...]) -> None:
+    (tmp_path / "file").write_text("x")
+    res = pokelab(*argv, env={**env, "POKELAB_ARTIFACTS": str(tmp_path / "file" / "x")})
+    assert_one_line_error(res, "usage", f"$POKELAB_ARTIFACTS is {tmp_path / 'file' / 'x'}: Not a directory")
+    assert made(tmp_path) == ["file"]
+
+
+def test_an_empty_artifacts_root_from_the_environment_is_refused(env: dict[str, str]) -> None:
+    res = pokelab("boot", "--dry-run", env={**env, "POKELAB_ARTIFACTS": ""})
+    assert_one_line_error(res, "usage", "$POKELAB_ARTIFACTS is set but empty")

@@ -40,10 +40,12 @@ def test_rate_empty() -> None:
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--runs", "0"], "--runs must be at least 1"),
-    (["--runs", "-3"], "--runs must be at least 1"),
+    (["--runs", "0"], "--runs 0: from 1 to 10000"),
+    (["--runs", "-3"], "--runs -3: from 1 to 10000"),
+    (["--runs", "99999999999"], "--runs 99999999999: from 1 to 10000"),
     (["--until-fail"], "--until-fail needs --runs"),
-    (["--repeat", "0", "--runs", "2"], "--repeat must be at least 1"),
+    (["--repeat", "0", "--runs", "2"], "--repeat 0: from 1 to 100000"),
+    (["--repeat", "999999999999"], "--repeat 999999999999: from 1 to 100000"),
 ])
 def test_repro_bad_run_options_are_one_line_exit_2(argv: list[str], needle: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
