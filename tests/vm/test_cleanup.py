@@ -207,6 +207,12 @@ def start_cli(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     if cached_spec(default, cache_dir()) is None:
         pytest.skip(f"default kernel {default.id} not cached (run `pokelab images`)")
     runs: list[Run] = []
+    # A launcher that ignores SIGINT (`make test &` from a non-interactive shell) hands that on
+    # through exec, and Python then leaves SIGINT ignored: pokelab would never see the Ctrl-C
+    # these tests send.  The children start with the default disposition instead.
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def start(*args: str, tail: tuple[str, ...] = ()) -> Run:
         art = tmp_path / f"art-{len(runs)}"
@@ -220,7 +226,11 @@ def start_cli(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
         runs.append(run)
         return run
 
-    yield start
+    try:
+        yield start
+    finally:
+        if inherited == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     # whatever happened in the test: end what is ours, by pid, and remove QEMU's socket dir
     for run in runs:
