@@ -47,6 +47,7 @@ from .nightly import (
 #: ``-j`` at most: VMs at once (each is a QEMU with its RAM and a TCG thread)
 MAX_JOBS = 64
 
+
 @dataclass(frozen=True)
 class Reports:
     """Where the reports go and what they compare with (nightly and merge)."""

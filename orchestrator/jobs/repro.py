@@ -93,10 +93,17 @@ def choose(name: str | None, opts: ReproOptions, builtin: Callable[[str], Scenar
     return Choice(sc)
 
 
+#: cycles of a scenario's steps at most (``--repeat``, ``probe --toggles``): a tracer switch takes
+#: ~1 s here, so 100,000 would be more than a day
+MAX_CYCLES = 100_000
+#: ``--runs`` at most (a run boots a guest: ~1 min here, so 10,000 would be a week)
+MAX_RUNS = 10_000
+
+
 def check_runs(repeat: int | None, runs: int | None, until_fail: bool) -> None:
     """Usage errors of ``--repeat``, ``--runs`` and ``--until-fail`` (no scenario, kernel or file needed)."""
-    if repeat is not None and not 1 <= repeat <= MAX_TOGGLES:
-        raise UsageError(f"--repeat {repeat}: from 1 to {MAX_TOGGLES}")
+    if repeat is not None and not 1 <= repeat <= MAX_CYCLES:
+        raise UsageError(f"--repeat {repeat}: from 1 to {MAX_CYCLES}")
     if runs is not None and not 1 <= runs <= MAX_RUNS:
         raise UsageError(f"--runs {runs}: from 1 to {MAX_RUNS}")
     if until_fail and runs is None:
@@ -105,10 +112,6 @@ def check_runs(repeat: int | None, runs: int | None, until_fail: bool) -> None:
 
 #: what ``pokelab probe`` runs: the function tracer toggled on a filtered function under load
 PROBE_SCENARIO = "ftrace-function"
-#: ``--toggles`` / ``--repeat`` at most (a switch takes ~1 s here: 100,000 would be more than a day)
-MAX_TOGGLES = 100_000
-#: ``--runs`` at most (a run boots a guest: ~1 min here, so 10,000 would be a week)
-MAX_RUNS = 10_000
 
 
 def probe_scenario(toggles: int, function: str | None, min_judged: int | None) -> Scenario:
@@ -116,8 +119,8 @@ def probe_scenario(toggles: int, function: str | None, min_judged: int | None) -
     with N cycles on F (default its own, ``__do_sys_getpid``), the floor M traps at F's site (default 1)."""
     from ..run.scenarios_table import BY_NAME
 
-    if not 1 <= toggles <= MAX_TOGGLES:
-        raise UsageError(f"--toggles {toggles}: from 1 to {MAX_TOGGLES}")
+    if not 1 <= toggles <= MAX_CYCLES:
+        raise UsageError(f"--toggles {toggles}: from 1 to {MAX_CYCLES}")
     if min_judged is not None and min_judged < 1:
         raise UsageError("--min-judged must be at least 1 (0 traps prove nothing)")
     sc = with_options(BY_NAME[PROBE_SCENARIO], repeat=toggles, function=function)

@@ -13,8 +13,9 @@ to the host:
   corruption; write one ``POKELAB-TRAP {json}`` line to the host's record pipe
   (``orchestrator/gdb/channel.py``; GDB's console when there is none).
 
-``stop()`` returns False, so GDB resumes at once and MI sees nothing of it.  A per-batch trap budget (``pokelab_budget.TrapBudget``) disarms the
-entry breakpoint once a batch has had its share of traps and re-arms it at the
+``stop()`` returns False, so GDB resumes at once and MI sees nothing of it.
+A per-batch trap budget (``pokelab_budget.TrapBudget``) disarms the entry
+breakpoint once a batch has had its share of traps and re-arms it at the
 next batch (``_budget_batch`` / ``_budget_trap`` / ``_budget_exit`` /
 ``_budget_burst_end``).  The host (orchestrator/gdb/ledger.py) decodes and judges
 the raw bytes; the recorder only records.  Stops are keyed by GDB thread (one per vCPU), so a stop on
