@@ -291,6 +291,10 @@ class Apt:
 
     def _download(self, specs: list[str]) -> None:
         self.update()
+        # a name the lists lack is the user's mistake: one line, before a download is announced
+        for name in dict.fromkeys(spec.split("/", 1)[0] for spec in specs):
+            if name not in self.pkgnames(name):
+                raise UsageError(f"{name}: not in pokelab's Debian sources ({self.sources})")
         self.debs_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.debs_dir / f".download-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

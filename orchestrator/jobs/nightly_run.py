@@ -43,6 +43,7 @@ from .nightly import (
     shard,
     write_reports,
 )
+from .repro import MAX_CYCLES
 
 #: ``-j`` at most: VMs at once (each is a QEMU with its RAM and a TCG thread)
 MAX_JOBS = 64
@@ -145,8 +146,8 @@ def plan(req: NightlyRequest, offline: bool = False) -> Plan:
         raise UsageError(str(exc)) from None
     if not 1 <= req.jobs <= MAX_JOBS:
         raise UsageError(f"-j {req.jobs}: VMs at once, from 1 to {MAX_JOBS}")
-    if req.repeat is not None and req.repeat < 1:
-        raise UsageError("--repeat must be at least 1")
+    if req.repeat is not None and not 1 <= req.repeat <= MAX_CYCLES:
+        raise UsageError(f"--repeat {req.repeat}: from 1 to {MAX_CYCLES}")
     req.vm.check()
     cat, cache = Catalog.load(), cache_dir(create=not offline)
     for k in kernels or []:  # catalog ids, kernels built here, Debian ABIs (as --kernel takes)

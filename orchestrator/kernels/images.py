@@ -329,11 +329,10 @@ def _build_kernel_dir(spec: KernelSpec, cache: Path, kdir: Path) -> None:
         if stale.exists():
             log.info("removing incomplete %s", stale)
             shutil.rmtree(stale)
-    staging.mkdir(parents=True)
     apt = Apt(cache)
-
     t0 = time.monotonic()
-    image_deb = apt.deb(spec.image_pkg)
+    image_deb = apt.deb(spec.image_pkg)  # first: a package the archive lacks leaves nothing behind
+    staging.mkdir(parents=True)
     # Since 7.x Debian splits the image: linux-image-<rel> only depends on linux-binary-<rel>
     # (vmlinuz), linux-modules-<rel> and linux-base-<rel> (System.map, config, modules.*),
     # all under /usr/lib/modules/<rel>.  Older images carry /boot/* and /lib/modules/<rel>.

@@ -42,6 +42,10 @@ MACHINES = ("pc", "microvm")
 #: bzImage through its linuxboot option ROM, so option ROMs stay on.
 MICROVM = "microvm,pit=off,pic=off,rtc=on,isa-serial=on,acpi=on"
 
+#: The most vCPUs pokelab boots (``--smp``; QEMU's ``pc`` takes up to 255): the recorder finds a
+#: vCPU's CPU number among the first 64 entries of ``__per_cpu_offset`` (``gdb/data/pokelab_layout.py``).
+MAX_SMP = 64
+
 #: TCG's CPU: the default qemu64 plus RDRAND, so the guest's CRNG is ready at once
 #: (without it dropbear's first login waited for entropy).
 TCG_CPU = "qemu64,+rdrand"
@@ -79,8 +83,8 @@ class QemuConfig:
             raise UsageError("a microvm guest under TCG needs the host's TSC rate (tsc_khz)")
         if self.tcg_thread not in ("single", "multi"):
             raise UsageError(f"unknown TCG thread mode '{self.tcg_thread}' (single or multi)")
-        if not 1 <= self.smp <= 64:
-            raise UsageError(f"--smp must be 1..64, not {self.smp}")
+        if not 1 <= self.smp <= MAX_SMP:
+            raise UsageError(f"--smp must be 1..{MAX_SMP}, not {self.smp}")
         if self.memory_mb < 256:
             raise UsageError(f"--memory must be at least 256 MiB, not {self.memory_mb}")
         for word in self.append:

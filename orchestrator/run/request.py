@@ -16,7 +16,7 @@ from ..core.errors import UsageError
 from ..core.fields import option
 from ..core.trapdata import INJECT_EVERY, INJECTIONS
 from ..host.meminfo import host_memory_mib
-from ..machine.qemu import MACHINES
+from ..machine.qemu import MACHINES, MAX_SMP
 from ..machine.qemu_binary import check_given
 from .scenario import Scenario
 
@@ -94,8 +94,8 @@ class VmOptions:
 
     def check(self) -> None:
         """UsageError for values QEMU or the guest cannot take."""
-        if self.smp < 1:
-            raise UsageError("--smp must be at least 1")
+        if not 1 <= self.smp <= MAX_SMP:
+            raise UsageError(f"--smp must be 1..{MAX_SMP}, not {self.smp}")
         if self.memory_mb < 256:
             raise UsageError("--memory must be at least 256 MiB (the initramfs and the guest's tools)")
         if self.memory_mb > (most := host_memory_mib()):
@@ -104,6 +104,8 @@ class VmOptions:
                                      "--tcg-thread"), (self.machine, MACHINES, "--machine")):
             if value not in allowed:
                 raise UsageError(f"{what} {value}: one of {', '.join(allowed)}")
+        if self.accel == "kvm" and self.tcg_thread != "single":
+            raise UsageError(f"--tcg-thread {self.tcg_thread} is for TCG: --accel kvm runs no TCG threads")
         if self.gdb_port is not None and self.gdb_port == self.ssh_port:
             raise UsageError(f"the gdbstub and SSH cannot share port {self.gdb_port}")
         if self.qemu is not None:

@@ -101,3 +101,11 @@ def test_repro_unsupported_scenario_writes_json_without_booting(
     for key in ("scenario", "kernel", "verdict", "traps_judged", "violations", "reasons"):
         assert key in v
     assert not (tmp_path / "a" / "console.log").exists()  # never booted
+
+
+def test_an_abi_the_archive_lacks_is_one_line(art: Path, default_kernel_cached: KernelArtifacts) -> None:
+    """A Debian ABI that pokelab's apt lists do not hold: one usage line (no ``apt-get download``
+    progress line before it), and no half-made kernel dir left in the cache."""
+    res = pokelab("run-cmd", "--kernel", "6.1.0-999", "--artifacts", str(art), "--", "true", artifacts=art)
+    assert_one_line_error(res, "usage", "linux-image-6.1.0-999-cloud-amd64: not in pokelab's Debian sources")
+    assert not list((cache_dir() / "kernels").glob(".staging-6.1.0-999*"))

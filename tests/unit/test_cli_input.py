@@ -278,6 +278,27 @@ def test_second_trial_bad_input_is_one_line(argv: tuple[str, ...], said: str, en
     assert made(tmp_path) == []
 
 
+# --------------------------------------------------------------------------- the third trial's holes
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    # one wording for both ends of --smp (it was "at least 1" below and "1..64" above)
+    (("run-cmd", "--dry-run", "--smp", "0", "--", "true"), "--smp must be 1..64, not 0"),
+    (("run-cmd", "--dry-run", "--smp", "65", "--", "true"), "--smp must be 1..64, not 65"),
+    # it was accepted and silently dropped
+    (("run-cmd", "--dry-run", "--accel", "kvm", "--tcg-thread", "multi", "--", "true"),
+     "--tcg-thread multi is for TCG: --accel kvm runs no TCG threads"),
+    # repro --repeat had a bound, nightly's had none
+    (("nightly", "--dry-run", "--repeat", "100001"), "--repeat 100001: from 1 to 100000"),
+    (("nightly", "--dry-run", "--repeat", "0"), "--repeat 0: from 1 to 100000"),
+])
+def test_third_trial_bad_input_is_one_line(argv: tuple[str, ...], said: str, env: dict[str, str],
+                                            tmp_path: Path) -> None:
+    res = pokelab(*argv, env=env)
+    assert_one_line_error(res, "usage", said)
+    assert made(tmp_path) == []
+
+
 # --------------------------------------------------------------------------- $POKELAB_ARTIFACTS
 
 
