@@ -150,6 +150,6 @@ def cmd_merge(a: Namespace) -> int:
 def cmd_bisect(a: Namespace) -> int:
     base = RunRequest(resolve(a.scenario, BY_NAME.get), _artifacts(a, "bisect"), vm=_from(VmOptions, a))
     req = _from(bisect_run.BisectRequest, a, base=base, scenario_arg=a.scenario)
-    lines, code = bisect_run.run(req, Executor(), say)
+    lines, code = bisect_run.run(req, Executor(), say, dry_run=a.dry_run)
     _show(["\n".join(lines)])
     return code

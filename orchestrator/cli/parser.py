@@ -27,6 +27,7 @@ from ..jobs.repro import ReproOptions
 from ..run.request import KernelChoice, RunRequest, VmOptions
 
 SCENARIO_HELP = "a name from `pokelab scenarios`, or a scenario file FILE.toml (docs/scenarios.md)"
+DRY_RUN_QEMU = "print the QEMU command line and exit (nothing is fetched, built or booted)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,8 +72,8 @@ def fields(p: Any, cls: type, *only: str) -> None:
         p.add_argument(*flags, dest=f.name, **meta)
 
 
-def _vm_args(p: Any, *, kernel: bool = True, ports: bool = True, dry_run: bool = True) -> None:
-    """The kernel and VM options of every command that boots a guest."""
+def _vm_args(p: Any, *, kernel: bool = True, ports: bool = True, dry_run: str = DRY_RUN_QEMU) -> None:
+    """The kernel and VM options of every command that boots a guest; ``dry_run``: --dry-run's help."""
     if kernel:
         fields(p.add_argument_group("kernel (default: the catalog's default kernel)"), KernelChoice)
     g = p.add_argument_group("virtual machine")
@@ -81,9 +82,8 @@ def _vm_args(p: Any, *, kernel: bool = True, ports: bool = True, dry_run: bool =
         g.add_argument("--artifacts", type=PATHS["out-dir"], metavar="DIR",
                        help="artifact dir (default: artifacts/<time>-<command>-<pid>, or "
                             "$POKELAB_ARTIFACTS)")
-    if ports and dry_run:
-        g.add_argument("--dry-run", action="store_true",
-                       help="print the QEMU command line and exit (nothing is fetched, built or booted)")
+    if ports:
+        g.add_argument("--dry-run", action="store_true", help=dry_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,5 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "boot, run, judge; no builds).")
     s.add_argument("--scenario", required=True, help=SCENARIO_HELP)
     fields(s, BisectRequest)
-    _vm_args(s, kernel=False, dry_run=False)
+    _vm_args(s, kernel=False, dry_run="print what the bisect would judge and how, and exit (nothing is "
+                                      "built, fetched, booted or written)")
     return p

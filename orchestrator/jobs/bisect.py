@@ -73,6 +73,44 @@ def resolve(repo: Path, rev: str) -> str:
     return out.strip().splitlines()[0]
 
 
+@dataclass(frozen=True)
+class GitPlan:
+    """What a git bisect of ``good..bad`` would do, read from the repository alone (nothing written).
+
+    ``revisions``: commits in ``bad`` not in ``good`` (``git rev-list --count``); ``steps``: about how
+    many revisions between the two endpoints will be judged (the first one git checks out plus its
+    ``bisect_steps`` estimate from ``git rev-list --bisect-vars``; 0 when ``bad`` is the only commit).
+    """
+
+    good: str  # full shas
+    bad: str
+    revisions: int
+    steps: int
+
+
+def plan_git(repo: Path, good: str, bad: str) -> GitPlan:
+    """The plan of bisecting ``good..bad`` in ``repo``; BisectError for a revision that is not a
+    commit or a ``good`` that is not an ancestor of ``bad`` (as :func:`run_bisect` would say)."""
+    good_sha, bad_sha = check_range(repo, good, bad)
+    _, count = _git(repo, "rev-list", "--count", f"{good_sha}..{bad_sha}")
+    revisions = int(count.split()[0])
+    # git's "roughly N steps" after the revision it checks out first
+    _, bisect_vars = _git(repo, "rev-list", "--bisect-vars", bad_sha, f"^{good_sha}")
+    steps = re.search(r"^bisect_steps=(\d+)", bisect_vars, re.M)
+    return GitPlan(good_sha, bad_sha, revisions, int(steps.group(1)) + 1 if steps and revisions > 1 else 0)
+
+
+def check_range(repo: Path, good: str, bad: str) -> tuple[str, str]:
+    """(good, bad) as full shas; BisectError unless both are commits and good is a proper ancestor of bad."""
+    good_sha, bad_sha = resolve(repo, good), resolve(repo, bad)
+    if good_sha == bad_sha:
+        raise BisectError(f"good {good} and bad {bad} are the same commit ({good_sha[:12]})")
+    rc, _ = _git(repo, "merge-base", "--is-ancestor", good_sha, bad_sha, check=False)
+    if rc != 0:
+        raise BisectError(f"good {good} is not an ancestor of bad {bad}")
+    return good_sha, bad_sha
+
+
 def read_log(path: Path) -> dict[str, list[str]]:
     """Outcomes per revision from a bisect log (later lines win)."""
     if not path.is_file():
@@ -166,10 +204,7 @@ def run_bisect(repo: Path, good: str, bad: str, step: Step, *, work: Path, log_p
     repo = repo.resolve()
     if not (repo / ".git").exists():
         raise UsageError(f"--source {repo} is not a git checkout")
-    good_sha, bad_sha = resolve(repo, good), resolve(repo, bad)
-    rc, _ = _git(repo, "merge-base", "--is-ancestor", good_sha, bad_sha, check=False)
-    if rc != 0:
-        raise BisectError(f"good {good} is not an ancestor of bad {bad}")
+    good_sha, bad_sha = check_range(repo, good, bad)
     say(f"bisect log: {log_path}")  # once the input holds: an error above is the only line
     judge_one = _Judge(log_path, replay, policy, say)
 

@@ -8,6 +8,7 @@ the scenario ``runs`` times per revision as a :class:`~orchestrator.run.request.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..core.errors import UsageError
 from ..core.fields import option
 from ..host.cache import cache_dir
 from ..kernels.catalog import DEFAULT_FLAVOUR, Catalog
-from ..kernels.debian import available, parse_range, resolve, select_range
+from ..kernels.debian import DebianRange, available, parse_range, resolve, select_range
 from ..run.execute import Execute
 from ..run.request import KernelChoice, RunRequest
 from .bisect import (
@@ -25,6 +26,7 @@ from .bisect import (
     debian_report,
     debian_step,
     kernel_step,
+    plan_git,
     read_log,
     run_bisect,
     run_debian_bisect,
@@ -93,8 +95,11 @@ def step_runner(base: RunRequest, execute: Execute) -> Callable[[str, Path], str
     return run_one
 
 
-def run(req: BisectRequest, execute: Execute, say: Say) -> tuple[list[str], int]:
-    """Bisect; the answer's lines and the exit status (0 found, 1 not narrowed to one, 2 not a regression)."""
+def run(req: BisectRequest, execute: Execute, say: Say, dry_run: bool = False) -> tuple[list[str], int]:
+    """Bisect; the answer's lines and the exit status (0 found, 1 not narrowed to one, 2 not a regression).
+    ``dry_run``: :func:`dry_run_lines` and 0."""
+    if dry_run:
+        return dry_run_lines(req), 0
     req.check()
     replay = read_log(req.replay) if req.replay is not None else None
     policy = Policy(min_failures=min(2, req.runs), min_clean=min(3, req.runs))
@@ -117,8 +122,40 @@ def run(req: BisectRequest, execute: Execute, say: Say) -> tuple[list[str], int]
              f"(log: {req.log_path})"], 0)
 
 
-def _debian(req: BisectRequest, policy: Policy, replay: dict[str, list[str]] | None,
-            run_one: Callable[[str, Path], str], say: Say) -> tuple[list[str], int]:
+def dry_run_lines(req: BisectRequest) -> list[str]:
+    """``bisect --dry-run``: what the bisect would judge and how, with nothing built, fetched, booted
+    or written (git is only read; the Debian kernels come from pokelab's apt lists as they are).
+    UsageError for what a real run would refuse, and for Debian lists never fetched here."""
+    req.check()
+    replay = read_log(req.replay) if req.replay is not None else {}
+    scenario = req.scenario_arg or req.base.scenario.name
+    each = (f"up to {req.runs} run{'s' if req.runs > 1 else ''} of {scenario} "
+            f"(good: {min(3, req.runs)} clean and no failure; bad: {min(2, req.runs)} failing)")
+    if req.debian is not None:
+        rng = _debian_range(req, offline=True)
+        n = len(rng.judged)
+        steps = math.ceil(math.log2(n - 1)) if n > 2 else 0
+        lines = [f"Debian {rng.judged[0].label} (good) .. {rng.judged[-1].label} (bad): {n} kernels with "
+                 f"-dbg, about {steps} judged between the endpoints",
+                 f"each: its kernel fetched unless cached, then {each}"]
+        if rng.unjudgeable:
+            abis = ", ".join(k.abi for k in rng.unjudgeable)
+            lines.append(f"not judgeable (no -dbg in the archive): {abis}")
+    else:
+        assert req.source is not None and req.good is not None and req.bad is not None
+        p = plan_git(req.source, req.good, req.bad)
+        lines = [f"{req.source}: {req.good} (good, {p.good[:12]}) .. {req.bad} (bad, {p.bad[:12]}): "
+                 f"{p.revisions} commit{'s' if p.revisions > 1 else ''}, about {p.steps} judged between "
+                 f"the endpoints",
+                 f"each: a build (make -j{req.jobs}, in a scratch worktree under the cache), then {each}"]
+    if req.replay is not None:
+        n = len(replay)
+        lines.append(f"replay: {n} revision{'s' if n != 1 else ''} logged in {req.replay}, not run again")
+    lines.append(f"bisect log: {req.log_path} (a dry run writes nothing)")
+    return lines
+
+
+def _debian_range(req: BisectRequest, offline: bool = False) -> DebianRange:
     assert req.debian is not None
     good, bad = parse_range(req.debian)
     cat = Catalog.load()
@@ -132,9 +169,14 @@ def _debian(req: BisectRequest, policy: Policy, replay: dict[str, list[str]] | N
     if len(flavours) != 1:
         raise UsageError(f"--debian {req.debian}: the endpoints are of different flavours "
                          f"({', '.join(sorted(flavours))})")
-    kernels = available(cache_dir(), flavours.pop())
+    kernels = available(cache_dir(create=not offline), flavours.pop(), offline=offline)
     aliases = {e.id: resolve(e, kernels).release for e in ends}
-    rng = select_range(kernels, good, bad, aliases)
+    return select_range(kernels, good, bad, aliases)
+
+
+def _debian(req: BisectRequest, policy: Policy, replay: dict[str, list[str]] | None,
+            run_one: Callable[[str, Path], str], say: Say) -> tuple[list[str], int]:
+    rng = _debian_range(req)
     say(f"{len(rng.judged)} Debian kernels with -dbg from {rng.judged[0].label} to {rng.judged[-1].label}")
     if rng.unjudgeable:
         say(f"not judgeable (no -dbg in the archive): {', '.join(k.abi for k in rng.unjudgeable)}")

@@ -201,12 +201,17 @@ def select_range(kernels: Sequence[DebianKernel], good: str, bad: str,
 # --------------------------------------------------------------------------- shell
 
 
-def available(cache: Path, flavour: str | None = FLAVOUR, with_suites: bool = False) -> list[DebianKernel]:
+def available(cache: Path, flavour: str | None = FLAVOUR, with_suites: bool = False, *,
+              offline: bool = False) -> list[DebianKernel]:
     """Every ``linux-image-<abi>-<flavour>`` in pokelab's apt sources, oldest first (lists updated
-    when stale, see :mod:`orchestrator.host.apt`); ``flavour=None``: every flavour pokelab boots."""
+    when stale, see :mod:`orchestrator.host.apt`); ``flavour=None``: every flavour pokelab boots.
+    ``offline``: the lists as they are, of any age (UsageError if they were never fetched here)."""
     from ..host.apt import Apt
 
-    apt = Apt(cache)
+    apt = Apt(cache, max_age_s=float("inf")) if offline else Apt(cache)
+    if offline and apt.lists_age_s() is None:
+        raise UsageError(f"pokelab's Debian lists were never fetched here from its sources ({apt.lists}): "
+                         "`pokelab kernels --debian` fetches them")
     names = [n for n in apt.pkgnames("linux-image-")
              if (m := _IMAGE_PKG.match(n)) and (flavour is None or m.group("flavour") == flavour)]
     if not names:

@@ -109,3 +109,15 @@ def test_an_abi_the_archive_lacks_is_one_line(art: Path, default_kernel_cached: 
     res = pokelab("run-cmd", "--kernel", "6.1.0-999", "--artifacts", str(art), "--", "true", artifacts=art)
     assert_one_line_error(res, "usage", "linux-image-6.1.0-999-cloud-amd64: not in pokelab's Debian sources")
     assert not list((cache_dir() / "kernels").glob(".staging-6.1.0-999*"))
+
+
+def test_bisect_dry_run_over_debian_kernels(art: Path, default_kernel_cached: KernelArtifacts) -> None:
+    """``bisect --debian A..B --dry-run`` from pokelab's apt lists: the range and its kernels with -dbg,
+    nothing fetched or written."""
+    res = pokelab("bisect", "--scenario", "ftrace-function", "--debian", "6.1.0-47..6.1", "--artifacts",
+                  str(art), "--dry-run", artifacts=art)
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    assert first.startswith("Debian 6.1.0-47-cloud-amd64 (")
+    assert " (bad): " in first and " kernels with -dbg, about " in first
+    assert not art.exists()

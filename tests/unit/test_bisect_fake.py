@@ -120,7 +120,7 @@ def test_a_debian_bisect_runs_each_package_through_execute(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POKELAB_CACHE", str(tmp_path / "cache"))
     kernels = kernels_from(parse_show(APT.read_text()))
-    monkeypatch.setattr(bisect_run, "available", lambda cache, flavour: kernels)
+    monkeypatch.setattr(bisect_run, "available", lambda cache, flavour, offline=False: kernels)
     fetched: list[Any] = []
     monkeypatch.setattr(images, "ensure_kernel", lambda spec, cache: fetched.append(spec))
     bad = ("6.1.0-54", "6.1.0-55", "6.1.0-56")

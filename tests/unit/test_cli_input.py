@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from clirun import assert_one_line_error, pokelab
+from githistory import git, make_history
 
 from orchestrator.core.budget import TrapBudget
 from orchestrator.core.errors import UsageError
@@ -211,6 +212,47 @@ def test_bisect_bad_revision_is_the_only_line(env: dict[str, str], tmp_path: Pat
                   "ftrace-function", env=env)
     assert_one_line_error(res, "usage", "'nosuch' is not a commit")
     assert made(tmp_path) == ["repo"]
+
+
+def test_bisect_dry_run_plans_and_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    """``bisect --dry-run`` on a real (tiny) git history: the range, git's step estimate, what each
+    step does; no worktree, log, artifacts or cache made, the user's repo untouched."""
+    src = tmp_path / "repo"
+    shas = make_history(src, lambda i: f"rev {i}\n", n=20)
+    res = pokelab("bisect", "--source", str(src), "--good", shas[0], "--bad", "main", "--scenario",
+                  "ftrace-function", "--runs", "2", "-j", "3", "--dry-run", env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == (f"{src}: {shas[0]} (good, {shas[0][:12]}) .. main (bad, {shas[-1][:12]}): "
+                        "19 commits, about 4 judged between the endpoints")  # 1 + git's "roughly 3"
+    assert lines[1] == ("each: a build (make -j3, in a scratch worktree under the cache), then up to 2 runs "
+                        "of ftrace-function (good: 2 clean and no failure; bad: 2 failing)")
+    assert lines[2].startswith(f"bisect log: {tmp_path / 'art'}")
+    assert lines[2].endswith("(a dry run writes nothing)")
+    assert made(tmp_path) == ["repo"]
+    assert len(git(src, "worktree", "list").splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("--good", "main", "--bad", "main"), "good main and bad main are the same commit"),
+    (("--good", "main", "--bad", "main~3"), "good main is not an ancestor of bad main~3"),
+])
+def test_bisect_dry_run_refuses_what_a_run_refuses(env: dict[str, str], tmp_path: Path,
+                                                   args: tuple[str, ...], said: str) -> None:
+    src = tmp_path / "repo"
+    make_history(src, lambda i: f"rev {i}\n", n=5)
+    for dry in ((), ("--dry-run",)):
+        res = pokelab("bisect", "--source", str(src), *args, "--scenario", "ftrace-function", *dry, env=env)
+        assert_one_line_error(res, "usage", said)
+    assert made(tmp_path) == ["repo"]
+
+
+def test_bisect_dry_run_debian_needs_the_lists(env: dict[str, str], tmp_path: Path) -> None:
+    """The Debian range comes from pokelab's apt lists as they are: never fetched, one line (no update)."""
+    res = pokelab("bisect", "--debian", "6.1.0-47..6.1", "--scenario", "ftrace-function", "--dry-run",
+                  env=env)
+    assert_one_line_error(res, "usage", "pokelab's Debian lists were never fetched here")
+    assert made(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- 8. kernels listing
