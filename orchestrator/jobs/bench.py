@@ -279,8 +279,8 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
     alt = next(m for m in MACHINES if m != spec.machine)
     variants = [(names[c], s) for c, s in enumerate(specs)]
     variants.append((f"{names[0]} {alt}", replace(spec, machine=alt, artifacts=art / alt / "boot")))
-    if spec.bzimage != kernel.bzimage:
-        variants.append((f"{names[0]} bzImage", replace(spec, bzimage=kernel.bzimage,
+    if spec.kernel_image != kernel.bzimage:
+        variants.append((f"{names[0]} bzImage", replace(spec, kernel_image=kernel.bzimage,
                                                         artifacts=art / "bzimage" / "boot")))
     samples: list[list[tuple[float, float, float]]] = [[] for _ in variants]
     for i in range(boots):
@@ -294,7 +294,7 @@ def _run_vm(art: Path, boots: int, stops: int, toggles: int,
         return round(statistics.median(x[k] for x in samples[v]), 3)
 
     for c in range(len(specs)):
-        cols[c]["boot_image"] = "pvh" if specs[c].bzimage != kernel.bzimage else "bzimage"
+        cols[c]["boot_image"] = "pvh" if specs[c].kernel_image != kernel.bzimage else "bzimage"
         cols[c]["boot_to_console_marker_s"] = med(c, 0)
         cols[c]["boot_to_ssh_s"] = med(c, 1)
         cols[c]["boot_cpu_s"] = med(c, 2)

@@ -55,7 +55,7 @@ TCG_CPU = "qemu64,+rdrand"
 class QemuConfig:
     """Everything that decides the QEMU command line.  Validated at construction."""
 
-    bzimage: Path
+    kernel_image: Path  # QEMU's -kernel: a bzImage, or an ELF kernel with a PVH entry
     initrd: Path
     workdir: Path  # unix sockets live here
     gdb_port: int
@@ -131,7 +131,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         "-display", "none",
         "-no-reboot",
         "-S",
-        "-kernel", str(cfg.bzimage),
+        "-kernel", str(cfg.kernel_image),
         "-initrd", str(cfg.initrd),
         "-append", cfg.cmdline,
         "-qmp", f"unix:{cfg.qmp_socket},server=on,wait=off",

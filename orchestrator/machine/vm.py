@@ -40,10 +40,10 @@ INIT_FAIL = r"POKELAB-INIT-FAIL (.*)"
 
 @dataclass(frozen=True)
 class VmSpec:
-    """What to boot and how.  ``bzimage``: QEMU's ``-kernel``, a bzImage or an ELF kernel with a PVH
+    """What to boot and how.  ``kernel_image``: QEMU's ``-kernel``, a bzImage or an ELF kernel with a PVH
     entry (:func:`orchestrator.kernels.images.pvh_image`)."""
 
-    bzimage: Path
+    kernel_image: Path
     initrd: Path
     ssh_key: Path
     artifacts: Path
@@ -116,7 +116,7 @@ class Vm:
 
             tsc_khz = host_tsc_khz()
         return qemu.QemuConfig(
-            bzimage=s.bzimage, initrd=s.initrd, workdir=workdir, gdb_port=gdb_port,
+            kernel_image=s.kernel_image, initrd=s.initrd, workdir=workdir, gdb_port=gdb_port,
             ssh_port=ssh_port, smp=s.smp, memory_mb=s.memory_mb, accel=s.accel,
             tcg_thread=s.tcg_thread, machine=s.machine, tsc_khz=tsc_khz,
             append=(wd.kernel_args() if wd else ()) + s.append,
@@ -130,7 +130,7 @@ class Vm:
             self.spec = replace(self.spec, qemu=QemuBinary(found, "", "host"))
         elif self.spec.qemu.version and self.spec.qemu.flushes:
             qemu_binary.warn_once(self.spec.qemu)
-        for path, what in ((self.spec.bzimage, "kernel image"), (self.spec.initrd, "initramfs")):
+        for path, what in ((self.spec.kernel_image, "kernel image"), (self.spec.initrd, "initramfs")):
             if not path.is_file():
                 raise InfraError(f"{what} {path} does not exist")
         if self.spec.gdb_port is not None and self.spec.gdb_port == self.spec.ssh_port:
@@ -146,7 +146,7 @@ class Vm:
             self.config = self.make_config(gdb_port, ssh_port, self._workdir)
             self.argv = qemu.build_argv(self.config)
             (self.spec.artifacts / "repro.sh").write_text(
-                qemu.repro_script(self.argv, f"kernel {self.spec.release or self.spec.bzimage}"))
+                qemu.repro_script(self.argv, f"kernel {self.spec.release or self.spec.kernel_image}"))
             os.chmod(self.spec.artifacts / "repro.sh", 0o755)
             stderr = open(self.spec.artifacts / "qemu.stderr", "wb")
             self._t0 = time.monotonic()

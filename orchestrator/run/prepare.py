@@ -88,7 +88,7 @@ def choose_accel(requested: str, kernel: images.KernelArtifacts, initrd: Path, k
     except (OSError, ValueError, KeyError):
         pass
     works = False
-    spec = VmSpec(bzimage=kernel.bzimage, initrd=initrd, ssh_key=key,
+    spec = VmSpec(kernel_image=kernel.bzimage, initrd=initrd, ssh_key=key,
                   artifacts=cache / "kvm-probe", smp=1, accel="kvm", machine="pc",
                   qemu=qemu_bin)
     vm = Vm(spec)
@@ -141,7 +141,7 @@ def prepare_vm(choice: KernelChoice, vm: VmOptions, *, artifacts: Path,
         log.warning("%s has no virtio-mmio driver (CONFIG_VIRTIO_MMIO) for microvm's devices: "
                     "booting it on pc", kernel.release)
         machine = "pc"
-    spec = VmSpec(bzimage=image, initrd=initrd, ssh_key=key, artifacts=artifacts,
+    spec = VmSpec(kernel_image=image, initrd=initrd, ssh_key=key, artifacts=artifacts,
                   release=kernel.release, smp=vm.smp, memory_mb=vm.memory_mb, accel=chosen,
                   tcg_thread=vm.tcg_thread, machine=machine, gdb_port=vm.gdb_port,
                   ssh_port=vm.ssh_port, append=append, qemu=qemu_bin)
@@ -218,7 +218,7 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
             accel = "kvm" if json.loads((cache / "kvm-probe.json").read_text()).get("works") else "tcg"
         except (OSError, ValueError, AttributeError):
             accel = "tcg"
-    spec_ = VmSpec(bzimage=bzimage, initrd=cache / "initramfs" / f"initramfs-{release}-<hash>.cpio",
+    spec_ = VmSpec(kernel_image=bzimage, initrd=cache / "initramfs" / f"initramfs-{release}-<hash>.cpio",
                    ssh_key=cache / "ssh" / rootfs.KEY_NAME, artifacts=artifacts, release=release, smp=vm.smp,
                    memory_mb=vm.memory_mb, accel=accel, tcg_thread=vm.tcg_thread, machine=machine,
                    gdb_port=vm.gdb_port, ssh_port=vm.ssh_port,

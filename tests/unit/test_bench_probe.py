@@ -120,7 +120,7 @@ def test_execute_runs_the_baseline_before_the_probe_attaches(tmp_path: Path,
 
     monkeypatch.setattr(probe_run, "Vm", vm)
     monkeypatch.setattr(probe_run, "load_symbols", no_symbols)
-    spec = VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
+    spec = VmSpec(kernel_image=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
                   artifacts=tmp_path, smp=4)
     kernel = KernelArtifacts(id="6.1", release="6.1.0-56-cloud-amd64", bzimage=tmp_path / "bz",
                              vmlinux=tmp_path / "vmlinux", system_map=None, config=None, modules_dir=None,

@@ -28,7 +28,7 @@ SSH_PORT = 41022
 
 def _config(**over: object) -> QemuConfig:
     base = QemuConfig(
-        bzimage=Path("/pokelab/kernels/vmlinuz-test"),
+        kernel_image=Path("/pokelab/kernels/vmlinuz-test"),
         initrd=Path("/pokelab/initramfs/initramfs-test.cpio.gz"),
         workdir=Path("/tmp/pokelab-golden"),
         gdb_port=GDB_PORT,
@@ -222,7 +222,7 @@ def test_repro_script(tmp_path: Path) -> None:
 
 
 def test_repro_script_quotes_odd_paths(tmp_path: Path) -> None:
-    cfg = _config(workdir=Path("/tmp/poke lab's dir"), bzimage=Path("/k/vmlinuz $(touch x)"))
+    cfg = _config(workdir=Path("/tmp/poke lab's dir"), kernel_image=Path("/k/vmlinuz $(touch x)"))
     text = repro_script(build_argv(cfg))
     lines = text.splitlines()
     mkdir = next(ln for ln in lines if ln.startswith("mkdir -p "))

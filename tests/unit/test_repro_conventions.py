@@ -134,7 +134,7 @@ def test_run_probed_writes_the_verdict_of_an_interrupted_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException, code: int, name: str) -> None:
     monkeypatch.setattr(probe_run, "Vm", lambda spec: _InterruptedVm(spec, exc))
     _InterruptedVm.closed.clear()
-    spec = VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
+    spec = VmSpec(kernel_image=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
                   artifacts=tmp_path)
     kernel = KernelArtifacts(id="6.1", release="6.1.0-56-cloud-amd64", bzimage=tmp_path / "bz",
                              vmlinux=tmp_path / "vmlinux", system_map=None, config=None, modules_dir=None,
@@ -346,7 +346,7 @@ def test_signal_stop_is_what_the_cli_says_and_exits_with() -> None:
 def test_run_probed_sees_a_signal_behind_a_broken_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      exc: BaseException, code: int) -> None:
     monkeypatch.setattr(probe_run, "Vm", lambda spec: _InterruptedVm(spec, exc))
-    spec = VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
+    spec = VmSpec(kernel_image=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
                   artifacts=tmp_path)
     kernel = KernelArtifacts(id="6.1", release="r", bzimage=tmp_path / "bz", vmlinux=tmp_path / "v",
                              system_map=None, config=None, modules_dir=None, build_id="ab")

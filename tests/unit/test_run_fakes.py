@@ -92,7 +92,7 @@ def probed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
         monkeypatch.setattr(probe_run, "load_tables", lambda *a, **k: KernelTables())
         monkeypatch.setattr(RunResult, "write", write)
         art = tmp_path / "run"
-        spec = VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
+        spec = VmSpec(kernel_image=tmp_path / "bz", initrd=tmp_path / "initrd", ssh_key=tmp_path / "key",
                       artifacts=art, release=RELEASE, smp=2, accel="kvm")
         kernel = KernelArtifacts(id="6.1", release=RELEASE, bzimage=tmp_path / "bz",
                                  vmlinux=tmp_path / "vmlinux", system_map=None, config=None, modules_dir=None,

@@ -48,14 +48,14 @@ def test_caps_and_identity() -> None:
 
 
 def test_the_thresholds_go_on_the_kernel_command_line_before_the_users(tmp_path: Path) -> None:
-    spec = VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "rd", ssh_key=tmp_path / "k",
+    spec = VmSpec(kernel_image=tmp_path / "bz", initrd=tmp_path / "rd", ssh_key=tmp_path / "k",
                   artifacts=tmp_path / "a", append=("watchdog_thresh=5",))
     cfg = Vm(spec).make_config(1234, 10022, tmp_path)
     words = cfg.cmdline.split()
     assert "rcupdate.rcu_cpu_stall_timeout=160" in words
     # the user's own value comes last, and the kernel takes the last one
     assert words.index("watchdog_thresh=76") < words.index("watchdog_thresh=5")
-    kvm = Vm(VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "rd", ssh_key=tmp_path / "k",
+    kvm = Vm(VmSpec(kernel_image=tmp_path / "bz", initrd=tmp_path / "rd", ssh_key=tmp_path / "k",
                     artifacts=tmp_path / "b", accel="kvm")).make_config(1, 2, tmp_path)
     assert "watchdog_thresh" not in kvm.cmdline
 
@@ -115,7 +115,7 @@ def test_the_spec_scales_by_its_qemus_measured_flushes(tmp_path: Path) -> None:
     from orchestrator.machine.qemu_build import QemuBinary
 
     def spec(q: QemuBinary | None) -> VmSpec:
-        return VmSpec(bzimage=tmp_path / "bz", initrd=tmp_path / "rd", ssh_key=tmp_path / "k",
+        return VmSpec(kernel_image=tmp_path / "bz", initrd=tmp_path / "rd", ssh_key=tmp_path / "k",
                       artifacts=tmp_path / "a", qemu=q)
 
     fast = spec(QemuBinary(tmp_path / "q10", "10.2.2", "built", tb_flushes_per_stop=0.0)).watchdogs

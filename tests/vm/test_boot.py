@@ -131,7 +131,7 @@ def test_repro_script(booted: Booted) -> None:
     assert argv[argv.index("-gdb") + 1] == f"tcp:127.0.0.1:{cfg.gdb_port}"
     # the kernel's PVH copy (a stripped vmlinux, same build-id) where it has a PVH entry, else its bzImage
     image = Path(argv[argv.index("-kernel") + 1])
-    assert image == booted.vm.spec.bzimage
+    assert image == booted.vm.spec.kernel_image
     assert image == booted.kernel.bzimage or image == pvh_image(booted.kernel, cache_dir())
 
 
