@@ -307,6 +307,27 @@ def resolve_spec(request: KernelRequest, cache: Path, *, offline: bool = False) 
     return spec
 
 
+def resolve_dry(request: KernelRequest, cache: Path) -> KernelSpec | None:
+    """What ``request`` names, for a ``--dry-run``: without the network and writing nothing.
+
+    A kernel fetched here, or a line remembered (of any age), as is; otherwise found in pokelab's
+    apt lists as they are (not remembered); None when the lists were never fetched here (a pinned
+    ABI is then taken as named).  UsageError when the lists are here and lack it, as a run says.
+    """
+    from .images import is_cached
+
+    pinned = request.pinned
+    if pinned is not None and is_cached(pinned, cache):
+        return pinned
+    if pinned is None and (got := _remembered(request, cache, None)) is not None:
+        return got
+    try:
+        kernels = available(cache, request.flavour, offline=True)
+    except UsageError:  # the lists were never fetched here
+        return pinned
+    return resolve(request, kernels).spec(request.id, request.default)
+
+
 def cached_spec(request: KernelRequest, cache: Path) -> KernelSpec | None:
     """The kernel ``request`` last resolved to here if it is fetched and prepared, else None.
 

@@ -20,7 +20,7 @@ from ..host import userpaths
 from ..host.cache import cache_dir
 from ..kernels import images, loadgen, pvh, rootfs
 from ..kernels.catalog import Catalog
-from ..kernels.debian import resolve_spec
+from ..kernels.debian import resolve_dry, resolve_spec
 from ..machine import qemu, qemu_binary
 from ..machine.qemu_binary import QemuBinary
 from ..machine.vm import Vm, VmSpec
@@ -199,10 +199,8 @@ def dry_run_argv(choice: KernelChoice, vm: VmOptions, artifacts: Path) -> list[s
     else:
         catalog = Catalog.load()
         request = catalog.lookup(choice.kernel) if choice.kernel else catalog.default  # unknown: usage error
-        try:
-            rel = resolve_spec(request, cache, offline=True).release
-        except UsageError:  # never resolved here: the archive would be asked, a dry run does not
-            rel = f"<{request.id}: resolved when first fetched>"
+        spec = resolve_dry(request, cache)  # from the lists as they are; a kernel they lack: usage error
+        rel = spec.release if spec is not None else f"<{request.id}: resolved when first fetched>"
         bzimage, release = cache / "kernels" / rel / "boot" / f"vmlinuz-{rel}", rel
         pvh_path = cache / "kernels" / rel / f"vmlinux-{rel}{pvh_name}"
     # a Debian kernel's vmlinux (maybe not fetched yet) is taken to have a PVH entry: they do

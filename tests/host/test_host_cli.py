@@ -121,3 +121,17 @@ def test_bisect_dry_run_over_debian_kernels(art: Path, default_kernel_cached: Ke
     assert first.startswith("Debian 6.1.0-47-cloud-amd64 (")
     assert " (bad): " in first and " kernels with -dbg, about " in first
     assert not art.exists()
+
+
+@pytest.mark.parametrize(("kernel", "said"), [
+    ("9.9", "no Debian 9.9 cloud-amd64 kernel with -dbg in pokelab's apt sources"),
+    ("6.1.0-999", "no Debian kernel 6.1.0-999-cloud-amd64 in pokelab's apt sources"),
+])
+def test_dry_run_refuses_a_kernel_the_lists_lack(art: Path, default_kernel_cached: KernelArtifacts,
+                                                  kernel: str, said: str) -> None:
+    """``--dry-run`` answers from pokelab's apt lists as they are (no update): a kernel they lack is
+    refused as a real run refuses it, not shown as a placeholder."""
+    res = pokelab("run-cmd", "--kernel", kernel, "--dry-run", "--artifacts", str(art), "--", "true",
+                  artifacts=art)
+    assert_one_line_error(res, "usage", said)
+    assert not art.exists()
