@@ -282,10 +282,11 @@ class Census:
         self._regions: tuple[Region, ...] = ()
 
     def add_region(self, start: int, size: int, user: str, name: str) -> None:
-        """A live text region (an ftrace_ops trampoline, a kprobe insn page, ...) owned by ``user``."""
+        """A live text region (an ftrace_ops trampoline, a kprobe insn page, BPF JITed text, ...) owned
+        by ``user``; it replaces the regions it overlaps (text freed and allocated again)."""
         if user not in USERS:
             raise ValueError(f"unknown text_poke user {user!r}")
-        kept = [r for r in self._regions if r.start != start]
+        kept = [r for r in self._regions if r.start + r.size <= start or start + size <= r.start]
         self._regions = (*kept, Region(start, size, user, name))
 
     def region_of(self, addr: int) -> Region | None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 U64_MASK = (1 << 64) - 1
 KERNEL_CS = 0x10
@@ -376,3 +376,26 @@ def parse_batch_record(obj: Mapping[str, object], layout: Layout) -> BatchRecord
         vec_max=None if vec_max_raw is None else _int(vec_max_raw, "vec_max"),
         t=float(t_raw),
     )
+
+
+def int3_before_sites(obj: dict[str, Any]) -> frozenset[int]:
+    """The sites a ``POKELAB-BATCH`` record says held an int3 before the batch (empty if none said).  Pure."""
+    raw = obj.get("int3_before")
+    if not isinstance(raw, list):
+        return frozenset()
+    out = set()
+    for x in raw:
+        try:
+            out.add(int(str(x), 16))
+        except ValueError:
+            continue
+    return frozenset(out)
+
+
+def layout_from_setup(info: dict[str, Any]) -> Layout:
+    """The judge's Layout from the GDB side's DWARF report (LayoutError if incomplete)."""
+    rf = info.get("regs_fields") or {}
+    regs: dict[str, Any] = {k: rf[k][0] for k in ("ip", "cs", "flags", "sp", "ss") if k in rf}
+    regs["size"] = info.get("regs_size")
+    return parse_layout({"loc_size": info.get("loc_size"), "fields": info.get("loc_fields"),
+                         "stext": info.get("stext"), "regs": regs})

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,28 +27,17 @@ from ..core.trapdata import (
     LayoutError,
     RecordError,
     TrapRecord,
+    int3_before_sites,
+    layout_from_setup,
     parse_batch_record,
-    parse_layout,
     parse_text_poke_loc,
     parse_trap_record,
 )
 from .symbols import KernelSymbolizer
 
 log = logging.getLogger(__name__)
-
-
-def _int3_before(obj: dict[str, Any]) -> frozenset[int]:
-    """The sites a ``POKELAB-BATCH`` record says held an int3 before the batch (empty if none said).  Pure."""
-    raw = obj.get("int3_before")
-    if not isinstance(raw, list):
-        return frozenset()
-    out = set()
-    for x in raw:
-        try:
-            out.add(int(str(x), 16))
-        except ValueError:
-            continue
-    return frozenset(out)
+#: a trap record's addresses and the fields that name them
+NAMED_FIELDS = (("site", "symbol"), ("target", "target_name"), ("emulated_ip", "emulated_name"))
 
 
 def read_trap_log(path: str | Path | None) -> list[dict[str, Any]]:
@@ -70,16 +59,6 @@ def read_trap_log(path: str | Path | None) -> list[dict[str, Any]]:
     return out
 
 
-def layout_from_setup(info: dict[str, Any]) -> Layout:
-    """The judge's Layout from the GDB side's DWARF report (LayoutError if incomplete)."""
-    rf = info.get("regs_fields") or {}
-    regs: dict[str, Any] = {k: rf[k][0] for k in ("ip", "cs", "flags", "sp", "ss") if k in rf}
-    regs["size"] = info.get("regs_size")
-    return parse_layout({"loc_size": info.get("loc_size"), "fields": info.get("loc_fields"),
-                         "stext": info.get("stext"), "regs": regs})
-
-
-
 @dataclass
 class SiteState:
     """The last text written at one site (from the descriptor) and where it was seen."""
@@ -91,7 +70,6 @@ class SiteState:
     before: bytes | None = None
     #: who wrote it last: "batch" (an int3 batch) or "poke" (a plain text_poke())
     by: str = "batch"
-
 
 
 @dataclass
@@ -111,7 +89,6 @@ class Counts:
     #: judged traps and batches by text_poke user (census.USERS)
     users: dict[str, int] = field(default_factory=dict)
     batch_users: dict[str, int] = field(default_factory=dict)
-
 
 
 class TrapLedger:
@@ -144,6 +121,8 @@ class TrapLedger:
         #: plain text_poke() writes (outside an int3 batch) seen, and the sites they rewrote
         self.pokes = 0
         self.poked_sites = 0
+        #: (site, target) pairs of batches whose user was unknown when seen (``_on_batch``)
+        self._unknown_batches: list[list[tuple[int, int | None]]] = []
         #: sites whose expected text became unknown (a plain write longer than reported)
         self.poke_unknown: list[dict[str, str]] = []
         self.stats: dict[str, Any] = {}
@@ -238,18 +217,15 @@ class TrapLedger:
                 self.counts.bad_records += 1
             return
         problems = check_vector(batch, self.sym)
-        users: dict[str, int] = {}
-        for e in batch.entries:
-            target = e.descriptor_target if e.opcode in (0xE8, 0xE9, 0xEB) else None
-            att = self.census.attribute(e.site, target)
-            if att.user == "unknown":  # names only when the tables did not decide (batches can be 36k long)
-                att = census_mod.by_name(self.sym(e.site), self.sym(target) if target else None)
-            users[att.user] = users.get(att.user, 0) + 1
+        pairs = [(e.site, e.descriptor_target if e.opcode in (0xE8, 0xE9, 0xEB) else None)
+                 for e in batch.entries]
+        top = self._batch_user(pairs)
         with self._lock:
             self.batches += 1
-            top = max(users, key=lambda k: users[k]) if users else "unknown"
             self.counts.batch_users[top] = self.counts.batch_users.get(top, 0) + 1
-            self.int3_before = _int3_before(obj)
+            if top == "unknown" and len(self._unknown_batches) < self.MAX_UNKNOWN_BATCHES:
+                self._unknown_batches.append(pairs[:self.SITE_SAMPLE])
+            self.int3_before = int3_before_sites(obj)
             if problems:
                 # a broken vector is the kernel's doing: no injection touches the order
                 c = self.counts
@@ -276,6 +252,18 @@ class TrapLedger:
 
     #: a site is at most this long (JMP32/CALL): sites that may overlap a write start this far before it
     SITE_MAX = 5
+    #: batches of no known user kept (their first SITE_SAMPLE entries) to be attributed again at the end
+    MAX_UNKNOWN_BATCHES, SITE_SAMPLE = 10_000, 64
+
+    def _batch_user(self, pairs: list[tuple[int, int | None]]) -> str:
+        """The user of most of a batch's (site, target being written) pairs (census, then names)."""
+        users: Counter[str] = Counter()
+        for site, target in pairs:
+            att = self.census.attribute(site, target)
+            if att.user == "unknown":  # names only when the tables did not decide (batches can be 36k long)
+                att = census_mod.by_name(self.sym(site), self.sym(target) if target else None)
+            users[att.user] += 1
+        return users.most_common(1)[0][0] if users else "unknown"
 
     def _on_poke(self, obj: dict[str, Any]) -> None:
         """A plain ``text_poke()`` / ``text_poke_copy()`` / ``text_poke_set()`` outside an int3 batch
@@ -317,7 +305,6 @@ class TrapLedger:
                 st.by = "poke"
                 self.poked_sites += 1
                 self.dirty_sites.add(site)
-
 
     def _on_trap(self, obj: dict[str, Any]) -> None:
         layout = self.layout
@@ -448,22 +435,36 @@ class TrapLedger:
         with self._lock:
             return self.counts.judged
 
+    def attributed_records(self) -> list[dict[str, Any]]:
+        """The trap log's records so far, named and attributed by the regions known now (BPF text...)."""
+        with self._lock:
+            if not self._trap_log.closed:
+                self._trap_log.flush()
+        return [self._renamed(rec) for rec in read_trap_log(self.trap_log_path)]
+
+    def _renamed(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """A trap record (in place) with the names and census user the regions known now give it."""
+        for key, name_key in NAMED_FIELDS:
+            if rec.get(key) and not rec.get(name_key):
+                rec[name_key] = self.sym(int(rec[key], 16))
+        if rec.get("site"):
+            rec.update(self._attribute(rec).as_record())
+        return rec
+
     # -- the end ----------------------------------------------------------------------
     def finish(self) -> None:
-        """Rewrite the trap log with the trampoline names learned meanwhile."""
+        """Rewrite the trap log with the region names learned meanwhile (:meth:`attributed_records`)."""
         with self._lock:
             self._trap_log.close()
-        lines = self.trap_log_path.read_text().splitlines()
-        out = []
-        for line in lines:
-            rec = json.loads(line)
-            for key, name_key in (("target", "target_name"), ("emulated_ip", "emulated_name")):
-                if rec.get(key) and not rec.get(name_key):
-                    rec[name_key] = self.sym(int(rec[key], 16))
-            if rec.get("site"):  # regions learned meanwhile (ops trampolines) may name the user
-                rec.update(self._attribute(rec).as_record())
-            out.append(json.dumps(rec))
+        out = self.attributed_records()
+        again = Counter(u for u in map(self._batch_user, self._unknown_batches) if u != "unknown")
         with self._lock:
-            self.counts.users = census_mod.count_users(json.loads(line) for line in out)
-        self.trap_log_path.write_text("\n".join(out) + ("\n" if out else ""))
+            self.counts.users = census_mod.count_users(out)
+            bu = Counter(self.counts.batch_users) + again
+            bu["unknown"] -= again.total()
+            self.counts.batch_users = census_mod.order_users(bu)
+            for v in self.violations:  # the examples shown, named as the trap log now is
+                if v.get("kind") != "batch":
+                    self._renamed(v)
+        self.trap_log_path.write_text("".join(json.dumps(rec) + "\n" for rec in out))
 

@@ -23,9 +23,8 @@ from ..core.budget import DEFAULT as DEFAULT_BUDGET
 from ..core.budget import TrapBudget
 from ..core.buildid import elf_build_id, notes_build_id
 from ..core.errors import InfraError, Unsupported, UsageError
-from ..core.trapdata import INJECT_EVERY, INJECTIONS, LayoutError, TextPokeLoc
+from ..core.trapdata import INJECT_EVERY, INJECTIONS, LayoutError, TextPokeLoc, layout_from_setup
 from .channel import RecordChannel
-from .ledger import layout_from_setup
 from .mi import MiError, MiSession, gdb_argv
 from .readback import SiteReadback, in_flight_from_report
 from .symbols import KernelSymbolizer

@@ -42,11 +42,13 @@ class TextCheck:
 
 @dataclass(frozen=True)
 class TextRegion:
-    """Kernel text that can go away: a module's text (core or init) or an ftrace trampoline."""
+    """Kernel text that can go away: a module's text (core or init), an ftrace trampoline, or BPF
+    JITed text (a program's image, a BPF trampoline or dispatcher: a ``struct bpf_ksym``)."""
 
-    #: "module", "module-init" or "trampoline"
+    #: "module", "module-init", "trampoline" or "bpf"
     kind: str
-    #: who owns it, for reasons: the module's name, or the trampoline's name (ops(...).trampoline)
+    #: who owns it, for reasons: the module's name, the trampoline's name (ops(...).trampoline),
+    #: the BPF ksym's name (bpf_prog_<tag>_<name>, bpf_trampoline_<key>, bpf_dispatcher_<name>)
     owner: str
     start: int
     end: int
@@ -71,35 +73,47 @@ MODULE_TEXT_FIELDS: tuple[tuple[tuple[str, str, str], ...], ...] = (
 
 #: the most modules walked in the kernel's ``modules`` list (a longer walk means a bad read)
 MAX_MODULES = 1024
+#: the most entries walked in the kernel's ``bpf_kallsyms`` list (likewise)
+MAX_BPF_KSYMS = 4096
 
 _GDB_STRING = re.compile(r'^"((?:[^"\\]|\\.)*)"')
 
 
 def region_name(name: str, site: int, region: TextRegion | None) -> str:
-    """A site's name: the symbolizer's, else its offset in a module's text (``mod.text+0x50``).  Pure."""
-    if name not in ("", "?") or region is None or not region.kind.startswith("module"):
+    """A site's name: the symbolizer's, else its offset in a module's text (``mod.text+0x50``) or in
+    BPF text (``bpf_prog_<tag>_<name>+0x2d``).  Pure."""
+    if name not in ("", "?") or region is None or region.kind not in ("module", "module-init", "bpf"):
         return name
+    if region.kind == "bpf":
+        return f"{region.owner}+{site - region.start:#x}"
     part = "init.text" if region.kind == "module-init" else "text"
     return f"{region.owner}.{part}+{site - region.start:#x}"
 
 
+_GONE = {"trampoline": "was freed (its ftrace_ops unregistered)",
+         "module": "was unloaded: its text was freed",
+         "module-init": "was freed when the module's init ended",
+         "bpf": "was freed (its BPF program, trampoline or dispatcher released)"}
+
+
 def freed_reason(site: int, live: list[TextRegion], was: TextRegion | None,
-                 seen_trampolines: list[TextRegion], modules_known: bool) -> str | None:
+                 seen: list[TextRegion], modules_known: bool, bpf_known: bool = False) -> str | None:
     """Why the text at ``site`` is gone (not to be read back), or None if it may be read.  Pure.
 
-    ``live``: the module texts and trampolines that exist now; ``was``: the region the
-    site lay in when it was last seen live; ``seen_trampolines``: every trampoline seen
-    in this run; ``modules_known``: ``live`` holds the module list (the walk worked).
+    ``live``: the module texts, trampolines and BPF texts that exist now; ``was``: the region
+    the site lay in when it was last seen live; ``seen``: every trampoline and BPF text seen in
+    this run; ``modules_known`` / ``bpf_known``: ``live`` holds the module list / the
+    ``bpf_kallsyms`` list (that walk worked).  A trampoline is known gone once it is not
+    registered; a module or BPF text only when its list was walked.
     """
     if any(site in r for r in live):
         return None
-    if was is not None and (was.kind == "trampoline" or modules_known):
-        return f"{was} " + {"trampoline": "was freed (its ftrace_ops unregistered)",
-                            "module": "was unloaded: its text was freed",
-                            "module-init": "was freed when the module's init ended"}.get(was.kind, "is gone")
-    for r in seen_trampolines:
-        if site in r:
-            return f"{r} was freed (its ftrace_ops unregistered)"
+    known = {"trampoline": True, "module": modules_known, "module-init": modules_known, "bpf": bpf_known}
+    if was is not None and known.get(was.kind, False):
+        return f"{was} " + _GONE.get(was.kind, "is gone")
+    for r in seen:
+        if site in r and r.kind in ("trampoline", "bpf") and known[r.kind]:
+            return f"{r} " + _GONE[r.kind]
     return None
 
 
@@ -140,8 +154,10 @@ class SiteReadback(TrapLedger):
         self.freed_sites: list[dict[str, str]] = []
         #: the region each site outside the core text lay in when last seen live
         self._site_region: dict[int, TextRegion] = {}
-        #: every trampoline seen in this run, by start address
-        self._trampolines: dict[int, TextRegion] = {}
+        #: every trampoline and BPF text seen in this run, by start address
+        self._seen: dict[int, TextRegion] = {}
+        #: the bpf_kallsyms list was walked at the current check (``bpf_texts``)
+        self._bpf_known = False
         self._core_text: tuple[int, int] | None = None
         self._module_fields: tuple[tuple[str, str, str], ...] | None = None
         #: sites read while a batch or a plain write was in flight: {"site", "name", "reason"}
@@ -200,7 +216,7 @@ class SiteReadback(TrapLedger):
                                o["trampoline"], o["trampoline"] + (o.get("trampoline_size") or 0x100))
                     for o in self.refresh_ops() if o.get("trampoline")]
             live = [replace(r, owner=r.owner.removesuffix("+0x0")) for r in live]
-            self._trampolines.update((r.start, r) for r in live)
+            self._seen.update((r.start, r) for r in live)
             core = self.core_text()
             flight = self._in_flight()
             in_flight: list[dict[str, str]] = []
@@ -212,7 +228,10 @@ class SiteReadback(TrapLedger):
                 if not in_core:
                     if modules is None:
                         modules = self.module_texts() or []
-                        live += modules
+                        bpf = self.bpf_texts()
+                        self._bpf_known = bpf is not None
+                        self._seen.update((r.start, r) for r in bpf or [])
+                        live += modules + (bpf or [])
                     region, name, why = self._locate(site, name, live)
                     if why is not None:
                         freed.append({"site": f"{site:#x}", "name": name, "reason": why})
@@ -269,7 +288,8 @@ class SiteReadback(TrapLedger):
         """For a site outside the core text: (the live region holding it, its name, why its text is
         gone or None).  Remembers the region for the next check, when it may be gone."""
         was = self._site_region.get(site)
-        why = freed_reason(site, live, was, list(self._trampolines.values()), self._module_fields is not None)
+        why = freed_reason(site, live, was, list(self._seen.values()), self._module_fields is not None,
+                           self._bpf_known)
         if why is not None:
             self._site_region.pop(site, None)
             return None, region_name(name, site, was), why
@@ -339,6 +359,46 @@ class SiteReadback(TrapLedger):
         except (MiError, ValueError, IndexError) as exc:
             log.warning("cannot walk the module list: %s", exc)
             return None
+
+    def bpf_texts(self) -> list[TextRegion] | None:
+        """The JITed text the kernel lists in ``bpf_kallsyms`` (kernel/bpf/core.c: every BPF
+        program's image while ``net.core.bpf_jit_kallsyms`` is 1, BPF trampolines and
+        dispatchers), guest stopped: one ``TextRegion("bpf", name, start, end)`` per
+        ``struct bpf_ksym {unsigned long start, end; char name[]; struct list_head lnode}``
+        (addresses in guest virtual memory, ``end`` exclusive).  Each is also named in the
+        symbolizer and made a census region of user ``bpf``.
+
+        None if the list cannot be walked (no ``bpf_kallsyms`` in the debug info, a list
+        longer than MAX_BPF_KSYMS): then no BPF text is known to be gone.
+        """
+        def num(expr: str) -> int:
+            return int(self.evaluate(expr).split()[0], 0)
+
+        try:
+            head = num("(unsigned long)&bpf_kallsyms")
+            link = num("(unsigned long)&((struct bpf_ksym *)0)->lnode")
+            out: list[TextRegion] = []
+            node = num("(unsigned long)bpf_kallsyms.next")
+            for _ in range(MAX_BPF_KSYMS + 1):
+                if node == head:
+                    break
+                ksym = f"((struct bpf_ksym *){node - link:#x})"
+                m = _GDB_STRING.match(self.evaluate(f"{ksym}->name"))
+                start, end = num(f"{ksym}->start"), num(f"{ksym}->end")
+                if start and end > start:
+                    out.append(TextRegion("bpf", (m.group(1) if m else "") or f"bpf_ksym@{start:#x}",
+                                          start, end))
+                node = num(f"(unsigned long){ksym}->lnode.next")
+            else:
+                log.warning("the bpf_kallsyms list is longer than %d entries: not walked", MAX_BPF_KSYMS)
+                return None
+        except (MiError, ValueError, IndexError) as exc:
+            log.warning("cannot walk the bpf_kallsyms list: %s", exc)
+            return None
+        for r in out:
+            self.sym.add_region(r.owner, r.start, r.end - r.start)
+            self.census.add_region(r.start, r.end - r.start, "bpf", r.owner)
+        return out
 
     def note_checks(self, checks: list[TextCheck]) -> None:
         """Read-backs a scenario made itself (e.g. every site of a static call) count as text checks."""

@@ -184,3 +184,14 @@ def test_count_users_on_captured_records() -> None:
     census.add_counts(total, counts)
     census.add_counts(total, {"ftrace": 1, "bad": "x"})
     assert total["ftrace"] == counts["ftrace"] + 1 and "bad" not in total
+
+
+def test_a_region_replaces_the_regions_it_overlaps() -> None:
+    """BPF text freed and allocated again at an overlapping address: the new program owns it."""
+    c = Census(KernelTables())
+    c.add_region(0xFFFFFFFFC0000700, 0x40, "bpf", "bpf_prog_a_old")
+    c.add_region(0xFFFFFFFFC0000800, 0x40, "bpf", "bpf_prog_b")
+    c.add_region(0xFFFFFFFFC0000720, 0x40, "bpf", "bpf_prog_a_new")
+    assert c.site_user(0xFFFFFFFFC0000730).key == "bpf_prog_a_new"
+    assert c.site_user(0xFFFFFFFFC0000705).user == "unknown"  # the old program's text is no one's now
+    assert c.site_user(0xFFFFFFFFC0000805).key == "bpf_prog_b"

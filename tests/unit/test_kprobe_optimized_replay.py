@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.gdb.ledger import _int3_before
+from orchestrator.core.trapdata import int3_before_sites
 from orchestrator.gdb.mi import console_lines, parse_transcript
 from orchestrator.gdb.probe import Probe
 from orchestrator.gdb.symbols import KernelSymbolizer
@@ -42,8 +42,8 @@ def test_batches_name_the_sites_that_already_held_an_int3() -> None:
     batches = [json.loads(ln.partition(" ")[2]) for ln in console_lines(parse_transcript(LOG.read_text()))
                if ln.startswith("POKELAB-BATCH ")]
     owned = [b for b in batches if b.get("int3_before")]
-    assert owned and all(_int3_before(b) == {SITE} for b in owned)  # the optimizer's batches
-    assert _int3_before({"int3_before": ["zz", 5]}) == {5} and _int3_before({}) == frozenset()
+    assert owned and all(int3_before_sites(b) == {SITE} for b in owned)  # the optimizer's batches
+    assert int3_before_sites({"int3_before": ["zz", 5]}) == {5} and int3_before_sites({}) == frozenset()
 
 
 def test_the_kprobes_own_int3_is_not_judged(tmp_path: Path) -> None:

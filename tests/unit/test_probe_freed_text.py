@@ -160,6 +160,70 @@ def test_freed_reason_rules() -> None:
     assert freed_reason(0x9000, [], None, [tramp], True) is None  # never seen: read it
 
 
+# the bpf-tailcall scenario on 6.1.0-57 (tests/vm/test_bpf_tailcall.py): GDB's answers for the walk of
+# bpf_kallsyms (kernel/bpf/core.c) with its two programs loaded, from the run's mi.log
+BPF_HEAD, BPF_TC = 0xFFFFFFFF82B44530, 0xFFFFFFFFC00006E0  # &bpf_kallsyms; pokelab_tc's ksym.start
+BPF_SITE = BPF_TC + 0x2C  # its tailcall_bypass
+BPF_NAME = "bpf_prog_f803421b5e8d137f_pokelab_tc"
+
+
+def bpf_walk(loaded: bool) -> dict[str, str]:
+    tgt, tc = "((struct bpf_ksym *)0xffff888003df88f8)", "((struct bpf_ksym *)0xffff888003dfe0f8)"
+    return {**walk(False),
+            "(unsigned long)&bpf_kallsyms": str(BPF_HEAD),
+            "(unsigned long)&((struct bpf_ksym *)0)->lnode": "528",
+            "(unsigned long)bpf_kallsyms.next": str(0xFFFF888003DF88F8 + 528 if loaded else BPF_HEAD),
+            f"{tgt}->name": "\"bpf_prog_42341c82f6736baa_pokelab_tc_tgt\", '\\000' <repeats 471 times>",
+            f"{tgt}->start": str(0xFFFFFFFFC0000654), f"{tgt}->end": str(0xFFFFFFFFC00006AE),
+            f"(unsigned long){tgt}->lnode.next": str(0xFFFF888003DFE0F8 + 528),
+            f"{tc}->name": f"\"{BPF_NAME}\", '\\000' <repeats 475 times>",
+            f"{tc}->start": str(BPF_TC), f"{tc}->end": str(BPF_TC + 63),
+            f"(unsigned long){tc}->lnode.next": str(BPF_HEAD)}
+
+
+def test_bpf_text_is_read_back_while_loaded_and_freed_after(tmp_path: Path) -> None:
+    """A tail-call site in a JITed program: named from bpf_kallsyms and attributed to bpf while the
+    program is loaded; once the loader exited (its pack chunk refilled with int3), not read again."""
+    live = {"memory": {f"{BPF_TC:x}": "90" * 0x2C + JMP32 + "90" * 0xE}, "expressions": bpf_walk(True)}
+    gone = {"memory": {f"{BPF_TC:x}": "cc" * 0x3F}, "expressions": bpf_walk(False)}
+    probe = probe_on(tmp_path, console={"python pokelab_ops()": [OPS_EMPTY]}, phases=[live, gone])
+    try:
+        written(probe, BPF_SITE, JMP32, "?")
+        assert [(c.ok, c.name) for c in probe.check_sites()] == [(True, f"{BPF_NAME}+0x2c")]
+        assert probe.census.site_user(BPF_SITE).as_record() == {
+            "user": "bpf", "user_how": f"region:{BPF_NAME}", "user_key": BPF_NAME}
+        assert probe.sym(BPF_SITE) == f"{BPF_NAME}+0x2c"
+        written(probe, BPF_SITE, "0f1f440000", f"{BPF_NAME}+0x2c")
+        assert probe.check_sites() == []  # the int3 fill would have been a mismatch
+        assert probe.freed_sites == [{"site": f"{BPF_SITE:#x}", "name": f"{BPF_NAME}+0x2c", "reason":
+                                      f"{BPF_NAME} was freed (its BPF program, trampoline or dispatcher "
+                                      "released)"}]
+        assert probe.summary()["text_mismatches"] == 0
+    finally:
+        probe.close()
+
+
+def test_bpf_text_with_no_walk_is_read_as_before(tmp_path: Path) -> None:
+    """No bpf_kallsyms in the debug info: nothing is known to be freed; what reads is compared."""
+    probe = probe_on(tmp_path, memory={f"{BPF_TC:x}": "cc" * 0x3F}, expressions=walk(False),
+                     console={"python pokelab_ops()": [OPS_EMPTY]})
+    try:
+        written(probe, BPF_SITE, JMP32, "?")
+        assert [c.ok for c in probe.check_sites()] == [False]
+        assert probe.freed_sites == []
+    finally:
+        probe.close()
+
+
+def test_freed_reason_for_bpf_text() -> None:
+    prog = TextRegion("bpf", "bpf_prog_x_y", 0x7000, 0x7040)
+    assert freed_reason(0x7010, [prog], prog, [prog], True, True) is None  # loaded
+    why = "bpf_prog_x_y was freed (its BPF program, trampoline or dispatcher released)"
+    assert freed_reason(0x7010, [], prog, [prog], True, True) == why
+    assert freed_reason(0x7010, [], None, [prog], False, True) == why  # seen at an earlier check
+    assert freed_reason(0x7010, [], prog, [prog], True, False) is None  # the list was not walked
+
+
 def test_freed_text_is_not_a_mismatch_and_is_said() -> None:
     from orchestrator.core.verdict import decide
 
@@ -178,3 +242,4 @@ def test_module_sites_are_named_by_the_module() -> None:
     assert region_name("control_write+0x0", 0x1050, mod) == "control_write+0x0"
     assert region_name("?", 0x1050, None) == "?"
     assert region_name("?", 0x3010, TextRegion("module-init", "m", 0x3000, 0x3100)) == "m.init.text+0x10"
+    assert region_name("?", 0x702C, TextRegion("bpf", "bpf_prog_x_y", 0x7000, 0x7040)) == "bpf_prog_x_y+0x2c"

@@ -84,3 +84,22 @@ def test_wrong_target_reason_names_the_2019_bug(tmp_path: Path) -> None:
     assert probe.violations
     assert all(v["injected"] == "wrong-target" for v in probe.violations)
     assert all("disagrees with the text being written" in v["reason"] for v in probe.violations)
+
+
+def test_regions_learned_after_the_traps_attribute_them(tmp_path: Path) -> None:
+    """Text named only at a later read-back (BPF text from bpf_kallsyms): the floor's records
+    (``attributed_records``), the rewritten trap log, the batch users and the violation examples
+    take the region's user.  Here with no census tables, so every site starts ``unknown``."""
+    probe = replay("probe-7.3-wrong-target.mi.log", tmp_path)
+    sites = sorted({int(r["site"], 16) for r in probe.attributed_records() if r.get("site")})
+    assert sites and {r.get("user") for r in probe.attributed_records() if r.get("site")} == {"unknown"}
+    assert probe.summary()["batch_users"] == {"unknown": 65}
+    probe.census.add_region(sites[0], sites[-1] + 5 - sites[0], "bpf", "bpf_prog_x_y")
+    probe.sym.add_region("bpf_prog_x_y", sites[0], sites[-1] + 5 - sites[0])
+    assert {r["user"] for r in probe.attributed_records() if r.get("site")} == {"bpf"}
+    probe.finish()
+    s = probe.summary()
+    assert s["users"] == {"bpf": s["traps_judged"]}
+    assert s["batch_users"].get("bpf", 0) > 0 and sum(s["batch_users"].values()) == probe.batches == 65
+    v = probe.violations[0]
+    assert v["user"] == "bpf" and v["symbol"].startswith("bpf_prog_x_y+0x")

@@ -25,7 +25,8 @@ from typing import Any
 from test_probe_freed_text import OPS_EMPTY, STEXT, probe_on
 
 from orchestrator.core.judge import check_in_flight, check_poke_in_flight
-from orchestrator.gdb.ledger import SiteState, layout_from_setup
+from orchestrator.core.trapdata import layout_from_setup
+from orchestrator.gdb.ledger import SiteState
 from orchestrator.gdb.mi import console_lines, parse_transcript
 from orchestrator.gdb.probe import Probe
 from orchestrator.gdb.readback import in_flight_from_report

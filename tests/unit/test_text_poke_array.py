@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.judge import check_vector, judge
-from orchestrator.core.trapdata import Layout, parse_batch_record, parse_trap_record
-from orchestrator.gdb.ledger import layout_from_setup
+from orchestrator.core.trapdata import Layout, layout_from_setup, parse_batch_record, parse_trap_record
 from orchestrator.gdb.mi import console_lines, parse_transcript
 from orchestrator.gdb.probe import Probe
 from orchestrator.gdb.symbols import KernelSymbolizer
