@@ -283,14 +283,16 @@ class Census:
 
     def add_region(self, start: int, size: int, user: str, name: str) -> None:
         """A live text region (an ftrace_ops trampoline, a kprobe insn page, BPF JITed text, ...) owned
-        by ``user``; it replaces the regions it overlaps (text freed and allocated again)."""
+        by ``user``.  Where it overlaps regions added before (text freed and allocated again), it wins;
+        elsewhere they still name what was there (traps seen before are attributed again later)."""
         if user not in USERS:
             raise ValueError(f"unknown text_poke user {user!r}")
-        kept = [r for r in self._regions if r.start + r.size <= start or start + size <= r.start]
+        kept = [r for r in self._regions if r.start != start]
         self._regions = (*kept, Region(start, size, user, name))
 
     def region_of(self, addr: int) -> Region | None:
-        for r in self._regions:
+        """The newest region holding ``addr``, or None."""
+        for r in reversed(self._regions):
             if addr in r:
                 return r
         return None

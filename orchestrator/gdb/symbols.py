@@ -67,15 +67,14 @@ class KernelSymbolizer:
         self.by_name = {name: addr for addr, _, name in symbols}
 
     def add_region(self, name: str, start: int, size: int) -> None:
-        """Name ``[start, start + size)`` (bytes of guest text); it replaces the regions it overlaps."""
+        """Name ``[start, start + size)`` (bytes of guest text); where regions overlap, the newest names."""
         with self._lock:
-            self._regions = [r for r in self._regions
-                             if r[1] + r[2] <= start or start + size <= r[1]] + [(name, start, size)]
+            self._regions = [r for r in self._regions if r[1] != start] + [(name, start, size)]
 
     def __call__(self, addr: int) -> str | None:
         with self._lock:
             regions = list(self._regions)
-        for name, start, size in regions:
+        for name, start, size in reversed(regions):
             if start <= addr < start + size:
                 return f"{name}+{addr - start:#x}"
         return self._table(addr)

@@ -186,12 +186,13 @@ def test_count_users_on_captured_records() -> None:
     assert total["ftrace"] == counts["ftrace"] + 1 and "bad" not in total
 
 
-def test_a_region_replaces_the_regions_it_overlaps() -> None:
-    """BPF text freed and allocated again at an overlapping address: the new program owns it."""
+def test_the_newest_region_wins_where_regions_overlap() -> None:
+    """BPF text freed and allocated again at an overlapping address: the new program owns the overlap;
+    the rest of the old one still attributes the traps seen there before."""
     c = Census(KernelTables())
     c.add_region(0xFFFFFFFFC0000700, 0x40, "bpf", "bpf_prog_a_old")
     c.add_region(0xFFFFFFFFC0000800, 0x40, "bpf", "bpf_prog_b")
     c.add_region(0xFFFFFFFFC0000720, 0x40, "bpf", "bpf_prog_a_new")
     assert c.site_user(0xFFFFFFFFC0000730).key == "bpf_prog_a_new"
-    assert c.site_user(0xFFFFFFFFC0000705).user == "unknown"  # the old program's text is no one's now
+    assert c.site_user(0xFFFFFFFFC0000705).key == "bpf_prog_a_old"
     assert c.site_user(0xFFFFFFFFC0000805).key == "bpf_prog_b"
