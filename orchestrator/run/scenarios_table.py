@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..core.budget import TrapBudget
-from ..kernels import kmod
+from ..kernels import kmod, loadgen
 from .scenario import FinalState, Load, Scenario, Step, module_guest_path
 
 T = "{tracing}"
@@ -123,6 +123,30 @@ SWITCHES_UNDER_FLIPS = (
     f"echo function > {T}/current_tracer; touch /tmp/flips.stop; wait $flipper; "
     # the flipper flipped (an empty count fails the step), the tracer is on
     f"test -s /tmp/flips && grep -qx function {T}/current_tracer")
+
+#: bpf-tailcall: ``loadgen bpf-tailcall FLIPS PACE_US`` (images/loadgen/loadgen.c) loads a socket filter
+#: that tail-calls slot 0 of a prog array with a constant index (the x86 JIT's direct tail call: a
+#: 5-byte NOP/jmp at tailcall_target and a jmp/NOP bypass, arch/x86/net/bpf_jit_comp.c
+#: emit_bpf_tail_call_direct) and runs it on vCPUs 1.., then FLIPS times updates slot 0 with the
+#: target and deletes it, PACE_US us apart: 4 text_poke writes a round (kernel/bpf/arraymap.c
+#: prog_array_map_poke_run -> bpf_arch_poke_desc_update -> __bpf_arch_text_poke: text_poke_bp(),
+#: smp_text_poke_single() on 6.16+).  It prints one line and keeps the programs loaded (their text is
+#: read back after the step) until SIGTERM.
+BPF_OUT, BPF_PID = "/tmp/bpf-tailcall.out", "/tmp/bpf-tailcall.pid"
+BPF_FLIPS, BPF_PACE_US = 20, 20000
+BPF_SYSCTL = "/proc/sys/net/core"
+BPF_FLIP = (
+    f"rm -f {BPF_OUT}; {loadgen.GUEST_PATH} bpf-tailcall {BPF_FLIPS} {BPF_PACE_US} < /dev/null "
+    f"> {BPF_OUT} 2>&1 & echo $! > {BPF_PID}; "
+    # at most 60 s for the loads and flips, or until the loader is gone
+    f"for i in $(seq 300); do grep -q '^bpf-tailcall ' {BPF_OUT} && break; "
+    f"kill -0 $(cat {BPF_PID}) 2>/dev/null || break; sleep 0.2; done; "
+    f"grep -q '^bpf-tailcall ' {BPF_OUT} || {{ cat {BPF_OUT} >&2; false; }}")
+#: the target's run count: the jmp written at tailcall_target was taken (0 after flips that trapped: FAIL)
+BPF_TARGET_RUNS = f"sed -n 's/^bpf-tailcall .* target_runs=\\([0-9]*\\).*/\\1/p' {BPF_OUT}"
+#: the loader told to go and gone (its programs, maps and JITed text are freed), no error from it
+BPF_UNLOAD = (f"kill -TERM $(cat {BPF_PID}); " + _poll(f"! kill -0 $(cat {BPF_PID}) 2>/dev/null", 30)
+              + f" && ! grep '^loadgen: ' {BPF_OUT} >&2")
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -368,6 +392,26 @@ SCENARIOS: tuple[Scenario, ...] = (
         final_state=FinalState(site="nop", checks=(
             (f"grep -c '^{kmod.LIVEPATCH} ' /proc/modules; ls /sys/kernel/livepatch | wc -l",
              r"^0\s+0\s*$"),)),
+    ),
+    Scenario(
+        name="bpf-tailcall",
+        description="a BPF prog array slot updated/deleted while vCPUs 1.. run the JIT's direct tail call",
+        requires=("CONFIG_BPF_SYSCALL", "CONFIG_BPF_JIT", "symbol:prog_array_map_poke_run",
+                  "sysctl:net.core.bpf_jit_enable", "sysctl:net.core.bpf_jit_harden",
+                  "sysctl:net.core.bpf_jit_kallsyms"),
+        # the loader's children run the filter on vCPUs 1..; the scenario's own load stays light
+        load=Load("getpid", max_cpus=1, pace=(1, 1000)),
+        function=None,
+        # the sites are in the JITed program (no vmlinux table): the read-back names them from the
+        # kernel's bpf_kallsyms list while the program is loaded (census region, user bpf)
+        floor_keys=("bpf",),
+        # JIT on; no constant blinding (it turns the constant index into a register load: no poke
+        # descriptor, kernel/bpf/verifier.c); BPF text listed in kallsyms (the read-back walks it)
+        setup=(Step("jit", f"echo 1 > {BPF_SYSCTL}/bpf_jit_enable && echo 0 > {BPF_SYSCTL}/bpf_jit_harden && "
+                           f"echo 1 > {BPF_SYSCTL}/bpf_jit_kallsyms"),),
+        steps=(Step("flip", BPF_FLIP, evidence=BPF_TARGET_RUNS), Step("unload", BPF_UNLOAD)),
+        final_state=FinalState(site=None, checks=(
+            (_poll("! grep -q '_pokelab_tc' /proc/kallsyms", 10) + "; echo $?", r"^0\s*$"),)),
     ),
 )
 
