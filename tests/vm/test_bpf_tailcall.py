@@ -17,10 +17,10 @@ pytestmark = pytest.mark.vm
 POKELAB = [sys.executable, "-m", "orchestrator.cli"]
 
 
-def repro(tmp_path: Path, *args: str, timeout: float = 600) -> tuple[int, dict]:
+def repro(tmp_path: Path, *args: str, scenario: str = "bpf-tailcall") -> tuple[int, dict]:
     out = tmp_path / "v.json"
-    res = subprocess.run([*POKELAB, "repro", "bpf-tailcall", "--artifacts", str(tmp_path / "art"),
-                          "--json", str(out), *args], capture_output=True, text=True, timeout=timeout,
+    res = subprocess.run([*POKELAB, "repro", scenario, "--artifacts", str(tmp_path / "art"),
+                          "--json", str(out), *args], capture_output=True, text=True, timeout=600,
                          check=False)
     assert "Traceback" not in res.stderr, res.stderr
     assert out.is_file(), res.stdout + res.stderr
@@ -52,3 +52,21 @@ def test_wrong_target_at_bpf_sites_fails(tmp_path: Path) -> None:
     assert v["injected"] > 0 and v["injected_flagged"] == v["injected"] == v["violations"]
     assert v["false_flags"] == 0
     assert v["violation_examples"][0]["user"] == "bpf"
+
+
+def test_with_constant_blinding_nothing_is_judged_and_the_run_is_inconclusive(tmp_path: Path) -> None:
+    """bpf_jit_harden=2 blinds constants: the verifier adds no poke descriptor (the tail call stays
+    indirect, the target still runs) and no BPF text is patched: nothing proven, never a PASS."""
+    from orchestrator.run.scenario_file import to_toml
+    from orchestrator.run.scenarios_table import BY_NAME
+
+    text = to_toml(BY_NAME["bpf-tailcall"])
+    assert "echo 0 > /proc/sys/net/core/bpf_jit_harden" in text
+    path = tmp_path / "blinded.toml"
+    path.write_text(text.replace("echo 0 > /proc/sys/net/core/bpf_jit_harden",
+                                 "echo 2 > /proc/sys/net/core/bpf_jit_harden")
+                    .replace('name = "bpf-tailcall"', 'name = "bpf-tailcall-blinded"'))
+    rc, v = repro(tmp_path, "--kernel", "6.1", scenario=str(path))
+    assert v["verdict"] == "INCONCLUSIVE", (v.get("reasons"), v.get("steps"))
+    assert rc == 2
+    assert v["floor_traps"] == 0 and v["evidence"]["flip"] > 0, (v.get("users"), v.get("steps"))
