@@ -17,7 +17,7 @@
  * "loadgen <path> cpu=<cpu> iterations=<n>" on stdout, so a scenario can
  * tell that the load really ran.  Built statically on the host.
  *
- *   loadgen bpf-tailcall FLIPS PACE_US [HOLD_S]
+ *   loadgen bpf-tailcall ROUNDS PACE_US [HOLD_S]
  *
  * makes the x86 BPF JIT rewrite a direct tail call live (the scenario
  * bpf-tailcall).  With raw bpf(2) calls and hand-assembled instructions it
@@ -29,14 +29,14 @@
  * to an array map's slot 0 and returns 1.  One child per vCPU 1.. (vCPU 0
  * alone: on 0) sends 1-byte datagrams through an AF_UNIX socketpair whose
  * receiving end has pokelab_tc attached (SO_ATTACH_BPF), so the filter runs
- * on every send.  The parent then FLIPS times updates slot 0 of the prog
+ * on every send.  The parent then ROUNDS times updates slot 0 of the prog
  * array with the target and deletes it again, sleeping PACE_US microseconds
- * after each: each update and delete makes the kernel rewrite the jmp and the
+ * after each (2 * ROUNDS flips): each update and delete makes the kernel rewrite the jmp and the
  * bypass (prog_array_map_poke_run -> bpf_arch_poke_desc_update ->
  * __bpf_arch_text_poke -> text_poke_bp(), smp_text_poke_single() on 6.16+)
  * while the children run that code.  It stops the children and prints
  *
- *   bpf-tailcall flips=<2*FLIPS> target_runs=<n> filter_runs=<m> children=<c> jited=<A bytes>,<B bytes>
+ *   bpf-tailcall flips=<2*ROUNDS> target_runs=<n> filter_runs=<m> children=<c> jited=<A bytes>,<B bytes>
  *
  * (target_runs: the target's count, i.e. how often the patched jmp was
  * taken), then keeps the programs loaded until SIGTERM or HOLD_S seconds
@@ -53,6 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -160,7 +161,8 @@ static void filter_loop(int cpu, int prog, volatile unsigned long long *runs)
 
 	CPU_ZERO(&set);
 	CPU_SET(cpu, &set);
-	if (sched_setaffinity(0, sizeof(set), &set) != 0 || socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0 ||
+	prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the parent */
+	if (getppid() == 1 || sched_setaffinity(0, sizeof(set), &set) != 0 || socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0 ||
 	    setsockopt(sv[1], SOL_SOCKET, SO_ATTACH_BPF, &prog, sizeof(prog)) != 0) {
 		fprintf(stderr, "loadgen: bpf-tailcall child on cpu %d: %s\n", cpu, strerror(errno));
 		_exit(1);
@@ -183,7 +185,7 @@ static void nap_us(long us)
 
 static int bpf_tailcall(int argc, char **argv)
 {
-	long flips = argc > 2 ? atol(argv[2]) : 0, pace_us = argc > 3 ? atol(argv[3]) : -1;
+	long rounds = argc > 2 ? atol(argv[2]) : 0, pace_us = argc > 3 ? atol(argv[3]) : -1;
 	long hold_s = argc > 4 ? atol(argv[4]) : 300;
 	volatile unsigned long long *runs;
 	unsigned long long total = 0, count = 0;
@@ -193,8 +195,8 @@ static int bpf_tailcall(int argc, char **argv)
 	unsigned key = 0;
 	union bpf_attr a;
 
-	if (flips < 1 || flips > 100000 || pace_us < 0 || pace_us > 10000000 || hold_s < 0) {
-		fprintf(stderr, "loadgen: usage: loadgen bpf-tailcall FLIPS(1..100000) PACE_US(0..10000000) "
+	if (rounds < 1 || rounds > 100000 || pace_us < 0 || pace_us > 10000000 || hold_s < 0) {
+		fprintf(stderr, "loadgen: usage: loadgen bpf-tailcall ROUNDS(1..100000) PACE_US(0..10000000) "
 			"[HOLD_S]\n");
 		return 2;
 	}
@@ -242,16 +244,21 @@ static int bpf_tailcall(int argc, char **argv)
 		kids[nkids++] = pid;
 	}
 	nap_us(200000); /* the children are running the filter */
-	while (!stop && done < flips) {
-		if (slot0(progs, BPF_MAP_UPDATE_ELEM, tgt) != 0 || (nap_us(pace_us), 0) ||
-		    slot0(progs, BPF_MAP_DELETE_ELEM, 0) != 0) {
-			fprintf(stderr, "loadgen: bpf(prog array slot 0, flip %ld): %s\n", done, strerror(errno));
+	/* done counts flips: an update (NOP -> jmp target, bypass jmp -> NOP), then a delete (back) */
+	while (!stop && done < 2 * rounds) {
+		int cmd = done % 2 ? BPF_MAP_DELETE_ELEM : BPF_MAP_UPDATE_ELEM;
+
+		if (slot0(progs, cmd, tgt) != 0) {
+			fprintf(stderr, "loadgen: bpf(%s prog array slot 0, flip %ld): %s\n",
+				done % 2 ? "delete" : "update", done, strerror(errno));
 			rc = 1;
 			break;
 		}
-		nap_us(pace_us);
 		++done;
+		nap_us(pace_us);
 	}
+	if (done % 2 && slot0(progs, BPF_MAP_DELETE_ELEM, 0) != 0) /* stopped after an update: empty it */
+		rc = 1;
 	for (i = 0; i < nkids; i++)
 		kill(kids[i], SIGTERM);
 	for (i = 0; i < nkids; i++) {
@@ -270,7 +277,7 @@ static int bpf_tailcall(int argc, char **argv)
 		rc = 1;
 	}
 	printf("bpf-tailcall flips=%ld target_runs=%llu filter_runs=%llu children=%d jited=%u,%u\n",
-	       2 * done, count, total, nkids, jited_len(tc), jited_len(tgt));
+	       done, count, total, nkids, jited_len(tc), jited_len(tgt));
 	fflush(stdout);
 	/* keep the programs (and their JITed text) until told to go, for the read-back */
 	for (i = 0; !stop && i < hold_s * 10; i++)

@@ -124,19 +124,19 @@ SWITCHES_UNDER_FLIPS = (
     # the flipper flipped (an empty count fails the step), the tracer is on
     f"test -s /tmp/flips && grep -qx function {T}/current_tracer")
 
-#: bpf-tailcall: ``loadgen bpf-tailcall FLIPS PACE_US`` (images/loadgen/loadgen.c) loads a socket filter
+#: bpf-tailcall: ``loadgen bpf-tailcall ROUNDS PACE_US`` (images/loadgen/loadgen.c) loads a socket filter
 #: that tail-calls slot 0 of a prog array with a constant index (the x86 JIT's direct tail call: a
 #: 5-byte NOP/jmp at tailcall_target and a jmp/NOP bypass, arch/x86/net/bpf_jit_comp.c
-#: emit_bpf_tail_call_direct) and runs it on vCPUs 1.., then FLIPS times updates slot 0 with the
+#: emit_bpf_tail_call_direct) and runs it on vCPUs 1.., then ROUNDS times updates slot 0 with the
 #: target and deletes it, PACE_US us apart: 4 text_poke writes a round (kernel/bpf/arraymap.c
 #: prog_array_map_poke_run -> bpf_arch_poke_desc_update -> __bpf_arch_text_poke: text_poke_bp(),
 #: smp_text_poke_single() on 6.16+).  It prints one line and keeps the programs loaded (their text is
 #: read back after the step) until SIGTERM.
 BPF_OUT, BPF_PID = "/tmp/bpf-tailcall.out", "/tmp/bpf-tailcall.pid"
-BPF_FLIPS, BPF_PACE_US = 20, 20000
+BPF_ROUNDS, BPF_PACE_US = 20, 20000
 BPF_SYSCTL = "/proc/sys/net/core"
 BPF_FLIP = (
-    f"rm -f {BPF_OUT}; {loadgen.GUEST_PATH} bpf-tailcall {BPF_FLIPS} {BPF_PACE_US} < /dev/null "
+    f"rm -f {BPF_OUT}; {loadgen.GUEST_PATH} bpf-tailcall {BPF_ROUNDS} {BPF_PACE_US} < /dev/null "
     f"> {BPF_OUT} 2>&1 & echo $! > {BPF_PID}; "
     # at most 60 s for the loads and flips, or until the loader is gone
     f"for i in $(seq 300); do grep -q '^bpf-tailcall ' {BPF_OUT} && break; "

@@ -43,4 +43,4 @@ def test_loader_bad_arguments_are_one_line_and_exit_2(tmp_path: Path) -> None:
                              timeout=10, check=False)
         assert res.returncode == 2, (args, res)
         assert res.stdout == "" and res.stderr.count("\n") == 1 and "usage" in res.stderr
-    assert f"{loadgen.GUEST_PATH} bpf-tailcall {table.BPF_FLIPS} {table.BPF_PACE_US} " in table.BPF_FLIP
+    assert f"{loadgen.GUEST_PATH} bpf-tailcall {table.BPF_ROUNDS} {table.BPF_PACE_US} " in table.BPF_FLIP
