@@ -29,9 +29,12 @@
  * to an array map's slot 0 and returns 1.  One child per vCPU 1.. (vCPU 0
  * alone: on 0) sends 1-byte datagrams through an AF_UNIX socketpair whose
  * receiving end has pokelab_tc attached (SO_ATTACH_BPF), so the filter runs
- * on every send.  The parent then ROUNDS times updates slot 0 of the prog
- * array with the target and deletes it again, sleeping PACE_US microseconds
- * after each (2 * ROUNDS flips): each update and delete makes the kernel rewrite the jmp and the
+ * on every send.  Once every child has run the filter (at most 20 s), the
+ * parent ROUNDS times updates slot 0 of the prog array with the target and
+ * deletes it again, sleeping PACE_US microseconds after each (2 * ROUNDS
+ * flips), and after an update also until a child has run the filter wholly
+ * after it (at most 2 s more): target_runs is then > 0 unless the rewritten
+ * jmp was not taken.  Each update and delete makes the kernel rewrite the jmp and the
  * bypass (prog_array_map_poke_run -> bpf_arch_poke_desc_update ->
  * __bpf_arch_text_poke -> text_poke_bp(), smp_text_poke_single() on 6.16+)
  * while the children run that code.  It stops the children and prints
@@ -183,6 +186,35 @@ static void nap_us(long us)
 	nanosleep(&t, NULL);
 }
 
+/* every child has counted a filter run */
+static int all_ran(volatile unsigned long long *runs, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (!runs[i])
+			return 0;
+	return 1;
+}
+
+/* wait (at most max_us) until some child has counted two runs more than now: its second send began
+ * after this call, so a whole filter run happened after it */
+static void wait_run_after(volatile unsigned long long *runs, int n, long max_us)
+{
+	unsigned long long was[MAX_CHILDREN];
+	long waited;
+	int i;
+
+	for (i = 0; i < n; i++)
+		was[i] = runs[i];
+	for (waited = 0; !stop && waited < max_us; waited += 1000) {
+		for (i = 0; i < n; i++)
+			if (runs[i] >= was[i] + 2)
+				return;
+		nap_us(1000);
+	}
+}
+
 static int bpf_tailcall(int argc, char **argv)
 {
 	long rounds = argc > 2 ? atol(argv[2]) : 0, pace_us = argc > 3 ? atol(argv[3]) : -1;
@@ -243,7 +275,9 @@ static int bpf_tailcall(int argc, char **argv)
 		}
 		kids[nkids++] = pid;
 	}
-	nap_us(200000); /* the children are running the filter */
+	/* every child has run the filter (at most 20 s: under TCG a fork and its first run are slow) */
+	for (i = 0; !stop && i < 2000 && !all_ran(runs, nkids); i++)
+		nap_us(10000);
 	/* done counts flips: an update (NOP -> jmp target, bypass jmp -> NOP), then a delete (back) */
 	while (!stop && done < 2 * rounds) {
 		int cmd = done % 2 ? BPF_MAP_DELETE_ELEM : BPF_MAP_UPDATE_ELEM;
@@ -256,6 +290,10 @@ static int bpf_tailcall(int argc, char **argv)
 		}
 		++done;
 		nap_us(pace_us);
+		/* after an update: a filter run begun after it (the tail call must reach the target, so
+		 * target_runs > 0 says the jmp was taken, not the load's timing); at most 2 s more */
+		if (done % 2)
+			wait_run_after(runs, nkids, 2000000);
 	}
 	if (done % 2 && slot0(progs, BPF_MAP_DELETE_ELEM, 0) != 0) /* stopped after an update: empty it */
 		rc = 1;
