@@ -20,7 +20,7 @@ from ..core.errors import PokelabError, UsageError
 from ..core.fields import option
 from ..host.cache import cache_dir
 from ..kernels.catalog import Catalog
-from ..kernels.debian import cached_spec, fetchable, remembered
+from ..kernels.debian import cached_spec, fetchable, remembered, resolve_dry
 from ..kernels.images import custom_kernel
 from ..run.execute import Execute
 from ..run.request import KernelChoice, RunRequest, VmOptions
@@ -136,8 +136,9 @@ def plan(req: NightlyRequest, offline: bool = False) -> Plan:
     """The cells of this night (this shard), checked: UsageError for an unknown kernel or scenario.
 
     ``offline`` (``--dry-run``): no archive is asked and nothing is written, not even the cache dir;
-    a default kernel neither cached nor resolved here before is kept, and named in ``unresolved``
-    (a real run asks the archive and leaves it out if it has none)."""
+    a kernel named in ``--kernels`` that pokelab's apt lists (as they are) lack is a UsageError, as
+    in ``repro --dry-run``; a default kernel neither cached nor resolved here before is kept, and
+    named in ``unresolved`` (a real run asks the archive and leaves it out if it has none)."""
     try:
         kernels = parse_list(req.kernels, "--kernels")
         scenarios = parse_list(req.scenarios, "--scenarios")
@@ -153,8 +154,10 @@ def plan(req: NightlyRequest, offline: bool = False) -> Plan:
     for k in kernels or []:  # catalog ids, kernels built here, Debian ABIs (as --kernel takes)
         if k.startswith("custom-"):
             custom_kernel(k, cache)  # a usage error if it was never built here
-        else:
-            cat.lookup(k)  # its own line says why (unknown, or older than pokelab's apt sources)
+        else:  # its own line says why (unknown, or older than pokelab's apt sources)
+            request = cat.lookup(k)
+            if offline:  # as repro --dry-run: from the lists as they are, a kernel they lack refused
+                resolve_dry(request, cache)
     table = nightly_table(scenarios or [s.name for s in SCENARIOS], BY_NAME)  # names and FILE.toml
     unresolved: list[str] = []
     if kernels is None and offline:

@@ -7,6 +7,7 @@ host's cache, no network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -357,3 +358,32 @@ def test_a_bad_artifacts_root_from_the_environment_is_one_line(env: dict[str, st
 def test_an_empty_artifacts_root_from_the_environment_is_refused(env: dict[str, str]) -> None:
     res = pokelab("boot", "--dry-run", env={**env, "POKELAB_ARTIFACTS": ""})
     assert_one_line_error(res, "usage", "$POKELAB_ARTIFACTS is set but empty")
+
+
+# --------------------------------------------------------------------------- the fourth trial's holes
+
+
+@pytest.mark.parametrize(("kernels", "said"), [
+    ("9.9", "no Debian 9.9 cloud-amd64 kernel with -dbg in pokelab's apt sources"),
+    ("6.1,6.1.0-999", "no Debian kernel 6.1.0-999-cloud-amd64 in pokelab's apt sources"),
+    ("6.1.0-48", "linux-image-6.1.0-48-cloud-amd64 has no -dbg package"),
+])
+def test_nightly_dry_run_refuses_a_kernel_the_lists_lack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         kernels: str, said: str) -> None:
+    """``nightly --dry-run --kernels`` answers from pokelab's apt lists as they are, as ``repro
+    --dry-run --kernel`` does: it listed ``9.9 ftrace-function`` and exited 0."""
+    from orchestrator.jobs import nightly_run
+    from orchestrator.kernels import debian
+
+    lists = [debian.DebianKernel("6.1.0-47", "cloud-amd64", "6.1.170-3", True),
+             debian.DebianKernel("6.1.0-48", "cloud-amd64", "6.1.172-1", False),
+             debian.DebianKernel("6.1.0-57", "cloud-amd64", "6.1.192-3", True)]
+    monkeypatch.setattr(debian, "available", lambda cache, flavour, offline=False: lists)
+    monkeypatch.setenv("POKELAB_CACHE", str(tmp_path / "cache"))
+    req = nightly_run.NightlyRequest(nightly_run.Reports(tmp_path / "n"), kernels=kernels,
+                                     scenarios="ftrace-function")
+    with pytest.raises(UsageError, match=said):
+        nightly_run.plan(req, offline=True)
+    ok = nightly_run.plan(dataclasses.replace(req, kernels="6.1,6.1.0-47"), offline=True)
+    assert ok.cells == (("6.1", "ftrace-function"), ("6.1.0-47", "ftrace-function"))
+    assert made(tmp_path) == []
