@@ -9,13 +9,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.errors import InfraError
+from ..core.errors import InfraError, UsageError
+from .userpaths import PathRefused, output_dir
 
 
 def cache_dir(create: bool = True) -> Path:
     """Return the cache root (env ``POKELAB_CACHE`` or ``~/.cache/pokelab``), creating it unless
-    ``create`` is False (``--dry-run`` touches nothing)."""
+    ``create`` is False (``--dry-run`` touches nothing).
+
+    UsageError if ``$POKELAB_CACHE`` is not a directory that exists and is writable, or can be
+    created (checked as ``$POKELAB_ARTIFACTS`` is; set but empty: the default)."""
     env = os.environ.get("POKELAB_CACHE")
+    if env:
+        try:
+            output_dir(os.path.expanduser(env))
+        except PathRefused as exc:
+            raise UsageError(f"$POKELAB_CACHE is {exc}") from None
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "pokelab"
     if not create:
         return path.resolve()

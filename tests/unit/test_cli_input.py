@@ -387,3 +387,15 @@ def test_nightly_dry_run_refuses_a_kernel_the_lists_lack(monkeypatch: pytest.Mon
     ok = nightly_run.plan(dataclasses.replace(req, kernels="6.1,6.1.0-47"), offline=True)
     assert ok.cells == (("6.1", "ftrace-function"), ("6.1.0-47", "ftrace-function"))
     assert made(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [("repro", "ftrace-function"), ("boot", "--dry-run"), ("kernels",),
+                                  ("nightly", "--dry-run", "--scenarios", "ftrace-function")])
+def test_a_bad_cache_from_the_environment_is_one_line(env: dict[str, str], tmp_path: Path,
+                                                      argv: tuple[str, ...]) -> None:
+    """As ``$POKELAB_ARTIFACTS``: ``repro`` had written an INFRA verdict.json ("cannot create cache
+    dir ...: File exists") and dry runs had printed paths under a file."""
+    (tmp_path / "file").write_text("x")
+    res = pokelab(*argv, env={**env, "POKELAB_CACHE": str(tmp_path / "file")})
+    assert_one_line_error(res, "usage", f"$POKELAB_CACHE is {tmp_path / 'file'}: exists and is not a dir")
+    assert made(tmp_path) == ["file"]
