@@ -77,7 +77,7 @@ def remove_lines(names: Sequence[str], debian: bool = False) -> Iterator[str]:
     if debian:
         raise UsageError("--remove does not go with --debian (--debian lists the archive, --remove "
                          "frees this cache)")
-    cache = cache_dir()
+    cache = cache_dir(create=False)  # a cache never made has nothing to remove: a name is a usage error
     plan = removal.plan(names, Catalog.load(), cache)
     total = 0
     for one in plan.removals:

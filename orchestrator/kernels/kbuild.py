@@ -319,8 +319,7 @@ def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: S
     """
     from ..host.cache import cache_dir
 
-    cache = cache or cache_dir()
-    # the user's input first (cheap, their mistake), then the host's tools, then slow work
+    # the user's input first (cheap, their mistake; nothing made yet), then the host's tools, then slow work
     if source is not None:
         _check_tree(source.resolve())
     patch_files = expand_patches(patches)
@@ -329,6 +328,7 @@ def build_kernel(source: Path | None, patches: Sequence[Path] = (), fragments: S
         if not f.is_file():
             raise UsageError(f"config fragment {f} does not exist")
     check_build_tools()
+    cache = cache or cache_dir()
     src = (source or default_source(cache)).resolve()
     _check_tree(src)
     work = work_dir(src, cache)

@@ -399,3 +399,17 @@ def test_a_bad_cache_from_the_environment_is_one_line(env: dict[str, str], tmp_p
     res = pokelab(*argv, env={**env, "POKELAB_CACHE": str(tmp_path / "file")})
     assert_one_line_error(res, "usage", f"$POKELAB_CACHE is {tmp_path / 'file'}: exists and is not a dir")
     assert made(tmp_path) == ["file"]
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (("kernels", "--remove", "custom-zzz"), "no kernel 'custom-zzz' was built here"),
+    (("kernels", "--remove", "9.9"), "kernel '9.9' was never fetched here"),
+    (("build-kernel", "--source", "{src}"), "is not a kernel source tree"),
+])
+def test_a_refused_cache_command_makes_no_cache_dir(argv: tuple[str, ...], said: str, env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    """``kernels --remove`` and ``build-kernel`` made an empty cache dir before refusing their input."""
+    (tmp_path / "src").mkdir()
+    res = pokelab(*(a.format(src=tmp_path / "src") for a in argv), env=env)
+    assert_one_line_error(res, "usage", said)
+    assert made(tmp_path) == ["src"]
