@@ -31,6 +31,7 @@ from .bisect import (
     run_bisect,
     run_debian_bisect,
 )
+from .repro import MAX_RUNS
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -76,8 +77,8 @@ class BisectRequest:
             raise UsageError("give --source DIR --good REV --bad REV, or --debian GOOD..BAD")
         elif not (self.source / ".git").exists():
             raise UsageError(f"--source {self.source} is not a git checkout (no .git there)")
-        if self.runs < 1:
-            raise UsageError("--runs must be >= 1")
+        if not 1 <= self.runs <= MAX_RUNS:  # repro --runs's bound
+            raise UsageError(f"--runs {self.runs}: from 1 to {MAX_RUNS}")
         if self.jobs < 1:
             raise UsageError("-j must be at least 1")
         self.base.vm.check()

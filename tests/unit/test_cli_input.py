@@ -413,3 +413,17 @@ def test_a_refused_cache_command_makes_no_cache_dir(argv: tuple[str, ...], said:
     res = pokelab(*(a.format(src=tmp_path / "src") for a in argv), env=env)
     assert_one_line_error(res, "usage", said)
     assert made(tmp_path) == ["src"]
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    # repro --runs had a bound, bisect's had none (up to 100000000 runs of each revision were planned)
+    (("bisect", "--dry-run", "--debian", "6.1-oldest..6.1", "--scenario", "ops-one", "--runs", "10001"),
+     "--runs 10001: from 1 to 10000"),
+    (("bisect", "--dry-run", "--debian", "6.1-oldest..6.1", "--scenario", "ops-one", "--runs", "0"),
+     "--runs 0: from 1 to 10000"),
+])
+def test_fourth_trial_bad_input_is_one_line(argv: tuple[str, ...], said: str, env: dict[str, str],
+                                            tmp_path: Path) -> None:
+    res = pokelab(*argv, env=env)
+    assert_one_line_error(res, "usage", said)
+    assert made(tmp_path) == []
