@@ -9,17 +9,27 @@ from __future__ import annotations
 
 from .verdict import Verdict
 
+#: the characters that break a terminal line, and how :func:`one_line` writes them
+_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f"}
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its line breaks written as escapes (``\\n``).  A user's string (a
+    kernel id, a scenario name, a path) may hold some; an error title quoting it stays one line."""
+    return text.translate(_BREAKS)
+
 
 class PokelabError(Exception):
-    """Base class.  ``title`` is one line; ``tail`` is optional context (console tail, log tail)."""
+    """Base class.  ``title`` is one line (:func:`one_line`); ``tail`` is optional context
+    (console tail, log tail)."""
 
     verdict = Verdict.INFRA
     #: the tail is what the user must read (a build's log): shown without ``-v`` too
     tail_always = False
 
     def __init__(self, title: str, tail: str = "") -> None:
-        super().__init__(title)
-        self.title = title
+        self.title = one_line(title)
+        super().__init__(self.title)
         self.tail = tail
 
 

@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from ..core.errors import one_line
+
 
 class PathRefused(ValueError):
     """A path that fails its check; ``str()`` is ``"<path>: <why>"``."""
@@ -38,7 +40,7 @@ PROBE_BYTES = 65536
 
 
 def _bad(path: str, why: str) -> PathRefused:
-    return PathRefused(f"{path}: {why}")
+    return PathRefused(one_line(f"{path}: {why}"))
 
 
 def _strerror(exc: OSError) -> str:

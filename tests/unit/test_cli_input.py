@@ -421,9 +421,19 @@ def test_a_refused_cache_command_makes_no_cache_dir(argv: tuple[str, ...], said:
      "--runs 10001: from 1 to 10000"),
     (("bisect", "--dry-run", "--debian", "6.1-oldest..6.1", "--scenario", "ops-one", "--runs", "0"),
      "--runs 0: from 1 to 10000"),
+    # a line break in what the user typed was echoed as is: two lines on stderr
+    (("repro", "a\nb", "--dry-run"), "unknown scenario 'a\\nb'"),
+    (("boot", "--dry-run", "--kernel", "6.1\r\n7.3"), "unknown kernel '6.1\\r\\n7.3'"),
+    (("repro", "/nowhere/x\ny.toml", "--dry-run"), "scenario file /nowhere/x\\ny.toml: no such file"),
+    (("boot", "--dry-run", "--artifacts", "/proc/a\nb"), "argument --artifacts: /proc/a\\nb: cannot be"),
 ])
 def test_fourth_trial_bad_input_is_one_line(argv: tuple[str, ...], said: str, env: dict[str, str],
                                             tmp_path: Path) -> None:
     res = pokelab(*argv, env=env)
     assert_one_line_error(res, "usage", said)
     assert made(tmp_path) == []
+
+
+def test_an_error_title_is_one_line() -> None:
+    assert UsageError("a\nb\r\vc\fd").title == "a\\nb\\r\\x0bc\\x0cd"
+    assert str(UsageError("x\ny")) == "x\\ny"
