@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..core.errors import PokelabError, UsageError
 from ..core.fields import option
@@ -129,7 +130,19 @@ def context(rep: Reports) -> tuple[Any, list[Any]]:
     kc = rep.kcidb
     if kc is not None and not kc.resolve().parent.is_dir() and kc.resolve().parent != rep.out_dir.resolve():
         raise UsageError(f"--kcidb {kc}: directory does not exist")
+    if rep.artifacts_url is not None:
+        _check_url(rep.artifacts_url, kcidb=kc is not None)
     return previous, issues
+
+
+def _check_url(url: str, kcidb: bool) -> None:
+    """``--artifacts-url``: an absolute URL (KCIDB wants them), and only with ``--kcidb`` (the one
+    output that uses it); UsageError otherwise."""
+    if not kcidb:
+        raise UsageError("--artifacts-url goes with --kcidb FILE (only the KCIDB export has URLs)")
+    parts = urlsplit(url)
+    if not parts.scheme or not (parts.netloc or parts.scheme == "file") or any(c.isspace() for c in url):
+        raise UsageError(f"--artifacts-url {url!r}: not an absolute URL (such as https://host/nightly)")
 
 
 def plan(req: NightlyRequest, offline: bool = False) -> Plan:

@@ -421,6 +421,14 @@ def test_a_refused_cache_command_makes_no_cache_dir(argv: tuple[str, ...], said:
      "--runs 10001: from 1 to 10000"),
     (("bisect", "--dry-run", "--debian", "6.1-oldest..6.1", "--scenario", "ops-one", "--runs", "0"),
      "--runs 0: from 1 to 10000"),
+    # --artifacts-url was taken as any string, and without --kcidb (its one user) silently ignored
+    (("nightly", "--dry-run", "--scenarios", "ops-one", "--artifacts-url", "not a url",
+      "--kcidb", "{tmp}/k.json"),
+     "--artifacts-url 'not a url': not an absolute URL"),
+    (("nightly", "--dry-run", "--scenarios", "ops-one", "--artifacts-url", "", "--kcidb", "{tmp}/k.json"),
+     "--artifacts-url '': not an absolute URL"),
+    (("nightly", "--dry-run", "--scenarios", "ops-one", "--artifacts-url", "https://ci.example/n"),
+     "--artifacts-url goes with --kcidb FILE"),
     # a line break in what the user typed was echoed as is: two lines on stderr
     (("repro", "a\nb", "--dry-run"), "unknown scenario 'a\\nb'"),
     (("boot", "--dry-run", "--kernel", "6.1\r\n7.3"), "unknown kernel '6.1\\r\\n7.3'"),
@@ -429,7 +437,7 @@ def test_a_refused_cache_command_makes_no_cache_dir(argv: tuple[str, ...], said:
 ])
 def test_fourth_trial_bad_input_is_one_line(argv: tuple[str, ...], said: str, env: dict[str, str],
                                             tmp_path: Path) -> None:
-    res = pokelab(*argv, env=env)
+    res = pokelab(*(a.replace("{tmp}", str(tmp_path)) for a in argv), env=env)
     assert_one_line_error(res, "usage", said)
     assert made(tmp_path) == []
 
