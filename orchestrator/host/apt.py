@@ -152,7 +152,9 @@ class Apt:
         for d in (self.lists / "partial", self.root / "cache" / "archives" / "partial",
                   self.root / "empty.d"):
             d.mkdir(parents=True, exist_ok=True)
-        (self.root / "status").touch()
+        status = self.root / "status"
+        if not status.exists():  # touched again it would be newer than apt's pkgcache.bin, rebuilt then
+            status.touch()
         if not self.sources.is_file():
             raise InfraError(f"pokelab's apt source list {self.sources} is missing")
 

@@ -35,3 +35,21 @@ def test_options_point_at_pokelab_state_only(tmp_path: Path) -> None:
     for suite in ("bookworm", "bookworm-security", "trixie", "trixie-backports", "sid"):
         assert f" {suite} main" in text
     assert "deb-src " in text and "/etc/apt" not in " ".join(opts)
+
+
+def test_a_query_on_fresh_lists_leaves_the_status_file_alone(tmp_path: Path) -> None:
+    """Each query touched ``<cache>/apt/status``: newer than apt's pkgcache.bin, which apt-cache then
+    rebuilt (93 MB here), in every run and in every ``--dry-run`` that looks a kernel up."""
+    import os
+
+    from orchestrator.host import apt as apt_mod
+
+    first = Apt(tmp_path, max_age_s=float("inf"))
+    first.lists.mkdir(parents=True)
+    (first.lists / apt_mod._STAMP).write_text(first._sources_digest() + "\n")
+    first.update()
+    status = tmp_path / "apt" / "status"
+    assert status.is_file() and status.stat().st_size == 0
+    os.utime(status, (1_000_000, 1_000_000))
+    Apt(tmp_path, max_age_s=float("inf")).update()
+    assert status.stat().st_mtime == 1_000_000
