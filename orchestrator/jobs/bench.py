@@ -90,13 +90,13 @@ from ..gdb.probe import GDB_SCRIPT
 from ..kernels import loadgen
 from ..kernels.images import KernelArtifacts
 from ..machine.qemu import MACHINES
-from ..machine.qemu_binary import check_given
+from ..machine.qemu_binary import check_given, executable
 from ..machine.vm import Vm, VmSpec
 from ..run.execute import execute
 from ..run.prepare import Prepared, prepare_vm
 from ..run.request import KernelChoice, RunRequest, VmOptions
 from .bench_kbuild import STEP_RUNS, run_kbuild_bench
-from .repro import probe_scenario
+from .repro import MAX_CYCLES, MAX_RUNS, probe_scenario
 
 log = logging.getLogger(__name__)
 
@@ -333,10 +333,10 @@ class BenchRequest:
     stops: int = field(default=100, metadata=option("stops for the stop-cost median", metavar="N", type=int))
     toggles: int = field(default=10, metadata=option("probe toggles", metavar="N", type=int))
     qemu: Path | None = field(default=None, metadata=option(
-        "the QEMU to measure (default: as VM commands)", metavar="PATH", type=Path))
+        "the QEMU to measure (default: as VM commands)", metavar="PATH", type=executable))
     qemu_compare: Path | None = field(default=None, metadata=option(
         "part vm: measure this second qemu-system-x86_64 in the same run, alternating with the first; its "
-        "figures go under 'compare'", metavar="PATH", type=Path))
+        "figures go under 'compare'", metavar="PATH", type=executable))
 
 
 def run_request(req: BenchRequest, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -344,6 +344,10 @@ def run_request(req: BenchRequest, progress: Callable[[str], None]) -> dict[str,
     for name in ("jobs", "boots", "stops", "toggles"):
         if getattr(req, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
+    if req.toggles > MAX_CYCLES:  # as probe --toggles
+        raise UsageError(f"--toggles {req.toggles}: from 1 to {MAX_CYCLES}")
+    if req.boots > MAX_RUNS:  # a boot each, as repro --runs
+        raise UsageError(f"--boots {req.boots}: from 1 to {MAX_RUNS}")
     parts = tuple(dict.fromkeys(req.part or PARTS))
     if req.qemu_compare is not None and "vm" not in parts:
         raise UsageError("--qemu-compare goes with part vm (kbuild measures no QEMU)")

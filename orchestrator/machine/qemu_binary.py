@@ -303,6 +303,14 @@ def built_path(cache: Path, version: str = BUILD_VERSION) -> Path | None:
     return d / BINARY if (d / "build.json").is_file() and (d / BINARY).is_file() else None
 
 
+def executable(text: str) -> Path:
+    """``--qemu``'s ``type=``: the path as given; ValueError for an empty one (argparse: "invalid
+    executable value: ''"), which ``Path`` would take as ``.``, the current directory."""
+    if not text.strip():
+        raise ValueError("not a path")
+    return Path(text)
+
+
 def check_given(path: Path, what: str = "--qemu") -> Path:
     """``--qemu PATH`` (``what``: the option): an executable file, resolved; else UsageError (one
     line: missing, a directory, not a regular file, not executable)."""

@@ -17,7 +17,7 @@ from ..core.fields import option
 from ..core.trapdata import INJECT_EVERY, INJECTIONS
 from ..host.meminfo import host_memory_mib
 from ..machine.qemu import MACHINES, MAX_SMP
-from ..machine.qemu_binary import check_given
+from ..machine.qemu_binary import check_given, executable
 from .scenario import Scenario
 
 ACCELS = ("auto", "tcg", "kvm")
@@ -85,7 +85,7 @@ class VmOptions:
         "through ACPI)", choices=MACHINES))
     qemu: Path | None = field(default=None, metadata=option(
         "this qemu-system-x86_64 (default: the host's if its gdbstub does not flush translated code at a "
-        "stop, else the one `pokelab qemu` built)", metavar="PATH", type=Path))
+        "stop, else the one `pokelab qemu` built)", metavar="PATH", type=executable))
     gdb_port: int | None = field(default=None, metadata=option("gdbstub port on 127.0.0.1", metavar="PORT",
                                                                 type=int))
     ssh_port: int | None = field(default=None, metadata=option("SSH port on 127.0.0.1", metavar="PORT",

@@ -429,6 +429,12 @@ def test_a_refused_cache_command_makes_no_cache_dir(argv: tuple[str, ...], said:
      "--artifacts-url '': not an absolute URL"),
     (("nightly", "--dry-run", "--scenarios", "ops-one", "--artifacts-url", "https://ci.example/n"),
      "--artifacts-url goes with --kcidb FILE"),
+    # an empty --qemu was Path(''), the current directory: "--qemu .: is a directory"
+    (("boot", "--dry-run", "--qemu", ""), "argument --qemu: invalid executable value: ''"),
+    (("bench", "--qemu-compare", ""), "argument --qemu-compare: invalid executable value: ''"),
+    # bench had lower bounds only (probe --toggles and repro --runs have upper ones too)
+    (("bench", "--toggles", "100001"), "--toggles 100001: from 1 to 100000"),
+    (("bench", "--boots", "10001"), "--boots 10001: from 1 to 10000"),
     # a line break in what the user typed was echoed as is: two lines on stderr
     (("repro", "a\nb", "--dry-run"), "unknown scenario 'a\\nb'"),
     (("boot", "--dry-run", "--kernel", "6.1\r\n7.3"), "unknown kernel '6.1\\r\\n7.3'"),
