@@ -49,7 +49,7 @@ def test_scenario(name: str, pokelab_kernel: str, run_scenario, request) -> None
 #: the text_poke user each scenario's watched sites belong to (default: ftrace)
 EXPECTED_USER = {"static-key-schedstats": "jump_label", "static-call-preempt": "static_call",
                  "tracepoint-static-call": "static_call", "kprobe-ftrace": "kprobe",
-                 "kprobe-optimized": "kprobe", "livepatch": "livepatch"}
+                 "kprobe-optimized": "kprobe", "livepatch": "livepatch", "bpf-tailcall": "bpf"}
 
 
 @pytest.mark.parametrize("name", ["static-call-preempt", "tracepoint-static-call"])
