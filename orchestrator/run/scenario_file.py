@@ -281,9 +281,14 @@ def is_file_arg(arg: str) -> bool:
 
 
 def resolve(arg: str, builtin: Callable[[str], Scenario | None]) -> Scenario:
-    """A built-in scenario by name, or a scenario file; UsageError naming what is wrong."""
+    """A built-in scenario by name, or a scenario file; UsageError naming what is wrong (also a
+    file whose scenario takes a built-in's name: every verdict names the scenario it ran)."""
     if is_file_arg(arg):
-        return load_file(Path(arg))
+        mine = load_file(Path(arg))
+        if builtin(mine.name) is not None:
+            raise UsageError(f"scenario file {arg}: the name '{mine.name}' is taken (a built-in scenario; "
+                             "give yours another name)")
+        return mine
     sc = builtin(arg)
     if sc is None:
         raise UsageError(f"unknown scenario '{arg}' (a name from `pokelab scenarios`, or a FILE.toml)")
@@ -359,8 +364,7 @@ def nightly_table(args: Sequence[str], builtin: Mapping[str, Scenario]) -> dict[
     out: dict[str, Scenario] = {}
     for arg in args:
         sc = resolve(arg, builtin.get)
-        if sc.name in out or (is_file_arg(arg) and sc.name in builtin):
-            raise UsageError(f"scenario file {arg}: the name '{sc.name}' is taken "
-                             f"({'a built-in scenario' if sc.name in builtin else 'given twice'})")
+        if sc.name in out:  # a file's name that a built-in has is refused by resolve
+            raise UsageError(f"scenario file {arg}: the name '{sc.name}' is taken (given twice)")
         out[sc.name] = sc
     return out

@@ -157,6 +157,20 @@ def test_a_file_named_like_a_builtin_is_refused_by_nightly(tmp_path: Path) -> No
         nightly_table([str(f)], BY_NAME)
 
 
+@pytest.mark.parametrize("command", [["repro"], ["bisect", "--debian", "6.1-oldest..6.1", "--dry-run",
+                                                  "--scenario"]])
+def test_a_file_named_like_a_builtin_is_refused_by_repro_and_bisect(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    """A file's scenario under a built-in's name would run as, and be reported as, that built-in's
+    name: repro and bisect refuse it as nightly does (the verdict names the scenario it ran)."""
+    f = tmp_path / "x.toml"
+    f.write_text(to_toml(BY_NAME["ftrace-function"]))
+    assert cli.main([*command, str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"pokelab: usage: scenario file {f}: the name 'ftrace-function' is taken (a built-in "
+                   "scenario; give yours another name)\n"), err
+
+
 @pytest.mark.parametrize("extra", [[], ["--bisect-exit-codes"]])
 def test_cli_bad_file_is_one_usage_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         extra: list[str]) -> None:
