@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.errors import InfraError, UsageError
-from .userpaths import PathRefused, output_dir
+from ..core.errors import InfraError
+from .userpaths import env_dir
 
 
 def cache_dir(create: bool = True) -> Path:
@@ -21,10 +22,7 @@ def cache_dir(create: bool = True) -> Path:
     created (checked as ``$POKELAB_ARTIFACTS`` is; set but empty: the default)."""
     env = os.environ.get("POKELAB_CACHE")
     if env:
-        try:
-            output_dir(os.path.expanduser(env))
-        except PathRefused as exc:
-            raise UsageError(f"$POKELAB_CACHE is {exc}") from None
+        _check_env_cache(env)
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "pokelab"
     if not create:
         return path.resolve()
@@ -33,6 +31,13 @@ def cache_dir(create: bool = True) -> Path:
     except OSError as exc:
         raise InfraError(f"cannot create cache dir {path}: {exc.strerror}") from exc
     return path.resolve()
+
+
+@functools.cache
+def _check_env_cache(env: str) -> None:
+    """``$POKELAB_CACHE`` checked once per value in a process (the check makes and removes a
+    directory in it, and ``cache_dir`` is called at every step of a run)."""
+    env_dir("POKELAB_CACHE", os.path.expanduser(env))
 
 
 def path_key(path: Path) -> str:

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from ..core.errors import one_line
+from ..core.errors import UsageError, one_line
 
 
 class PathRefused(ValueError):
@@ -146,6 +146,15 @@ def output_dir(path: str) -> Path:
     """A directory that exists and is writable, or can be created."""
     _creatable_dir(path)
     return Path(path)
+
+
+def env_dir(var: str, value: str) -> None:
+    """``$var``'s ``value`` names a directory that exists and is writable or can be created (as
+    :func:`output_dir`); else UsageError: ``$var is <path>: <why>``."""
+    try:
+        output_dir(value)
+    except PathRefused as exc:
+        raise UsageError(f"${var} is {exc}") from None
 
 
 def output_file(path: str, parent: Literal["exists", "create"] = "exists") -> Path:

@@ -84,6 +84,11 @@ class BisectRequest:
         self.base.vm.check()
 
     @property
+    def policy(self) -> Policy:
+        """What makes a revision good or bad: ``runs`` capped by the defaults (3 clean, 2 failing)."""
+        return Policy(min_failures=min(2, self.runs), min_clean=min(3, self.runs))
+
+    @property
     def log_path(self) -> Path:
         return (self.log or self.replay or self.base.artifacts / "bisect.jsonl").resolve()
 
@@ -103,7 +108,7 @@ def run(req: BisectRequest, execute: Execute, say: Say, dry_run: bool = False) -
         return dry_run_lines(req), 0
     req.check()
     replay = read_log(req.replay) if req.replay is not None else None
-    policy = Policy(min_failures=min(2, req.runs), min_clean=min(3, req.runs))
+    policy = req.policy
     run_one = step_runner(req.base, execute)
     art = req.base.artifacts
     if req.debian is not None:
@@ -131,7 +136,7 @@ def dry_run_lines(req: BisectRequest) -> list[str]:
     replay = read_log(req.replay) if req.replay is not None else {}
     scenario = req.scenario_arg or req.base.scenario.name
     each = (f"up to {req.runs} run{'s' if req.runs > 1 else ''} of {scenario} "
-            f"(good: {min(3, req.runs)} clean and no failure; bad: {min(2, req.runs)} failing)")
+            f"(good: {req.policy.min_clean} clean and no failure; bad: {req.policy.min_failures} failing)")
     if req.debian is not None:
         rng = _debian_range(req, offline=True)
         n = len(rng.judged)

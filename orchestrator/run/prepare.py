@@ -56,10 +56,7 @@ def default_artifacts(command: str) -> Path:
     if env == "":
         raise UsageError("$POKELAB_ARTIFACTS is set but empty (unset it for ./artifacts)")
     if env is not None:
-        try:
-            userpaths.output_dir(env)
-        except userpaths.PathRefused as exc:
-            raise UsageError(f"$POKELAB_ARTIFACTS is {exc}") from None
+        userpaths.env_dir("POKELAB_ARTIFACTS", env)
     base = Path(env if env is not None else "artifacts")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return (base / f"{stamp}-{command}-{os.getpid()}").resolve()
